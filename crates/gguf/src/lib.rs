@@ -1,0 +1,1 @@
+//! Zero-copy GGUF reader. (Being written; see the issue "Foundation".)

@@ -1,0 +1,1 @@
+//! Tokenizer from GGUF metadata. (Being written.)
