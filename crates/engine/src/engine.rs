@@ -19,6 +19,22 @@ pub enum PromptInput {
     Tokens(Vec<u32>),
 }
 
+impl From<&str> for PromptInput {
+    fn from(s: &str) -> Self {
+        PromptInput::Text(s.to_string())
+    }
+}
+impl From<String> for PromptInput {
+    fn from(s: String) -> Self {
+        PromptInput::Text(s)
+    }
+}
+impl From<Vec<u32>> for PromptInput {
+    fn from(ids: Vec<u32>) -> Self {
+        PromptInput::Tokens(ids)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RequestSpec {
     pub request_id: String,
