@@ -309,7 +309,7 @@ fn chat_loop(engine: EngineFlags, system: Option<String>, sampling: SamplingFlag
         while engine.has_unfinished_requests() {
             for o in engine.step()? {
                 if let Some(c) = o.outputs.first() {
-                    print!("{}", &c.text[shown..]);
+                    print!("{}", c.text.get(shown..).unwrap_or(""));
                     out.flush()?;
                     shown = c.text.len();
                     reply = c.text.clone();
