@@ -45,7 +45,12 @@ pub struct KvBlockManager {
 }
 
 impl KvBlockManager {
-    pub fn new(num_blocks: usize, num_cpu_blocks: usize, block_size: usize, prefix_caching: bool) -> Self {
+    pub fn new(
+        num_blocks: usize,
+        num_cpu_blocks: usize,
+        block_size: usize,
+        prefix_caching: bool,
+    ) -> Self {
         let mut m = KvBlockManager {
             block_size,
             num_blocks,
@@ -128,7 +133,10 @@ impl KvBlockManager {
         if !self.prefix_caching {
             return Vec::new();
         }
-        let hits: Vec<u32> = hashes.iter().map_while(|h| self.cached.get(h).copied()).collect();
+        let hits: Vec<u32> = hashes
+            .iter()
+            .map_while(|h| self.cached.get(h).copied())
+            .collect();
         self.prefix_queries += tokens_queried as u64;
         self.prefix_hits += (hits.len() * self.block_size) as u64;
         hits
@@ -136,16 +144,26 @@ impl KvBlockManager {
 
     /// Whether `allocate` of `new_blocks` fresh blocks plus taking `cached_hits` would succeed.
     pub fn can_allocate(&self, cached_hits: &[u32], new_blocks: usize) -> bool {
-        let revived = cached_hits.iter().filter(|&&b| self.ref_cnt[b as usize] == 0).count();
+        let revived = cached_hits
+            .iter()
+            .filter(|&&b| self.ref_cnt[b as usize] == 0)
+            .count();
         self.free_queue.len() >= revived + new_blocks
     }
 
     /// Extends `table` so it covers `total_tokens`: first with `cached_hits` (only when the
     /// table is empty), then with fresh blocks. All or nothing: returns false and changes
     /// nothing if there are not enough free blocks.
-    pub fn allocate(&mut self, table: &mut Vec<u32>, cached_hits: &[u32], total_tokens: usize) -> bool {
+    pub fn allocate(
+        &mut self,
+        table: &mut Vec<u32>,
+        cached_hits: &[u32],
+        total_tokens: usize,
+    ) -> bool {
         let hits = if table.is_empty() { cached_hits } else { &[] };
-        let need = self.blocks_needed(total_tokens).saturating_sub(table.len() + hits.len());
+        let need = self
+            .blocks_needed(total_tokens)
+            .saturating_sub(table.len() + hits.len());
         if !self.can_allocate(hits, need) {
             return false;
         }
@@ -158,7 +176,9 @@ impl KvBlockManager {
         }
         for _ in 0..need {
             // can_allocate guaranteed a free block.
-            let Some(b) = self.pop_free() else { return false };
+            let Some(b) = self.pop_free() else {
+                return false;
+            };
             self.ref_cnt[b as usize] = 1;
             table.push(b);
         }
@@ -201,7 +221,11 @@ impl KvBlockManager {
     /// Before writing into block `idx` of `table`: if it is shared, replace it with a private
     /// copy. Returns the (src, dst) copy to perform, or None if no copy is needed; Err(()) if
     /// no block is free.
-    pub fn copy_on_write(&mut self, table: &mut [u32], idx: usize) -> Result<Option<(u32, u32)>, ()> {
+    pub fn copy_on_write(
+        &mut self,
+        table: &mut [u32],
+        idx: usize,
+    ) -> Result<Option<(u32, u32)>, ()> {
         let b = table[idx];
         if self.ref_cnt[b as usize] <= 1 {
             return Ok(None);
@@ -216,7 +240,8 @@ impl KvBlockManager {
     /// Moves a sequence's blocks to host blocks. Returns (device, host) pairs, or None if the
     /// host pool is too small or a block is shared (shared blocks are recomputed instead).
     pub fn swap_out(&mut self, table: &mut [u32]) -> Option<Vec<(u32, u32)>> {
-        if self.cpu_free.len() < table.len() || table.iter().any(|&b| self.ref_cnt[b as usize] != 1) {
+        if self.cpu_free.len() < table.len() || table.iter().any(|&b| self.ref_cnt[b as usize] != 1)
+        {
             return None;
         }
         let mut pairs = Vec::with_capacity(table.len());
@@ -256,7 +281,10 @@ impl KvBlockManager {
         for b in 0..self.num_blocks {
             let in_free = self.free_stamp[b].is_some();
             if in_free != (self.ref_cnt[b] == 0) {
-                return Err(format!("block {b}: ref {} but in_free {in_free}", self.ref_cnt[b]));
+                return Err(format!(
+                    "block {b}: ref {} but in_free {in_free}",
+                    self.ref_cnt[b]
+                ));
             }
         }
         if self.free_queue.len() != self.free_stamp.iter().filter(|s| s.is_some()).count() {

@@ -25,6 +25,9 @@ pub struct EngineConfig {
     pub max_model_len: usize,
     pub enable_prefix_caching: bool,
     pub policy: SchedulingPolicy,
+    /// A preempted sequence with at least this many computed tokens is swapped to host blocks
+    /// (when there is room); shorter ones are recomputed, which costs less than two copies.
+    pub swap_min_tokens: usize,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +41,7 @@ impl Default for EngineConfig {
             max_model_len: 2048,
             enable_prefix_caching: true,
             policy: SchedulingPolicy::Fcfs,
+            swap_min_tokens: 256,
         }
     }
 }

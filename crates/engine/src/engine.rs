@@ -80,7 +80,11 @@ pub struct LlmEngine {
 }
 
 impl LlmEngine {
-    pub fn new(config: EngineConfig, executor: Box<dyn Executor>, codec: Arc<dyn TextCodec>) -> Self {
+    pub fn new(
+        config: EngineConfig,
+        executor: Box<dyn Executor>,
+        codec: Arc<dyn TextCodec>,
+    ) -> Self {
         LlmEngine {
             scheduler: Scheduler::new(config),
             executor,
@@ -118,11 +122,17 @@ impl LlmEngine {
     /// Checks and tokenizes a request and queues it. Errors are for the request's sender.
     pub fn add_request(&mut self, spec: RequestSpec) -> Result<(), EngineError> {
         if self.key_of.contains_key(&spec.request_id) {
-            return Err(EngineError::InvalidRequest(format!("request id `{}` is already in use", spec.request_id)));
+            return Err(EngineError::InvalidRequest(format!(
+                "request id `{}` is already in use",
+                spec.request_id
+            )));
         }
         let (prompt, ids) = match spec.prompt {
             PromptInput::Text(t) => {
-                let ids = self.codec.encode(&t, true).map_err(EngineError::Tokenizer)?;
+                let ids = self
+                    .codec
+                    .encode(&t, true)
+                    .map_err(EngineError::Tokenizer)?;
                 (Some(t), ids)
             }
             PromptInput::Tokens(ids) => (None, ids),
@@ -131,7 +141,9 @@ impl LlmEngine {
         let cfg = &self.scheduler.config;
         let max_len = cfg.max_model_len;
         if ids.is_empty() {
-            return Err(EngineError::InvalidRequest("The prompt cannot be empty".into()));
+            return Err(EngineError::InvalidRequest(
+                "The prompt cannot be empty".into(),
+            ));
         }
         if ids.len() >= max_len {
             return Err(EngineError::InvalidRequest(format!(
@@ -162,7 +174,9 @@ impl LlmEngine {
             )));
         }
         if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.codec.vocab_size()) {
-            return Err(EngineError::InvalidRequest(format!("token id {bad} is out of vocabulary")));
+            return Err(EngineError::InvalidRequest(format!(
+                "token id {bad} is out of vocabulary"
+            )));
         }
         let key = self.next_key;
         self.next_key += 1;
@@ -245,7 +259,11 @@ impl LlmEngine {
         let eos = self.codec.eos_token_id();
         let info = |seq: &Sequence| {
             let req = &requests[&seq.request_key];
-            let n = if req.forked || seq.sample_index != 0 { 1 } else { req.params.n.max(1) };
+            let n = if req.forked || seq.sample_index != 0 {
+                1
+            } else {
+                req.params.n.max(1)
+            };
             SampleInfo {
                 params: req.params.clone(),
                 prompt_tokens: req.prompt_token_ids.clone(),
@@ -260,7 +278,10 @@ impl LlmEngine {
         if plan.is_empty() && plan.blocks_to_swap_in.is_empty() {
             return Ok(Vec::new());
         }
-        let sampled = self.executor.execute(&plan).map_err(EngineError::Executor)?;
+        let sampled = self
+            .executor
+            .execute(&plan)
+            .map_err(EngineError::Executor)?;
         self.scheduler.step_done(&plan);
 
         let sampling: Vec<(SeqId, u32)> = plan
@@ -277,7 +298,9 @@ impl LlmEngine {
         }
         let mut touched: Vec<u64> = Vec::new();
         for ((seq_id, _), toks) in sampling.into_iter().zip(sampled) {
-            let Some(key) = self.scheduler.seqs.get(&seq_id).map(|s| s.request_key) else { continue };
+            let Some(key) = self.scheduler.seqs.get(&seq_id).map(|s| s.request_key) else {
+                continue;
+            };
             if toks.len() > 1 {
                 self.fork(seq_id, &toks[1..]);
             }
@@ -298,7 +321,9 @@ impl LlmEngine {
     /// The first sequence of an n > 1 request reached the end of its prompt: the other samples
     /// start here, sharing all its KV blocks (copy-on-write on the last, partial one).
     fn fork(&mut self, parent_id: SeqId, toks: &[SampledToken]) {
-        let Some(parent) = self.scheduler.seqs.get(&parent_id) else { return };
+        let Some(parent) = self.scheduler.seqs.get(&parent_id) else {
+            return;
+        };
         let key = parent.request_key;
         let (tokens, table, hashes, computed, registered, seed, prio, cached) = (
             parent.tokens.clone(),
@@ -310,7 +335,9 @@ impl LlmEngine {
             parent.priority,
             parent.num_cached_tokens,
         );
-        let Some(params) = self.requests.get(&key).map(|r| r.params.clone()) else { return };
+        let Some(params) = self.requests.get(&key).map(|r| r.params.clone()) else {
+            return;
+        };
         for (i, t) in toks.iter().enumerate() {
             let mut child = self.new_sequence(key, i as u32 + 1, &tokens, seed, prio, &params);
             child.num_computed = computed;
@@ -335,8 +362,12 @@ impl LlmEngine {
     fn append_token(&mut self, seq_id: SeqId, t: &SampledToken) {
         let max_len = self.scheduler.config.max_model_len;
         let eos = self.codec.eos_token_id();
-        let Some(seq) = self.scheduler.seqs.get_mut(&seq_id) else { return };
-        let Some(req) = self.requests.get_mut(&seq.request_key) else { return };
+        let Some(seq) = self.scheduler.seqs.get_mut(&seq_id) else {
+            return;
+        };
+        let Some(req) = self.requests.get_mut(&seq.request_key) else {
+            return;
+        };
         req.first_token_time.get_or_insert_with(Instant::now);
         let params = req.params.clone();
         seq.tokens.push(t.token);
@@ -374,26 +405,42 @@ impl LlmEngine {
     /// Builds a request's output; a request whose sequences all finished is retired and its
     /// blocks are freed.
     fn collect_output(&mut self, key: u64) -> RequestOutput {
-        let Some(req) = self.requests.get(&key) else { return empty_output() };
+        let Some(req) = self.requests.get(&key) else {
+            return empty_output();
+        };
         let all_forked = req.forked || req.params.n <= 1;
         let done = all_forked
-            && req.seq_ids.iter().all(|id| self.scheduler.seqs.get(id).is_none_or(|s| s.is_finished()));
+            && req
+                .seq_ids
+                .iter()
+                .all(|id| self.scheduler.seqs.get(id).is_none_or(|s| s.is_finished()));
         if !done {
             // Free finished siblings' blocks early; keep their data for the output.
-            let seqs: Vec<&Sequence> = req.seq_ids.iter().filter_map(|id| self.scheduler.seqs.get(id)).collect();
+            let seqs: Vec<&Sequence> = req
+                .seq_ids
+                .iter()
+                .filter_map(|id| self.scheduler.seqs.get(id))
+                .collect();
             let out = build_output(req, seqs.into_iter(), false);
             let finished: Vec<SeqId> = req
                 .seq_ids
                 .iter()
                 .copied()
-                .filter(|id| self.scheduler.seqs.get(id).is_some_and(|s| s.is_finished() && !s.block_table.is_empty()))
+                .filter(|id| {
+                    self.scheduler
+                        .seqs
+                        .get(id)
+                        .is_some_and(|s| s.is_finished() && !s.block_table.is_empty())
+                })
                 .collect();
             for id in finished {
                 self.release_blocks(id);
             }
             return out;
         }
-        let Some(req) = self.requests.remove(&key) else { return empty_output() };
+        let Some(req) = self.requests.remove(&key) else {
+            return empty_output();
+        };
         self.key_of.remove(&req.request_id);
         let mut seqs = Vec::new();
         for id in &req.seq_ids {
@@ -404,7 +451,10 @@ impl LlmEngine {
         let out = build_output(&req, seqs.iter(), true);
         let now = Instant::now();
         self.finished_timings.push(RequestTiming {
-            time_to_first_token: req.first_token_time.map(|t| (t - req.arrival_time).as_secs_f64()).unwrap_or(0.0),
+            time_to_first_token: req
+                .first_token_time
+                .map(|t| (t - req.arrival_time).as_secs_f64())
+                .unwrap_or(0.0),
             e2e_latency: (now - req.arrival_time).as_secs_f64(),
             num_prompt_tokens: req.prompt_token_ids.len(),
             num_generation_tokens: out.outputs.iter().map(|o| o.token_ids.len()).sum(),
@@ -434,13 +484,21 @@ fn empty_output() -> RequestOutput {
     }
 }
 
-fn build_output<'a>(req: &RequestState, seqs: impl Iterator<Item = &'a Sequence>, finished: bool) -> RequestOutput {
+fn build_output<'a>(
+    req: &RequestState,
+    seqs: impl Iterator<Item = &'a Sequence>,
+    finished: bool,
+) -> RequestOutput {
     let p = &req.params;
     let mut num_cached_tokens = 0;
     let mut outputs: Vec<CompletionOutput> = seqs
         .map(|s| {
             num_cached_tokens = num_cached_tokens.max(s.num_cached_tokens);
-            let vis = if s.is_finished() || finished { s.text.len() } else { visible_len(&s.text, &p.stop, p.include_stop_str_in_output) };
+            let vis = if s.is_finished() || finished {
+                s.text.len()
+            } else {
+                visible_len(&s.text, &p.stop, p.include_stop_str_in_output)
+            };
             CompletionOutput {
                 index: s.sample_index,
                 text: s.text[..vis].to_string(),

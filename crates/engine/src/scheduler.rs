@@ -9,10 +9,6 @@ use crate::executor::{SampleInfo, ScheduledSeq, SchedulerOutput, SeqId};
 use crate::sequence::{SeqStatus, Sequence};
 use std::collections::{HashMap, VecDeque};
 
-/// Below this many computed tokens a preempted sequence is recomputed rather than swapped:
-/// re-running a short prefix costs less than two copies over the host link.
-const SWAP_MIN_TOKENS: usize = 256;
-
 pub struct Scheduler {
     pub config: EngineConfig,
     pub blocks: KvBlockManager,
@@ -21,6 +17,7 @@ pub struct Scheduler {
     pub running: Vec<SeqId>,
     pub swapped: VecDeque<SeqId>,
     pub num_preemptions: u64,
+    pub num_swap_outs: u64,
 }
 
 /// Callback that fills in what a sequence samples with (the engine knows the request).
@@ -42,6 +39,7 @@ impl Scheduler {
             running: Vec::new(),
             swapped: VecDeque::new(),
             num_preemptions: 0,
+            num_swap_outs: 0,
         }
     }
 
@@ -88,9 +86,12 @@ impl Scheduler {
     fn preempt(&mut self, id: SeqId, out: &mut SchedulerOutput) {
         self.num_preemptions += 1;
         self.running.retain(|&s| s != id);
-        let Some(seq) = self.seqs.get_mut(&id) else { return };
-        if seq.num_computed >= SWAP_MIN_TOKENS && self.blocks.num_cpu_blocks() > 0 {
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        if seq.num_computed >= self.config.swap_min_tokens && self.blocks.num_cpu_blocks() > 0 {
             if let Some(pairs) = self.blocks.swap_out(&mut seq.block_table) {
+                self.num_swap_outs += 1;
                 seq.status = SeqStatus::Swapped;
                 out.blocks_to_swap_out.extend(pairs);
                 self.swapped.push_back(id);
@@ -110,9 +111,13 @@ impl Scheduler {
     /// it will write into, then new blocks. False if the pool is exhausted.
     fn reserve(&mut self, id: SeqId, n: usize, out: &mut SchedulerOutput) -> bool {
         let bs = self.config.block_size;
-        let Some(seq) = self.seqs.get_mut(&id) else { return false };
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return false;
+        };
         let first = seq.num_computed / bs;
-        let last = (seq.num_computed + n).div_ceil(bs).min(seq.block_table.len());
+        let last = (seq.num_computed + n)
+            .div_ceil(bs)
+            .min(seq.block_table.len());
         for idx in first..last {
             match self.blocks.copy_on_write(&mut seq.block_table, idx) {
                 Ok(Some(pair)) => out.blocks_to_copy.push(pair),
@@ -138,7 +143,10 @@ impl Scheduler {
 
     /// Plans one step.
     pub fn schedule(&mut self, info: &SampleInfoFn<'_>) -> SchedulerOutput {
-        let mut out = SchedulerOutput { block_size: self.config.block_size, ..Default::default() };
+        let mut out = SchedulerOutput {
+            block_size: self.config.block_size,
+            ..Default::default()
+        };
         let mut budget = self.config.max_num_batched_tokens;
         let mut preempted = false;
 
@@ -178,13 +186,17 @@ impl Scheduler {
                 if self.running.len() >= self.config.max_num_seqs {
                     break;
                 }
-                let Some(seq) = self.seqs.get_mut(&id) else { break };
+                let Some(seq) = self.seqs.get_mut(&id) else {
+                    break;
+                };
                 // Keep one spare block per running sequence so the swap-in does not force an
                 // immediate preemption.
                 if self.blocks.num_free_blocks() < seq.block_table.len() + self.running.len() + 1 {
                     break;
                 }
-                let Some(pairs) = self.blocks.swap_in(&mut seq.block_table) else { break };
+                let Some(pairs) = self.blocks.swap_in(&mut seq.block_table) else {
+                    break;
+                };
                 out.blocks_to_swap_in.extend(pairs);
                 seq.status = SeqStatus::Running;
                 self.swapped.pop_front();
@@ -199,15 +211,22 @@ impl Scheduler {
             self.waiting = waiting.into();
             let bs = self.config.block_size;
             while budget > 0 && self.running.len() < self.config.max_num_seqs {
-                let Some(&id) = self.waiting.front() else { break };
-                let Some(seq) = self.seqs.get_mut(&id) else { break };
+                let Some(&id) = self.waiting.front() else {
+                    break;
+                };
+                let Some(seq) = self.seqs.get_mut(&id) else {
+                    break;
+                };
                 // At least the last token is computed, so the step produces logits.
                 let len = seq.tokens.len();
                 seq.hash_full_blocks(bs, len - 1);
                 let hits = self.blocks.lookup_prefix(&seq.block_hashes, len);
                 let cached = hits.len() * bs;
                 let n = (len - cached).min(budget);
-                if !self.blocks.allocate(&mut seq.block_table, &hits, cached + n) {
+                if !self
+                    .blocks
+                    .allocate(&mut seq.block_table, &hits, cached + n)
+                {
                     // Undo the lookup's statistics: this admission did not happen.
                     self.blocks.prefix_queries -= len as u64;
                     self.blocks.prefix_hits -= cached as u64;
@@ -233,12 +252,15 @@ impl Scheduler {
     pub fn step_done(&mut self, out: &SchedulerOutput) {
         let bs = self.config.block_size;
         for s in &out.seqs {
-            let Some(seq) = self.seqs.get_mut(&s.seq_id) else { continue };
+            let Some(seq) = self.seqs.get_mut(&s.seq_id) else {
+                continue;
+            };
             seq.num_computed = s.start_pos + s.token_ids.len();
             seq.hash_full_blocks(bs, seq.num_computed);
             let full = (seq.num_computed / bs).min(seq.block_table.len());
             for idx in seq.num_registered_blocks..full {
-                self.blocks.register(seq.block_table[idx], seq.block_hashes[idx]);
+                self.blocks
+                    .register(seq.block_table[idx], seq.block_hashes[idx]);
             }
             seq.num_registered_blocks = seq.num_registered_blocks.max(full);
         }

@@ -23,7 +23,12 @@ pub fn check_stop(
         if p.stop_token_ids.contains(&tok) {
             return Some((FinishReason::Stop, Some(StopReason::Token(tok))));
         }
-        if let Some((s, cut)) = find_stop_string(&seq.text, new_text_len, &p.stop, p.include_stop_str_in_output) {
+        if let Some((s, cut)) = find_stop_string(
+            &seq.text,
+            new_text_len,
+            &p.stop,
+            p.include_stop_str_in_output,
+        ) {
             seq.text.truncate(cut);
             return Some((FinishReason::Stop, Some(StopReason::Text(s))));
         }
@@ -36,7 +41,12 @@ pub fn check_stop(
 
 /// Finds the earliest stop string that overlaps the newly added tail of `text`. Returns the
 /// string and the length to truncate `text` to.
-fn find_stop_string(text: &str, new_len: usize, stops: &[String], include: bool) -> Option<(String, usize)> {
+fn find_stop_string(
+    text: &str,
+    new_len: usize,
+    stops: &[String],
+    include: bool,
+) -> Option<(String, usize)> {
     let mut best: Option<(usize, &String)> = None;
     for s in stops.iter().filter(|s| !s.is_empty()) {
         // Only a match ending in the new text is new; start the search early enough for it.
@@ -60,7 +70,11 @@ pub fn visible_len(text: &str, stops: &[String], include: bool) -> usize {
     if include {
         return text.len();
     }
-    let hold = stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+    let hold = stops
+        .iter()
+        .map(|s| s.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0);
     let mut cut = text.len().saturating_sub(hold);
     while !text.is_char_boundary(cut) {
         cut -= 1;
@@ -76,12 +90,21 @@ mod tests {
     fn stop_string_found_across_chunks() {
         let stops = vec!["\n\n".to_string(), "END".to_string()];
         assert_eq!(find_stop_string("abc\n", 1, &stops, false), None);
-        assert_eq!(find_stop_string("abc\n\n", 1, &stops, false), Some(("\n\n".into(), 3)));
+        assert_eq!(
+            find_stop_string("abc\n\n", 1, &stops, false),
+            Some(("\n\n".into(), 3))
+        );
         assert_eq!(find_stop_string("xxEN", 2, &stops, false), None);
-        assert_eq!(find_stop_string("xxEND!", 2, &stops, true), Some(("END".into(), 5)));
+        assert_eq!(
+            find_stop_string("xxEND!", 2, &stops, true),
+            Some(("END".into(), 5))
+        );
         // A match entirely inside old text was already handled; not re-reported... but the
         // earliest match in the searched window wins.
-        assert_eq!(find_stop_string("a END b END", 4, &stops, false), Some(("END".into(), 8)));
+        assert_eq!(
+            find_stop_string("a END b END", 4, &stops, false),
+            Some(("END".into(), 8))
+        );
     }
 
     #[test]

@@ -43,11 +43,21 @@ impl ModelConfig {
         }
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = need(f.get_u32(&k("embedding_length")), &k("embedding_length"))? as usize;
-        let heads = need(f.get_u32(&k("attention.head_count")), &k("attention.head_count"))? as usize;
-        let kv_heads = f.get_u32(&k("attention.head_count_kv")).map(|v| v as usize).unwrap_or(heads);
+        let heads = need(
+            f.get_u32(&k("attention.head_count")),
+            &k("attention.head_count"),
+        )? as usize;
+        let kv_heads = f
+            .get_u32(&k("attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(heads);
         let vocab = match f.get_u32(&k("vocab_size")) {
             Some(v) => v as usize,
-            None => need(f.get_str_array("tokenizer.ggml.tokens"), "tokenizer.ggml.tokens")?.len(),
+            None => need(
+                f.get_str_array("tokenizer.ggml.tokens"),
+                "tokenizer.ggml.tokens",
+            )?
+            .len(),
         };
         let head_dim = match f.get_u32(&k("attention.key_length")) {
             Some(v) => v as usize,
@@ -59,9 +69,14 @@ impl ModelConfig {
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
-            intermediate_size: need(f.get_u32(&k("feed_forward_length")), &k("feed_forward_length"))? as usize,
+            intermediate_size: need(
+                f.get_u32(&k("feed_forward_length")),
+                &k("feed_forward_length"),
+            )? as usize,
             vocab_size: vocab,
-            norm_eps: f.get_f32(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            norm_eps: f
+                .get_f32(&k("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5),
             rope_theta: f.get_f32(&k("rope.freq_base")).unwrap_or(10_000.0),
             rope_style: RopeStyle::Interleaved,
             max_position_embeddings: f.get_u32(&k("context_length")).unwrap_or(2048) as usize,
@@ -76,8 +91,15 @@ impl ModelConfig {
 
     /// Reads an HF `config.json` (Llama/Mistral family). HF checkpoints use the neox rope.
     pub fn from_hf_json(v: &Value) -> Result<Self> {
-        let arch = v["architectures"][0].as_str().or(v["model_type"].as_str()).unwrap_or("").to_string();
-        if !matches!(arch.as_str(), "LlamaForCausalLM" | "MistralForCausalLM" | "llama" | "mistral") {
+        let arch = v["architectures"][0]
+            .as_str()
+            .or(v["model_type"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if !matches!(
+            arch.as_str(),
+            "LlamaForCausalLM" | "MistralForCausalLM" | "llama" | "mistral"
+        ) {
             return Err(ModelError::UnsupportedArch(arch));
         }
         let u = |key: &str| v[key].as_u64().map(|x| x as usize);
@@ -109,13 +131,24 @@ impl ModelConfig {
 
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
-            return bad(format!("{} heads cannot be grouped over {} KV heads", self.num_heads, self.num_kv_heads));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
+            return bad(format!(
+                "{} heads cannot be grouped over {} KV heads",
+                self.num_heads, self.num_kv_heads
+            ));
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return bad(format!("head_dim {} must be even and positive", self.head_dim));
+            return bad(format!(
+                "head_dim {} must be even and positive",
+                self.head_dim
+            ));
         }
-        if self.hidden_size == 0 || self.num_layers == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
+        if self.hidden_size == 0
+            || self.num_layers == 0
+            || self.vocab_size == 0
+            || self.intermediate_size == 0
+        {
             return bad("zero-sized dimension".into());
         }
         Ok(())

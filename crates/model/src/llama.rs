@@ -63,7 +63,11 @@ impl<B: Backend> LlamaModel<B> {
                 head_dim: c.head_dim,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
             },
-            rope: RopeSpec { style: c.rope_style, theta: c.rope_theta, rotary_dim: c.head_dim },
+            rope: RopeSpec {
+                style: c.rope_style,
+                theta: c.rope_theta,
+                rotary_dim: c.head_dim,
+            },
             config,
         })
     }
@@ -126,7 +130,11 @@ impl<B: Backend> LlamaModel<B> {
         let mut last_normed = b.alloc(rows, h)?;
         b.rms_norm(&last, &self.final_norm, eps, &mut last_normed)?;
         let mut logits = b.alloc(rows, c.vocab_size)?;
-        b.matmul(&last_normed, self.lm_head.as_ref().unwrap_or(&self.embed), &mut logits)?;
+        b.matmul(
+            &last_normed,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+            &mut logits,
+        )?;
         Ok(logits)
     }
 }

@@ -17,17 +17,36 @@ pub struct ModelRunner<B: Backend> {
 }
 
 impl<B: Backend> ModelRunner<B> {
-    pub fn new(backend: B, model: LlamaModel<B>, num_blocks: usize, block_size: usize) -> Result<Self, String> {
+    pub fn new(
+        backend: B,
+        model: LlamaModel<B>,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self, String> {
         let spec = model.kv_cache_spec(num_blocks, block_size);
         let kv_cache = backend.alloc_kv_cache(&spec).map_err(|e| e.to_string())?;
-        Ok(ModelRunner { backend, model, kv_cache, block_size, swap_space: HashMap::new() })
+        Ok(ModelRunner {
+            backend,
+            model,
+            kv_cache,
+            block_size,
+            swap_space: HashMap::new(),
+        })
     }
 
     /// The flat batch for a step.
     pub fn build_batch(&self, step: &SchedulerOutput) -> BatchLayout {
-        let mut batch = BatchLayout { block_size: self.block_size as u32, ..Default::default() };
+        let mut batch = BatchLayout {
+            block_size: self.block_size as u32,
+            ..Default::default()
+        };
         for s in &step.seqs {
-            batch.push_seq(&s.token_ids, s.start_pos as u32, &s.block_table, s.sample.is_some());
+            batch.push_seq(
+                &s.token_ids,
+                s.start_pos as u32,
+                &s.block_table,
+                s.sample.is_some(),
+            );
         }
         batch
     }
@@ -35,15 +54,22 @@ impl<B: Backend> ModelRunner<B> {
     fn move_blocks(&mut self, step: &SchedulerOutput) -> Result<(), String> {
         let b = &self.backend;
         for &(dev, host) in &step.blocks_to_swap_out {
-            let bytes = b.read_blocks(&self.kv_cache, &[dev]).map_err(|e| e.to_string())?;
+            let bytes = b
+                .read_blocks(&self.kv_cache, &[dev])
+                .map_err(|e| e.to_string())?;
             self.swap_space.insert(host, bytes);
         }
         for &(host, dev) in &step.blocks_to_swap_in {
-            let bytes = self.swap_space.remove(&host).ok_or_else(|| format!("host block {host} holds no data"))?;
-            b.write_blocks(&mut self.kv_cache, &[dev], &bytes).map_err(|e| e.to_string())?;
+            let bytes = self
+                .swap_space
+                .remove(&host)
+                .ok_or_else(|| format!("host block {host} holds no data"))?;
+            b.write_blocks(&mut self.kv_cache, &[dev], &bytes)
+                .map_err(|e| e.to_string())?;
         }
         if !step.blocks_to_copy.is_empty() {
-            b.copy_blocks(&mut self.kv_cache, &step.blocks_to_copy).map_err(|e| e.to_string())?;
+            b.copy_blocks(&mut self.kv_cache, &step.blocks_to_copy)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -51,7 +77,10 @@ impl<B: Backend> ModelRunner<B> {
 
 /// Log-softmax rank of `token` in `logits` (1 = most likely).
 fn rank_of(logits: &[f32], token: u32) -> u32 {
-    let v = logits.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    let v = logits
+        .get(token as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY);
     1 + logits.iter().filter(|&&x| x > v).count() as u32
 }
 
@@ -62,13 +91,23 @@ impl<B: Backend> Executor for ModelRunner<B> {
             return Ok(Vec::new());
         }
         let layout = self.build_batch(step);
-        let batch = self.backend.upload_batch(&layout).map_err(|e| e.to_string())?;
-        let logits = self.model.forward(&self.backend, &batch, &mut self.kv_cache).map_err(|e| e.to_string())?;
+        let batch = self
+            .backend
+            .upload_batch(&layout)
+            .map_err(|e| e.to_string())?;
+        let logits = self
+            .model
+            .forward(&self.backend, &batch, &mut self.kv_cache)
+            .map_err(|e| e.to_string())?;
         let host = self.backend.to_host(&logits).map_err(|e| e.to_string())?;
         let vocab = self.model.config.vocab_size;
         let samplers: Vec<_> = step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
         if host.len() != samplers.len() * vocab {
-            return Err(format!("got {} logits for {} rows of {vocab}", host.len(), samplers.len()));
+            return Err(format!(
+                "got {} logits for {} rows of {vocab}",
+                host.len(),
+                samplers.len()
+            ));
         }
         let out = samplers
             .par_iter()
@@ -87,8 +126,17 @@ impl<B: Backend> Executor for ModelRunner<B> {
                             ignore_eos: info.params.ignore_eos,
                         };
                         let s = sampler::sample(&mut l, &req);
-                        let rank = if info.params.logprobs.is_some() { rank_of(row, s.token) } else { 0 };
-                        SampledToken { token: s.token, logprob: s.logprob, rank, top_logprobs: s.top_logprobs }
+                        let rank = if info.params.logprobs.is_some() {
+                            rank_of(row, s.token)
+                        } else {
+                            0
+                        };
+                        SampledToken {
+                            token: s.token,
+                            logprob: s.logprob,
+                            rank,
+                            top_logprobs: s.top_logprobs,
+                        }
                     })
                     .collect()
             })

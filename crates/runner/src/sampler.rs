@@ -18,6 +18,14 @@ pub struct SampledToken {
 }
 
 pub fn sample(logits: &mut [f32], _req: &SampleRequest) -> SampledToken {
-    let (i, _) = logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
-    SampledToken { token: i as u32, logprob: 0.0, top_logprobs: vec![] }
+    let (i, _) =
+        logits.iter().enumerate().fold(
+            (0, f32::NEG_INFINITY),
+            |a, (i, &v)| if v > a.1 { (i, v) } else { a },
+        );
+    SampledToken {
+        token: i as u32,
+        logprob: 0.0,
+        top_logprobs: vec![],
+    }
 }

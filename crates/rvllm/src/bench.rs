@@ -8,17 +8,26 @@ use std::time::Instant;
 
 fn random_prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
     // Avoid the first ids (special tokens in most vocabularies).
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (100 + (s >> 33) as usize % (vocab - 100)) as u32
         })
         .collect()
 }
 
 fn fixed_params(output_len: usize) -> SamplingParams {
-    SamplingParams { temperature: 0.0, max_tokens: Some(output_len as u32), ignore_eos: true, ..Default::default() }
+    SamplingParams {
+        temperature: 0.0,
+        max_tokens: Some(output_len as u32),
+        ignore_eos: true,
+        ..Default::default()
+    }
 }
 
 pub struct LatencyReport {
@@ -28,7 +37,13 @@ pub struct LatencyReport {
 }
 
 /// One batch of `batch` prompts; time to first token and per-step decode time.
-pub fn latency_once(llm: &mut LLM, input_len: usize, output_len: usize, batch: usize, seed: u64) -> Result<LatencyReport> {
+pub fn latency_once(
+    llm: &mut LLM,
+    input_len: usize,
+    output_len: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<LatencyReport> {
     let vocab = llm.model_config.vocab_size;
     let params = fixed_params(output_len);
     let engine = llm.engine();
@@ -36,13 +51,22 @@ pub fn latency_once(llm: &mut LLM, input_len: usize, output_len: usize, batch: u
     for i in 0..batch {
         let id = format!("lat-{seed}-{i}");
         let prompt = PromptInput::Tokens(random_prompt(input_len, vocab, seed * 1000 + i as u64));
-        engine.add_request(RequestSpec { request_id: id, prompt, params: params.clone(), priority: 0 })?;
+        engine.add_request(RequestSpec {
+            request_id: id,
+            prompt,
+            params: params.clone(),
+            priority: 0,
+        })?;
     }
     let mut first = None;
     let mut steps_after_first = 0usize;
     while engine.has_unfinished_requests() {
         let outs = engine.step()?;
-        if first.is_none() && outs.iter().any(|o| o.outputs.iter().any(|c| !c.token_ids.is_empty())) {
+        if first.is_none()
+            && outs
+                .iter()
+                .any(|o| o.outputs.iter().any(|c| !c.token_ids.is_empty()))
+        {
             first = Some(t0.elapsed());
         } else if first.is_some() {
             steps_after_first += 1;
@@ -57,7 +81,14 @@ pub fn latency_once(llm: &mut LLM, input_len: usize, output_len: usize, batch: u
     })
 }
 
-pub fn latency(llm: &mut LLM, input_len: usize, output_len: usize, batch: usize, warmup: usize, iters: usize) -> Result<String> {
+pub fn latency(
+    llm: &mut LLM,
+    input_len: usize,
+    output_len: usize,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<String> {
     for w in 0..warmup {
         latency_once(llm, input_len, output_len, batch, 1000 + w as u64)?;
     }
@@ -83,14 +114,23 @@ pub fn latency(llm: &mut LLM, input_len: usize, output_len: usize, batch: usize,
     ))
 }
 
-pub fn throughput(llm: &mut LLM, num_prompts: usize, input_len: usize, output_len: usize) -> Result<String> {
+pub fn throughput(
+    llm: &mut LLM,
+    num_prompts: usize,
+    input_len: usize,
+    output_len: usize,
+) -> Result<String> {
     let vocab = llm.model_config.vocab_size;
-    let prompts: Vec<PromptInput> =
-        (0..num_prompts).map(|i| PromptInput::Tokens(random_prompt(input_len, vocab, 7 + i as u64))).collect();
+    let prompts: Vec<PromptInput> = (0..num_prompts)
+        .map(|i| PromptInput::Tokens(random_prompt(input_len, vocab, 7 + i as u64)))
+        .collect();
     let t0 = Instant::now();
     let outs = llm.generate_inputs(prompts, &[fixed_params(output_len)], true)?;
     let secs = t0.elapsed().as_secs_f64();
-    let out_toks: usize = outs.iter().map(|o| o.outputs.iter().map(|c| c.token_ids.len()).sum::<usize>()).sum();
+    let out_toks: usize = outs
+        .iter()
+        .map(|o| o.outputs.iter().map(|c| c.token_ids.len()).sum::<usize>())
+        .sum();
     let in_toks: usize = outs.iter().map(|o| o.prompt_token_ids.len()).sum();
     Ok(format!(
         "throughput: {num_prompts} prompts x ({input_len} in, {output_len} out) in {secs:.2} s\n  \

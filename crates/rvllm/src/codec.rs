@@ -19,10 +19,15 @@ impl DecodeStream for Stream {
 
 impl TextCodec for TokenizerCodec {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
-        self.0.encode(text, add_special_tokens).map_err(|e| e.to_string())
+        self.0
+            .encode(text, add_special_tokens)
+            .map_err(|e| e.to_string())
     }
     fn decode_stream(&self, skip_special_tokens: bool) -> Box<dyn DecodeStream> {
-        Box::new(Stream { tok: self.0.clone(), inner: IncrementalDetokenizer::new(skip_special_tokens) })
+        Box::new(Stream {
+            tok: self.0.clone(),
+            inner: IncrementalDetokenizer::new(skip_special_tokens),
+        })
     }
     fn token_text(&self, id: u32) -> String {
         self.0.decode(&[id], false).unwrap_or_default()

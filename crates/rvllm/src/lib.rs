@@ -16,5 +16,7 @@ pub mod llm;
 pub mod model_fetch;
 
 pub use llm::{EngineArgs, LLM};
-pub use rvllm_engine::{CompletionOutput, FinishReason, PromptInput, RequestOutput, SamplingParams};
+pub use rvllm_engine::{
+    CompletionOutput, FinishReason, PromptInput, RequestOutput, SamplingParams,
+};
 pub use rvllm_tokenizer::ChatMessage;

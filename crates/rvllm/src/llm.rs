@@ -5,7 +5,10 @@ use crate::model_fetch;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rvllm_backend::cpu::CpuBackend;
-use rvllm_engine::{EngineConfig, LlmEngine, PromptInput, RequestOutput, RequestSpec, SamplingParams, SchedulingPolicy, TextCodec};
+use rvllm_engine::{
+    EngineConfig, LlmEngine, PromptInput, RequestOutput, RequestSpec, SamplingParams,
+    SchedulingPolicy, TextCodec,
+};
 use rvllm_gguf::GgufFile;
 use rvllm_model::{DummyWeights, GgufWeights, LlamaModel, ModelConfig};
 use rvllm_runner::ModelRunner;
@@ -83,9 +86,14 @@ pub fn tokenizer_spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec> {
         .map(str::to_string)
         .collect::<Vec<_>>();
     Ok(TokenizerSpec {
-        model: f.get_str("tokenizer.ggml.model").unwrap_or("gpt2").to_string(),
+        model: f
+            .get_str("tokenizer.ggml.model")
+            .unwrap_or("gpt2")
+            .to_string(),
         pre: f.get_str("tokenizer.ggml.pre").map(str::to_string),
-        token_types: f.get_i32_array("tokenizer.ggml.token_type").unwrap_or_else(|| vec![1; tokens.len()]),
+        token_types: f
+            .get_i32_array("tokenizer.ggml.token_type")
+            .unwrap_or_else(|| vec![1; tokens.len()]),
         merges: f
             .get_str_array("tokenizer.ggml.merges")
             .map(|m| m.into_iter().map(str::to_string).collect())
@@ -105,7 +113,9 @@ impl LLM {
     pub fn new(args: EngineArgs) -> Result<Self> {
         if args.threads > 0 {
             // Only the first call configures the global pool; later LLMs share it.
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global();
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(args.threads)
+                .build_global();
         }
         let device = args.device.as_str();
         if !matches!(device, "auto" | "cpu") {
@@ -118,10 +128,15 @@ impl LLM {
         let backend = CpuBackend::new();
         let t0 = std::time::Instant::now();
         let (model, tokenizer) = if args.load_format == "dummy" {
-            let cfg_path = if path.is_dir() { path.join("config.json") } else { path.clone() };
-            let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+            let cfg_path = if path.is_dir() {
+                path.join("config.json")
+            } else {
+                path.clone()
+            };
+            let text = std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("reading {}", cfg_path.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", cfg_path.display()))?;
             let cfg = ModelConfig::from_hf_json(&json)?;
             let model = LlamaModel::load(&backend, cfg, &DummyWeights { seed: args.seed })?;
             (model, None)
@@ -129,12 +144,15 @@ impl LLM {
             if path.is_dir() {
                 bail!("{}: loading HF safetensors checkpoints is not supported yet; pass a GGUF file or load_format=dummy", path.display());
             }
-            let file = GgufFile::open(&path).with_context(|| format!("opening model {}", path.display()))?;
+            let file = GgufFile::open(&path)
+                .with_context(|| format!("opening model {}", path.display()))?;
             let cfg = ModelConfig::from_gguf(&file)?;
             let tok = if args.skip_tokenizer_init {
                 None
             } else {
-                Some(Arc::new(Tokenizer::from_spec(tokenizer_spec_from_gguf(&file)?)?))
+                Some(Arc::new(Tokenizer::from_spec(tokenizer_spec_from_gguf(
+                    &file,
+                )?)?))
             };
             let model = LlamaModel::load(&backend, cfg, &GgufWeights { file: &file })?;
             (model, tok)
@@ -154,9 +172,14 @@ impl LLM {
             t0.elapsed().as_secs_f64()
         );
 
-        let max_model_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings.min(8192));
+        let max_model_len = args
+            .max_model_len
+            .unwrap_or(cfg.max_position_embeddings.min(8192));
         if max_model_len > cfg.max_position_embeddings {
-            bail!("max_model_len {max_model_len} exceeds the model's {} positions", cfg.max_position_embeddings);
+            bail!(
+                "max_model_len {max_model_len} exceeds the model's {} positions",
+                cfg.max_position_embeddings
+            );
         }
         let spec1 = model.kv_cache_spec(1, args.block_size);
         let block_bytes = spec1.bytes_per_block(4) as u64;
@@ -179,22 +202,33 @@ impl LLM {
             args.block_size,
             (num_blocks as u64 * block_bytes) as f64 / (1u64 << 30) as f64
         );
-        let runner = ModelRunner::new(backend, model, num_blocks, args.block_size).map_err(anyhow::Error::msg)?;
+        let runner = ModelRunner::new(backend, model, num_blocks, args.block_size)
+            .map_err(anyhow::Error::msg)?;
         let codec: Arc<dyn TextCodec> = match &tokenizer {
             Some(t) => Arc::new(TokenizerCodec(t.clone())),
-            None => Arc::new(NoTokenizer { vocab_size: cfg.vocab_size, eos: cfg.eos_token_id }),
+            None => Arc::new(NoTokenizer {
+                vocab_size: cfg.vocab_size,
+                eos: cfg.eos_token_id,
+            }),
         };
         let config = EngineConfig {
             block_size: args.block_size,
             num_gpu_blocks: num_blocks,
             num_cpu_blocks,
-            max_num_batched_tokens: args.max_num_batched_tokens.unwrap_or(max_model_len.max(2048)),
+            max_num_batched_tokens: args
+                .max_num_batched_tokens
+                .unwrap_or(max_model_len.max(2048)),
             max_num_seqs: args.max_num_seqs,
             max_model_len,
             enable_prefix_caching: args.enable_prefix_caching,
             policy: args.scheduling_policy,
         };
-        Ok(LLM { engine: LlmEngine::new(config, Box::new(runner), codec), tokenizer, model_config: cfg, next_request: 0 })
+        Ok(LLM {
+            engine: LlmEngine::new(config, Box::new(runner), codec),
+            tokenizer,
+            model_config: cfg,
+            next_request: 0,
+        })
     }
 
     pub fn engine(&mut self) -> &mut LlmEngine {
@@ -213,21 +247,39 @@ impl LLM {
 
     /// Generates for every prompt; outputs come back in prompt order. Several prompts show a
     /// "Processed prompts" progress bar.
-    pub fn generate<P: Clone + Into<PromptInput>>(&mut self, prompts: &[P], params: &SamplingParams) -> Result<Vec<RequestOutput>> {
+    pub fn generate<P: Clone + Into<PromptInput>>(
+        &mut self,
+        prompts: &[P],
+        params: &SamplingParams,
+    ) -> Result<Vec<RequestOutput>> {
         let inputs: Vec<PromptInput> = prompts.iter().cloned().map(Into::into).collect();
         self.generate_inputs(inputs, std::slice::from_ref(params), prompts.len() > 1)
     }
 
     /// Like `generate`, with one set of parameters per prompt (or one for all).
-    pub fn generate_inputs(&mut self, prompts: Vec<PromptInput>, params: &[SamplingParams], progress: bool) -> Result<Vec<RequestOutput>> {
+    pub fn generate_inputs(
+        &mut self,
+        prompts: Vec<PromptInput>,
+        params: &[SamplingParams],
+        progress: bool,
+    ) -> Result<Vec<RequestOutput>> {
         if params.len() != 1 && params.len() != prompts.len() {
-            bail!("got {} sampling params for {} prompts", params.len(), prompts.len());
+            bail!(
+                "got {} sampling params for {} prompts",
+                params.len(),
+                prompts.len()
+            );
         }
         let mut ids = Vec::with_capacity(prompts.len());
         for (i, prompt) in prompts.into_iter().enumerate() {
             let p = &params[if params.len() == 1 { 0 } else { i }];
             let id = self.next_request_id();
-            if let Err(e) = self.engine.add_request(RequestSpec { request_id: id.clone(), prompt, params: p.clone(), priority: 0 }) {
+            if let Err(e) = self.engine.add_request(RequestSpec {
+                request_id: id.clone(),
+                prompt,
+                params: p.clone(),
+                priority: 0,
+            }) {
                 for done in &ids {
                     self.engine.abort_request(done);
                 }
@@ -254,7 +306,11 @@ impl LLM {
                     in_toks += out.prompt_token_ids.len();
                     out_toks += out.outputs.iter().map(|o| o.token_ids.len()).sum::<usize>();
                     let secs = start.elapsed().as_secs_f64().max(1e-9);
-                    bar.set_message(format!("est. speed input: {:.2} toks/s, output: {:.2} toks/s", in_toks as f64 / secs, out_toks as f64 / secs));
+                    bar.set_message(format!(
+                        "est. speed input: {:.2} toks/s, output: {:.2} toks/s",
+                        in_toks as f64 / secs,
+                        out_toks as f64 / secs
+                    ));
                     bar.inc(1);
                     done.insert(out.request_id.clone(), out);
                 }
@@ -262,12 +318,19 @@ impl LLM {
         }
         bar.finish();
         ids.iter()
-            .map(|id| done.remove(id).with_context(|| format!("request {id} produced no output")))
+            .map(|id| {
+                done.remove(id)
+                    .with_context(|| format!("request {id} produced no output"))
+            })
             .collect()
     }
 
     /// Renders the model's chat template for each conversation and generates.
-    pub fn chat(&mut self, conversations: &[Vec<ChatMessage>], params: &SamplingParams) -> Result<Vec<RequestOutput>> {
+    pub fn chat(
+        &mut self,
+        conversations: &[Vec<ChatMessage>],
+        params: &SamplingParams,
+    ) -> Result<Vec<RequestOutput>> {
         let prompts = conversations
             .iter()
             .map(|c| self.render_chat(c).map(PromptInput::Text))

