@@ -76,6 +76,16 @@ pub enum GgufError {
         max: usize,
     },
 
+    #[error(
+        "metadata key '{key}': array at offset {offset} takes the metadata past {limit} array \
+         elements in total, more than any real model needs"
+    )]
+    MetadataTooLarge {
+        key: String,
+        offset: u64,
+        limit: u64,
+    },
+
     #[error("duplicate metadata key '{key}' at offset {offset}")]
     DuplicateKey { key: String, offset: u64 },
 

@@ -26,6 +26,12 @@ const MAX_ARRAY_DEPTH: usize = 8;
 /// `MetadataValue`, so large arrays grow as they are actually read instead of trusting the count.
 const MAX_PREALLOC: usize = 1 << 16;
 
+/// Cap on the total number of array elements in a file's metadata. Counts are already checked
+/// against the file size, but a one-byte element still becomes a 32-byte `MetadataValue`, so
+/// without a cap a crafted multi-gigabyte file could demand 32x its size in heap. Real files
+/// stay far below this: the largest tokenizers have ~10^6 tokens + merges + scores in total.
+pub const MAX_METADATA_VALUES: u64 = 1 << 24;
+
 /// Smallest possible encodings, used to reject counts that cannot fit in the rest of the file
 /// before anything is allocated for them.
 const MIN_KV_BYTES: u64 = 8 + 4 + 1; // empty key, value type, 1-byte value
@@ -49,9 +55,10 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Total number of elements (product of `dims`). Cannot overflow for a validated tensor.
+    /// Total number of elements (product of `dims`). Exact for a validated tensor; saturates
+    /// at `u64::MAX` for a hand-made `TensorInfo` whose dims overflow.
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims.iter().fold(1u64, |a, &d| a.saturating_mul(d))
     }
 
     /// Length of one row, `dims[0]`.
@@ -61,7 +68,10 @@ impl TensorInfo {
 
     /// Number of rows: the product of all dims but the first.
     pub fn n_rows(&self) -> u64 {
-        self.dims.iter().skip(1).product()
+        self.dims
+            .iter()
+            .skip(1)
+            .fold(1u64, |a, &d| a.saturating_mul(d))
     }
 }
 
@@ -278,13 +288,28 @@ impl GgufFile {
     /// Dequantizes a whole tensor into a new `Vec<f32>` of `n_elements()` values. Convenient for
     /// small tensors (norms, biases); big weights should stay quantized.
     pub fn dequantize_tensor(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
-        let n = usize::try_from(t.n_elements()).map_err(|_| GgufError::ShapeOverflow {
+        let data = self.tensor_data(t);
+        // Re-derive the size so that a hand-made `TensorInfo` cannot make us allocate for
+        // elements that are not backed by data.
+        let n_elements = t.n_elements();
+        let overflow = || GgufError::ShapeOverflow {
             tensor: t.name.clone(),
             dims: t.dims.clone(),
             ty: t.ggml_type,
-        })?;
+        };
+        let expected = t.ggml_type.bytes_for(n_elements).ok_or_else(overflow)?;
+        if expected != data.len() {
+            return Err(GgufError::TensorDataSize {
+                tensor: t.name.clone(),
+                expected,
+                found: data.len(),
+            });
+        }
+        // Every element is now backed by real data bytes (a few elements per byte at most), so
+        // the allocation is bounded by the file size.
+        let n = usize::try_from(n_elements).map_err(|_| overflow())?;
         let mut out = vec![0.0f32; n];
-        dequantize(t.ggml_type, self.tensor_data(t), &mut out)?;
+        dequantize(t.ggml_type, data, &mut out)?;
         Ok(out)
     }
 }
@@ -359,6 +384,8 @@ fn short(s: &str) -> String {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array elements that may still be read (see [`MAX_METADATA_VALUES`]).
+    values_left: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -527,6 +554,14 @@ fn read_array(c: &mut Cursor<'_>, key: &str, depth: usize) -> Result<MetadataVal
             available: c.remaining(),
         });
     }
+    if count > c.values_left {
+        return Err(GgufError::MetadataTooLarge {
+            key: short(key),
+            offset: count_offset,
+            limit: MAX_METADATA_VALUES,
+        });
+    }
+    c.values_left -= count;
     // `count` fits in the file, hence in usize.
     let mut items = Vec::with_capacity((count as usize).min(MAX_PREALLOC));
     for i in 0..count {
@@ -567,7 +602,11 @@ fn check_count(
 }
 
 fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
-    let mut c = Cursor { buf, pos: 0 };
+    let mut c = Cursor {
+        buf,
+        pos: 0,
+        values_left: MAX_METADATA_VALUES,
+    };
 
     let magic: [u8; 4] = c.array(Ctx::Header("magic"))?;
     if &magic != b"GGUF" {

@@ -33,7 +33,7 @@ mod writer;
 
 pub use dequant::dequantize;
 pub use error::GgufError;
-pub use file::{GgufFile, TensorInfo, ALIGNMENT_KEY, DEFAULT_ALIGNMENT};
+pub use file::{GgufFile, TensorInfo, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAX_METADATA_VALUES};
 pub use types::GgmlType;
 pub use value::MetadataValue;
 pub use writer::GgufBuilder;

@@ -101,16 +101,23 @@ impl GgufBuilder {
         let mut rel = 0u64;
         let mut offsets = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
-            let expected = t
-                .dims
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .and_then(|n| t.ty.bytes_for(n))
-                .ok_or_else(|| GgufError::ShapeOverflow {
+            let n_elements = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+            let row_len = t.dims.first().copied().unwrap_or(1);
+            if row_len % t.ty.block_size() as u64 != 0 {
+                return Err(GgufError::RowNotBlockMultiple {
+                    tensor: t.name.clone(),
+                    row_len,
+                    ty: t.ty,
+                    block_size: t.ty.block_size(),
+                });
+            }
+            let expected = n_elements.and_then(|n| t.ty.bytes_for(n)).ok_or_else(|| {
+                GgufError::ShapeOverflow {
                     tensor: t.name.clone(),
                     dims: t.dims.clone(),
                     ty: t.ty,
-                })?;
+                }
+            })?;
             if expected != t.data.len() {
                 return Err(GgufError::TensorDataSize {
                     tensor: t.name.clone(),

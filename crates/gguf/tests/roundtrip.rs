@@ -308,14 +308,25 @@ fn open_from_disk_and_io_errors() {
 }
 
 #[test]
-fn foreign_tensor_info_gives_empty_slice() {
+fn foreign_tensor_info_never_panics() {
     let f = GgufFile::from_bytes(build_test_file(3, None)).unwrap();
     let mut t = f.tensor("norm.weight").unwrap().clone();
     t.offset = u64::MAX - 3;
     assert!(f.tensor_data(&t).is_empty());
+    assert!(matches!(
+        f.dequantize_tensor(&t),
+        Err(GgufError::TensorDataSize { .. })
+    ));
     t.offset = 0;
     t.n_bytes = usize::MAX;
     assert!(f.tensor_data(&t).is_empty());
+    // Dims that claim far more elements than the data holds must not trigger an allocation.
+    let mut t = f.tensor("norm.weight").unwrap().clone();
+    t.dims = vec![1 << 40, 1 << 20];
+    assert!(f.dequantize_tensor(&t).is_err());
+    t.dims = vec![u64::MAX, u64::MAX];
+    assert_eq!(t.n_elements(), u64::MAX);
+    assert!(f.dequantize_tensor(&t).is_err());
 }
 
 #[test]
@@ -328,10 +339,16 @@ fn builder_rejects_what_it_cannot_encode() {
 
     let mut b = GgufBuilder::new();
     b.add_tensor("q", &[33], GgmlType::Q4_0, vec![]);
-    assert!(matches!(
-        b.build().unwrap_err(),
-        GgufError::ShapeOverflow { .. }
-    ));
+    let err = b.build().unwrap_err();
+    assert!(
+        matches!(err, GgufError::RowNotBlockMultiple { .. }),
+        "{err}"
+    );
+
+    let mut b = GgufBuilder::new();
+    b.add_tensor("big", &[u64::MAX, 2], GgmlType::F32, vec![]);
+    let err = b.build().unwrap_err();
+    assert!(matches!(err, GgufError::ShapeOverflow { .. }), "{err}");
 
     let mut b = GgufBuilder::new();
     b.add_metadata("mixed", V::Array(vec![V::U8(1), V::I8(1)]));

@@ -207,6 +207,20 @@ fn arrays_nested_too_deep() {
 }
 
 #[test]
+fn total_array_elements_are_capped() {
+    // Two u8 arrays of 2^23 + 1 elements each: both fit the file, together they exceed the cap.
+    let n = (1u64 << 23) + 1;
+    let mut b = header(3, 0, 2);
+    for key in ["a", "b"] {
+        b.str(key).u32(9).u32(0).u64(n);
+        b.0.resize(b.0.len() + n as usize, 7);
+    }
+    let e = err(b.0);
+    assert!(matches!(e, GgufError::MetadataTooLarge { .. }), "{e}");
+    says(&e, &["'b'", &rvllm_gguf::MAX_METADATA_VALUES.to_string()]);
+}
+
+#[test]
 fn duplicate_keys() {
     let e = err(raw_file(
         3,
