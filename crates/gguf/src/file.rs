@@ -166,6 +166,8 @@ impl GgufFile {
     }
 
     /// Alignment of tensor data: `general.alignment`, or 32 if the file does not set it.
+    /// The spec stores the key as u32; any integer type holding a power of two is accepted,
+    /// since the value, not its width, is what matters for locating data.
     pub fn alignment(&self) -> u64 {
         self.alignment
     }

@@ -10,6 +10,14 @@
 //!
 //! Supported: GGUF versions 2 and 3, little-endian. Spec: GGML's `docs/gguf.md`.
 //!
+//! Beyond reading, the crate has [`dequantize`], scalar reference decoders for the common GGML
+//! block formats (the ground truth that fast backend kernels are tested against), and
+//! [`GgufBuilder`], a small writer so tests elsewhere can build synthetic models in memory.
+//!
+//! Conventions worth knowing: tensor dims are in GGML order (`dims[0]` is the contiguous row
+//! length, so a PyTorch `[out, in]` weight has `dims == [in, out]`), and
+//! [`TensorInfo::offset`] is an absolute file offset.
+//!
 //! ```no_run
 //! use rvllm_gguf::{dequantize, GgufFile};
 //!

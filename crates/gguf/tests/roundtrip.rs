@@ -297,6 +297,14 @@ fn open_from_disk_and_io_errors() {
     let t = f.tensor("norm.weight").unwrap();
     assert_eq!(f.tensor_data(t).as_ptr() as usize % 32, 0);
 
+    // An empty file maps fine and is reported as truncated, not as an I/O problem.
+    let empty = std::env::temp_dir().join(format!("rvllm-gguf-empty-{}.gguf", std::process::id()));
+    std::fs::write(&empty, b"").unwrap();
+    let result = GgufFile::open(&empty);
+    std::fs::remove_file(&empty).ok();
+    let err = result.unwrap_err();
+    assert!(matches!(err, GgufError::Truncated { .. }), "{err}");
+
     let missing = std::env::temp_dir().join("rvllm-gguf-definitely-missing.gguf");
     let err = GgufFile::open(&missing).unwrap_err();
     assert!(matches!(err, GgufError::Io { .. }), "{err}");
