@@ -17,6 +17,7 @@ use cudarc::driver::{
 };
 use half::bf16;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use compile::CompileInfo;
@@ -195,6 +196,8 @@ pub struct CudaBackend {
     /// Partition outputs of the split decode attention, grown on demand.
     scratch: Mutex<Option<CudaSlice<f32>>>,
     info: DeviceInfo,
+    /// Tokens per decode-attention partition; 0 picks it per call (see `decode_partition`).
+    pub force_decode_partition: AtomicUsize,
 }
 
 /// Runs `f`, turning a panic (cudarc panics when a dynamically loaded library or symbol is
@@ -361,6 +364,7 @@ impl CudaBackend {
             staging: Mutex::new(Staging { host: None, done }),
             scratch: Mutex::new(None),
             info,
+            force_decode_partition: AtomicUsize::new(0),
         })
     }
 
@@ -639,7 +643,11 @@ impl CudaBackend {
     }
 
     /// Tokens per decode partition: the largest of 512/256/128 that still gives >= 2 waves.
-    fn decode_partition(&self, ctas_per_part: usize, max_ctx: usize) -> usize {
+    pub fn decode_partition(&self, ctas_per_part: usize, max_ctx: usize) -> usize {
+        let forced = self.force_decode_partition.load(Ordering::Relaxed);
+        if forced > 0 {
+            return forced.max(32);
+        }
         if let Some(p) = std::env::var("RVLLM_DECODE_PARTITION")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
@@ -836,6 +844,38 @@ impl CudaBackend {
                 Arg::I(x.cols as i32),
                 Arg::F(eps),
             ],
+        )
+    }
+
+    /// Copies a weight back to the host as f32 (tests).
+    pub fn weight_to_host(&self, w: &CudaWeight) -> Result<Vec<f32>> {
+        self.buf_to_host(&w.buf, w.rows * w.cols)
+    }
+
+    fn buf_to_host(&self, buf: &DevBuf, n: usize) -> Result<Vec<f32>> {
+        match buf {
+            DevBuf::F32(s) => {
+                let mut v = vec![0f32; n];
+                self.dtoh(&mut v, raw_ptr(s, &self.stream))?;
+                Ok(v)
+            }
+            DevBuf::Bf16(s) => {
+                let mut v = vec![bf16::ZERO; n];
+                self.dtoh(&mut v, raw_ptr(s, &self.stream))?;
+                Ok(v.into_iter().map(|x| x.to_f32()).collect())
+            }
+        }
+    }
+
+    /// Fills the whole KV cache with uniform(-scale, scale) values from `seed` (benchmarks).
+    pub fn fill_kv_cache_random(&self, cache: &mut CudaKvCache, seed: u64) -> Result<()> {
+        let n = 2 * cache.spec.num_layers * cache.layer_elems();
+        self.launch(
+            "dummy_fill_bf16",
+            (self.grid_for(n, 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[Arg::P(raw_ptr(&cache.buf, &self.stream)), Arg::U(n as u64), Arg::U(seed)],
         )
     }
 
@@ -1037,19 +1077,7 @@ impl Backend for CudaBackend {
     }
 
     fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
-        let n = t.rows * t.cols;
-        match &t.buf {
-            DevBuf::F32(s) => {
-                let mut v = vec![0f32; n];
-                self.dtoh(&mut v, raw_ptr(s, &self.stream))?;
-                Ok(v)
-            }
-            DevBuf::Bf16(s) => {
-                let mut v = vec![bf16::ZERO; n];
-                self.dtoh(&mut v, raw_ptr(s, &self.stream))?;
-                Ok(v.into_iter().map(|x| x.to_f32()).collect())
-            }
-        }
+        self.buf_to_host(&t.buf, t.rows * t.cols)
     }
 
     fn shape(&self, t: &CudaTensor) -> (usize, usize) {
