@@ -11,7 +11,10 @@ use std::sync::Arc;
 /// Every kernel source file, in the order they are concatenated into one program.
 pub const SOURCES: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../../kernels/common.cuh")),
-    ("elementwise.cu", include_str!("../../kernels/elementwise.cu")),
+    (
+        "elementwise.cu",
+        include_str!("../../kernels/elementwise.cu"),
+    ),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
 ];
 
@@ -93,6 +96,8 @@ pub fn compile_options(arch: &str, includes: &[String]) -> Vec<String> {
         "-std=c++17".to_string(),
         "-default-device".to_string(),
         "-lineinfo".to_string(),
+        // Optimize / assemble kernels on all host threads (NVRTC >= 12.1).
+        "--split-compile=0".to_string(),
     ];
     for d in includes {
         o.push(format!("--include-path={d}"));
@@ -105,7 +110,8 @@ pub fn compile_options(arch: &str, includes: &[String]) -> Vec<String> {
 
 /// Compiles `src` to a CUBIN for `arch`. Returns (cubin, compile log).
 pub fn compile_cubin(src: &str, opts: &[String]) -> Result<(Vec<u8>, String)> {
-    let csrc = CString::new(src).map_err(|e| BackendError::Device(format!("kernel source: {e}")))?;
+    let csrc =
+        CString::new(src).map_err(|e| BackendError::Device(format!("kernel source: {e}")))?;
     let name = CString::new("rvllm_kernels.cu").unwrap();
     let prog = nvrtc_result::create_program(&csrc, Some(&name))
         .map_err(|e| BackendError::Device(format!("nvrtcCreateProgram: {e:?}")))?;
@@ -173,7 +179,12 @@ pub fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Arc<CudaModule>, CompileI
     let src = kernel_source();
     let (va, vb) = nvrtc_version();
     let ver = format!("nvrtc {va}.{vb}");
-    let key = fnv1a(&[src.as_bytes(), opts.join(" ").as_bytes(), ver.as_bytes(), arch.as_bytes()]);
+    let key = fnv1a(&[
+        src.as_bytes(),
+        opts.join(" ").as_bytes(),
+        ver.as_bytes(),
+        arch.as_bytes(),
+    ]);
     let file = cache_dir().map(|d| d.join(format!("rvllm-{key:016x}-{arch}.cubin")));
     if let Some(f) = &file {
         if std::env::var("RVLLM_NO_KERNEL_CACHE").is_err() {

@@ -282,7 +282,10 @@ fn prefill_smem(hd: usize) -> usize {
 
 /// Largest divisor of `n` that is `<= cap`.
 fn divisor_at_most(n: usize, cap: usize) -> usize {
-    (1..=cap.min(n)).rev().find(|d| n.is_multiple_of(*d)).unwrap_or(1)
+    (1..=cap.min(n))
+        .rev()
+        .find(|d| n.is_multiple_of(*d))
+        .unwrap_or(1)
 }
 
 fn dtype_code(d: WeightDtype) -> i32 {
@@ -313,7 +316,9 @@ impl CudaBackend {
         let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("creating the CUDA context", e))?;
         // Before any allocation: slices made from here on carry no events (graph capture).
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(|e| dev_err("creating a stream", e))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| dev_err("creating a stream", e))?;
         let attr = |a| ctx.attribute(a).map_err(|e| dev_err("device attribute", e));
         let sm_count =
             attr(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
@@ -875,7 +880,11 @@ impl CudaBackend {
             (self.grid_for(n, 256), 1, 1),
             (256, 1, 1),
             0,
-            &[Arg::P(raw_ptr(&cache.buf, &self.stream)), Arg::U(n as u64), Arg::U(seed)],
+            &[
+                Arg::P(raw_ptr(&cache.buf, &self.stream)),
+                Arg::U(n as u64),
+                Arg::U(seed),
+            ],
         )
     }
 
@@ -980,7 +989,12 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_kv_cache(&self, spec: &KvCacheSpec) -> Result<CudaKvCache> {
-        let n = 2 * spec.num_layers * spec.num_blocks * spec.block_size * spec.num_kv_heads * spec.head_dim;
+        let n = 2
+            * spec.num_layers
+            * spec.num_blocks
+            * spec.block_size
+            * spec.num_kv_heads
+            * spec.head_dim;
         let buf = self.alloc_raw::<bf16>(n)?;
         self.memset(raw_ptr(&buf, &self.stream), 0, n * 2)?;
         Ok(CudaKvCache { spec: *spec, buf })
@@ -1112,7 +1126,13 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn rms_norm(&self, x: &CudaTensor, w: &CudaWeight, eps: f32, out: &mut CudaTensor) -> Result<()> {
+    fn rms_norm(
+        &self,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        eps: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         self.norm("rms_norm", None, x, w, eps, out)
     }
 
@@ -1181,11 +1201,9 @@ impl Backend for CudaBackend {
     }
 
     fn add(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
-        check(
-            "add",
-            x.rows * x.cols == y.rows * y.cols,
-            || "length mismatch".into(),
-        )?;
+        check("add", x.rows * x.cols == y.rows * y.cols, || {
+            "length mismatch".into()
+        })?;
         let n = x.rows * x.cols;
         let xp = self.bf16_ptr("add", &x.buf)?;
         let yp = self.bf16_ptr("add", &y.buf)?;
@@ -1249,7 +1267,12 @@ impl Backend for CudaBackend {
             layer < cache.spec.num_layers
                 && cache.spec.num_kv_heads == attn.num_kv_heads
                 && cache.spec.head_dim == hd,
-            || format!("layer {layer} / cache {:?} vs attention {attn:?}", cache.spec),
+            || {
+                format!(
+                    "layer {layer} / cache {:?} vs attention {attn:?}",
+                    cache.spec
+                )
+            },
         )?;
         let qp = self.bf16_ptr("rope_and_cache", &q.buf)?;
         let kp = self.bf16_ptr("rope_and_cache", &k.buf)?;
@@ -1295,7 +1318,12 @@ impl Backend for CudaBackend {
                 && q.cols == attn.num_heads * hd
                 && out.rows == q.rows
                 && out.cols == q.cols,
-            || format!("q [{}, {}], out [{}, {}]", q.rows, q.cols, out.rows, out.cols),
+            || {
+                format!(
+                    "q [{}, {}], out [{}, {}]",
+                    q.rows, q.cols, out.rows, out.cols
+                )
+            },
         )?;
         check(
             "paged_attention",
@@ -1304,7 +1332,12 @@ impl Backend for CudaBackend {
                 && layer < cache.spec.num_layers
                 && cache.spec.num_kv_heads == attn.num_kv_heads
                 && cache.spec.head_dim == hd,
-            || format!("layer {layer} / cache {:?} vs attention {attn:?}", cache.spec),
+            || {
+                format!(
+                    "layer {layer} / cache {:?} vs attention {attn:?}",
+                    cache.spec
+                )
+            },
         )?;
         if batch.num_seqs == 0 || batch.num_tokens == 0 {
             return Ok(());
@@ -1330,7 +1363,12 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn gather_logit_rows(&self, x: &CudaTensor, batch: &CudaBatch, out: &mut CudaTensor) -> Result<()> {
+    fn gather_logit_rows(
+        &self,
+        x: &CudaTensor,
+        batch: &CudaBatch,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         check(
             "gather_logit_rows",
             out.rows == batch.num_logits && out.cols == x.cols,

@@ -74,7 +74,11 @@ impl Checker<'_> {
     fn cmp(&mut self, name: &str, gpu: &[f32], cpu: &[f32], tol: f64) -> bool {
         if gpu.len() != cpu.len() {
             self.fail += 1;
-            self.line(format!("FAIL {name}: {} values vs {} on the CPU", gpu.len(), cpu.len()));
+            self.line(format!(
+                "FAIL {name}: {} values vs {} on the CPU",
+                gpu.len(),
+                cpu.len()
+            ));
             return false;
         }
         let (mut num, mut den, mut max_abs, mut bad) = (0f64, 0f64, 0f64, 0usize);
@@ -107,7 +111,11 @@ impl Checker<'_> {
             gpu.len()
         );
         if bad > 0 {
-            let _ = write!(l, ", {bad} non-finite (first at {})", first_bad.unwrap_or(0));
+            let _ = write!(
+                l,
+                ", {bad} non-finite (first at {})",
+                first_bad.unwrap_or(0)
+            );
         }
         if den == 0.0 {
             l.push_str(", reference is all zeros");
@@ -122,7 +130,10 @@ impl Checker<'_> {
         } else {
             self.fail += 1;
         }
-        self.line(format!("{} {name}: {detail}", if ok { "PASS" } else { "FAIL" }));
+        self.line(format!(
+            "{} {name}: {detail}",
+            if ok { "PASS" } else { "FAIL" }
+        ));
     }
 
     /// Runs one case; an error counts as a failure and the self-test goes on.
@@ -154,17 +165,24 @@ fn gpu_out(gpu: &CudaBackend, rows: usize, cols: usize) -> Result<CudaTensor> {
 }
 
 /// Host bytes of a random `[rows, cols]` weight of `dtype` with values of magnitude ~`scale`.
-fn rand_weight_bytes(rng: &mut Rng, dtype: WeightDtype, rows: usize, cols: usize, scale: f32) -> Vec<u8> {
+fn rand_weight_bytes(
+    rng: &mut Rng,
+    dtype: WeightDtype,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) -> Vec<u8> {
     let n = rows * cols;
     let mut out = Vec::with_capacity(dtype.row_bytes(cols).unwrap_or(0) * rows);
     match dtype {
-        WeightDtype::F32 => (0..n).for_each(|_| out.extend_from_slice(&rng.sym(scale).to_le_bytes())),
-        WeightDtype::F16 => (0..n).for_each(|_| {
-            out.extend_from_slice(&f16::from_f32(rng.sym(scale)).to_le_bytes())
-        }),
-        WeightDtype::BF16 => (0..n).for_each(|_| {
-            out.extend_from_slice(&bf16::from_f32(rng.sym(scale)).to_le_bytes())
-        }),
+        WeightDtype::F32 => {
+            (0..n).for_each(|_| out.extend_from_slice(&rng.sym(scale).to_le_bytes()))
+        }
+        WeightDtype::F16 => {
+            (0..n).for_each(|_| out.extend_from_slice(&f16::from_f32(rng.sym(scale)).to_le_bytes()))
+        }
+        WeightDtype::BF16 => (0..n)
+            .for_each(|_| out.extend_from_slice(&bf16::from_f32(rng.sym(scale)).to_le_bytes())),
         WeightDtype::Q4_0 => (0..n / 32).for_each(|_| {
             let d = scale / 8.0 * (0.5 + rng.unit());
             out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -191,7 +209,9 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn bf16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect()
+    v.iter()
+        .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+        .collect()
 }
 
 fn bytes_bf16_to_f32(b: &[u8]) -> Vec<f32> {
@@ -226,7 +246,12 @@ fn fill_caches(
 
 // ------------------------------------------------------------------------------------ cases
 
-fn case_embed_gather(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+fn case_embed_gather(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+) -> Result<()> {
     let (vocab, hidden, t) = (1000, 576, 37);
     let table = rand_weight_bytes(rng, WeightDtype::BF16, vocab, hidden, 1.0);
     let hw = HostWeight {
@@ -272,7 +297,12 @@ fn case_embed_gather(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: 
     let mut co2 = cpu_zeros(5, hidden);
     gpu.embed(&gw, &gb2, &mut go2)?;
     cpu.embed(&cw, &cb2, &mut co2)?;
-    c.cmp("embed after upload_batch_into", &gpu.to_host(&go2)?, &co2.data, 1e-6);
+    c.cmp(
+        "embed after upload_batch_into",
+        &gpu.to_host(&go2)?,
+        &co2.data,
+        1e-6,
+    );
     Ok(())
 }
 
@@ -325,7 +355,12 @@ fn case_norms(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
     Ok(())
 }
 
-fn case_elementwise(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+fn case_elementwise(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+) -> Result<()> {
     for &(rows, cols) in &[(7usize, 1536usize), (1, 14336), (3, 101)] {
         let g = rng.bf16_vec(rows * cols, 6.0);
         let u = rng.bf16_vec(rows * cols, 2.0);
@@ -335,13 +370,23 @@ fn case_elementwise(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &
         let mut co = cpu_zeros(rows, cols);
         gpu.silu_mul(&gg, &gu, &mut go)?;
         cpu.silu_mul(&cg, &cu, &mut co)?;
-        c.cmp(&format!("silu_mul [{rows}, {cols}]"), &gpu.to_host(&go)?, &co.data, 1e-2);
+        c.cmp(
+            &format!("silu_mul [{rows}, {cols}]"),
+            &gpu.to_host(&go)?,
+            &co.data,
+            1e-2,
+        );
 
         let mut gx = gpu.upload(rows, cols, &cg.data)?;
         let mut cx = cg.clone();
         gpu.add(&mut gx, &gu)?;
         cpu.add(&mut cx, &cu)?;
-        c.cmp(&format!("add [{rows}, {cols}]"), &gpu.to_host(&gx)?, &cx.data, 1e-2);
+        c.cmp(
+            &format!("add [{rows}, {cols}]"),
+            &gpu.to_host(&gx)?,
+            &cx.data,
+            1e-2,
+        );
     }
     Ok(())
 }
@@ -405,16 +450,25 @@ fn case_dummy(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend) -> Result<()
         let cw = cpu.dummy_weight(rows, cols, 42)?;
         let g = gpu.weight_to_host(&gw)?;
         let cv = cw.as_f32().unwrap_or(&[]);
-        c.cmp(&format!("dummy_weight [{rows}, {cols}] vs CPU stream"), &g, cv, 1e-2);
+        c.cmp(
+            &format!("dummy_weight [{rows}, {cols}] vs CPU stream"),
+            &g,
+            cv,
+            1e-2,
+        );
         let max = g.iter().fold(0f32, |m, v| m.max(v.abs()));
         let mean = g.iter().map(|&v| v as f64).sum::<f64>() / g.len() as f64;
         let var = g.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / g.len() as f64;
         let want_sd = 1e-3 / 3f64.sqrt();
         c.truth(
             &format!("dummy_weight [{rows}, {cols}] range"),
-            max <= 1.0001e-3 && mean.abs() < 5.0 * want_sd / (g.len() as f64).sqrt() + 1e-6
+            max <= 1.0001e-3
+                && mean.abs() < 5.0 * want_sd / (g.len() as f64).sqrt() + 1e-6
                 && (var.sqrt() / want_sd - 1.0).abs() < 0.05,
-            format!("max|v| {max:.3e}, mean {mean:.2e}, sd {:.3e} (want {want_sd:.3e})", var.sqrt()),
+            format!(
+                "max|v| {max:.3e}, mean {mean:.2e}, sd {:.3e} (want {want_sd:.3e})",
+                var.sqrt()
+            ),
         );
     }
     Ok(())
@@ -585,7 +639,8 @@ fn case_attention(
     let gq = gpu.upload(t, heads * hd, &q)?;
     let cq = cpu_t(t, heads * hd, q);
     let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
-    gpu.force_decode_partition.store(partition, Ordering::Relaxed);
+    gpu.force_decode_partition
+        .store(partition, Ordering::Relaxed);
     let mut go = gpu_out(gpu, t, heads * hd)?;
     let r = gpu.paged_attention(&gq, &attn, &gb, &gc, 1, &mut go);
     gpu.force_decode_partition.store(0, Ordering::Relaxed);
@@ -663,11 +718,18 @@ pub fn selftest(report: &mut String) -> Result<bool> {
             (RopeStyle::Neox, hd),
             (RopeStyle::Neox, hd / 2),
         ] {
-            c.run("rope", |c| case_rope(c, &gpu, &cpu, &mut rng, h, kv, hd, style, rd));
+            c.run("rope", |c| {
+                case_rope(c, &gpu, &cpu, &mut rng, h, kv, hd, style, rd)
+            });
         }
     }
     // Decode: 5 sequences, contexts 1..3000 (fixed edge cases plus random ones).
-    for &(h, kv, hd) in &[(32usize, 8usize, 128usize), (9, 3, 128), (32, 8, 64), (9, 3, 64)] {
+    for &(h, kv, hd) in &[
+        (32usize, 8usize, 128usize),
+        (9, 3, 128),
+        (32, 8, 64),
+        (9, 3, 64),
+    ] {
         let mut ctxs = vec![1usize, 2999];
         while ctxs.len() < 5 {
             ctxs.push(1 + rng.below(2999));
@@ -684,13 +746,41 @@ pub fn selftest(report: &mut String) -> Result<bool> {
         }
     }
     c.run("decode hd256", |c| {
-        case_attention(c, &gpu, &cpu, &mut rng, "decode", 8, 2, 256, &[(1, 1000), (1, 33)], 0)
+        case_attention(
+            c,
+            &gpu,
+            &cpu,
+            &mut rng,
+            "decode",
+            8,
+            2,
+            256,
+            &[(1, 1000), (1, 33)],
+            0,
+        )
     });
     c.run("decode MQA", |c| {
-        case_attention(c, &gpu, &cpu, &mut rng, "decode", 16, 1, 128, &[(1, 1500), (1, 7)], 0)
+        case_attention(
+            c,
+            &gpu,
+            &cpu,
+            &mut rng,
+            "decode",
+            16,
+            1,
+            128,
+            &[(1, 1500), (1, 7)],
+            0,
+        )
     });
     // Mixed prefill + chunked prefill + decodes, and prefill only.
-    let mixed = [(100usize, 100usize), (37, 500), (1, 1), (1, 1500), (1, 2999)];
+    let mixed = [
+        (100usize, 100usize),
+        (37, 500),
+        (1, 1),
+        (1, 1500),
+        (1, 2999),
+    ];
     for &(h, kv, hd) in &[
         (32usize, 8usize, 128usize),
         (9, 3, 64),
@@ -703,7 +793,18 @@ pub fn selftest(report: &mut String) -> Result<bool> {
         });
     }
     c.run("prefill", |c| {
-        case_attention(c, &gpu, &cpu, &mut rng, "prefill", 32, 8, 128, &[(300, 300)], 0)
+        case_attention(
+            c,
+            &gpu,
+            &cpu,
+            &mut rng,
+            "prefill",
+            32,
+            8,
+            128,
+            &[(300, 300)],
+            0,
+        )
     });
     c.run("prefill2", |c| {
         case_attention(
@@ -732,7 +833,12 @@ pub fn selftest(report: &mut String) -> Result<bool> {
 // ------------------------------------------------------------------------------------ bench
 
 /// Median device time (ms) of `f` over `iters` runs after `warmup` runs, timed with events.
-fn time_ms(gpu: &CudaBackend, warmup: usize, iters: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+fn time_ms(
+    gpu: &CudaBackend,
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut(usize) -> Result<()>,
+) -> Result<f64> {
     for i in 0..warmup {
         f(i)?;
     }
@@ -795,7 +901,9 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
             let batch = gpu.upload_batch(&layout)?;
             let q = gpu.upload(b, heads * hd, &rng.bf16_vec(b * heads * hd, 2.0))?;
             let mut out = gpu.alloc(b, heads * hd)?;
-            let ms = time_ms(gpu, 3, 20, |_| gpu.paged_attention(&q, &attn, &batch, &cache, 0, &mut out))?;
+            let ms = time_ms(gpu, 3, 20, |_| {
+                gpu.paged_attention(&q, &attn, &batch, &cache, 0, &mut out)
+            })?;
             let bytes = (b * ctx * kvh * hd * 2 * 2) as f64;
             let part = gpu.decode_partition(b * kvh, ctx);
             let _ = writeln!(
@@ -810,9 +918,17 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
 }
 
 fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
-    let shapes = [(4096usize, 4096usize), (4096, 14336), (14336, 4096), (4096, 128256)];
+    let shapes = [
+        (4096usize, 4096usize),
+        (4096, 14336),
+        (14336, 4096),
+        (4096, 128256),
+    ];
     let ts = [1usize, 8, 256, 4096];
-    let _ = writeln!(report, "cuBLASLt bf16 matmul out[t,n] = x[t,k]·w[n,k]ᵀ (f32 accumulate):");
+    let _ = writeln!(
+        report,
+        "cuBLASLt bf16 matmul out[t,n] = x[t,k]·w[n,k]ᵀ (f32 accumulate):"
+    );
     let _ = writeln!(
         report,
         "{:>6} {:>6} {:>7} {:>10} {:>9} {:>9}",
@@ -854,7 +970,11 @@ pub fn bench(report: &mut String) {
         }
     };
     let info = gpu.info();
-    let _ = writeln!(report, "device: {} ({} SMs), kernels {}", info.name, info.sm_count, info.compile.arch);
+    let _ = writeln!(
+        report,
+        "device: {} ({} SMs), kernels {}",
+        info.name, info.sm_count, info.compile.arch
+    );
     let mut rng = Rng::new(0x5eed);
     if let Err(e) = bench_attention(report, &gpu, &mut rng) {
         let _ = writeln!(report, "attention bench error: {e}");
@@ -885,10 +1005,13 @@ mod tests {
     /// must compile for sm_90a.
     #[test]
     fn kernels_compile_with_nvrtc() {
-        let present = std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() })
-            .unwrap_or(false);
+        let present =
+            std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() })
+                .unwrap_or(false);
         if !present {
-            println!("SKIP: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA lib dir to run this)");
+            println!(
+                "SKIP: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA lib dir to run this)"
+            );
             return;
         }
         let inc = super::super::compile::include_dirs();
