@@ -651,13 +651,14 @@ impl CudaBackend {
     pub fn decode_partition(&self, ctas_per_part: usize, max_ctx: usize) -> usize {
         let forced = self.force_decode_partition.load(Ordering::Relaxed);
         if forced > 0 {
-            return forced.max(32);
+            // Shared memory holds G * partition f32 logits: <= 32 KiB for G = 8.
+            return forced.clamp(32, 1024);
         }
         if let Some(p) = std::env::var("RVLLM_DECODE_PARTITION")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
         {
-            return p.max(32);
+            return p.clamp(32, 1024);
         }
         let target = 2 * self.info.sm_count;
         for p in [512, 256] {
