@@ -252,7 +252,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             match ok {
                 Ok(true) => println!("gpu-check: all ops match the CPU reference"),
-                Ok(false) => anyhow::bail!("gpu-check: some ops differ from the CPU reference (see above)"),
+                Ok(false) => {
+                    anyhow::bail!("gpu-check: some ops differ from the CPU reference (see above)")
+                }
                 Err(e) => anyhow::bail!("gpu-check could not run: {e}"),
             }
         }
