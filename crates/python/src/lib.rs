@@ -139,7 +139,7 @@ impl Engine {
     #[pyo3(signature = (
         *, model=None, load_format="auto".to_string(), device="auto".to_string(),
         max_model_len=None, block_size=16, max_num_batched_tokens=None, max_num_seqs=256,
-        kv_cache_memory=None, swap_space=0.0, enable_prefix_caching=true,
+        kv_cache_memory=None, gpu_memory_utilization=0.9, swap_space=0.0, enable_prefix_caching=true,
         scheduling_policy="fcfs".to_string(), seed=0, skip_tokenizer_init=false, threads=0,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -153,6 +153,7 @@ impl Engine {
         max_num_batched_tokens: Option<usize>,
         max_num_seqs: usize,
         kv_cache_memory: Option<u64>,
+        gpu_memory_utilization: f64,
         swap_space: f64,
         enable_prefix_caching: bool,
         scheduling_policy: String,
@@ -178,6 +179,7 @@ impl Engine {
             max_num_batched_tokens,
             max_num_seqs,
             kv_cache_memory,
+            gpu_memory_utilization,
             swap_space,
             enable_prefix_caching,
             scheduling_policy,

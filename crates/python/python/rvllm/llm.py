@@ -43,8 +43,6 @@ IGNORED_ENGINE_ARGS: Dict[str, str] = {
     "tokenizer_revision": "the tokenizer is read from the GGUF file",
     "code_revision": "GGUF files hold no code",
     "hf_token": "rvllm does not download from the Hugging Face Hub",
-    "gpu_memory_utilization": "the CPU backend sizes its KV cache with kv_cache_memory_bytes "
-                              "or VLLM_CPU_KVCACHE_SPACE (as vLLM's CPU backend does)",
     "enforce_eager": "rvllm does not capture CUDA graphs",
     "max_seq_len_to_capture": "rvllm does not capture CUDA graphs",
     "disable_custom_all_reduce": "rvllm runs on one device",
@@ -80,6 +78,9 @@ _MAPPED: Dict[str, Tuple[str, str]] = {
     "max_num_batched_tokens": ("opt_pos_int", "max_num_batched_tokens"),
     "block_size": ("pos_int", "block_size"),
     "swap_space": ("nonneg_float", "swap_space"),
+    # The GPU's share for rvllm (CUDA builds); the CPU backend sizes its KV cache with
+    # kv_cache_memory_bytes or VLLM_CPU_KVCACHE_SPACE instead, as vLLM's CPU backend does.
+    "gpu_memory_utilization": ("fraction", "gpu_memory_utilization"),
     "enable_prefix_caching": ("opt_bool", "enable_prefix_caching"),
     "load_format": ("str", "load_format"),
     "seed": ("opt_seed", "seed"),
@@ -126,6 +127,12 @@ def _convert(name: str, kind: str, v: Any) -> Any:
         if kind != "nonneg_int" and v < 1:
             raise ValueError(f"LLM(): {name} must be a positive int, got {v}")
         return v
+    if kind == "fraction":
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise _type_error(name, "a number", v)
+        if not 0 < float(v) <= 1:
+            raise ValueError(f"LLM(): {name} must be in (0, 1], got {v}")
+        return float(v)
     if kind == "nonneg_float":
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise _type_error(name, "a number", v)
