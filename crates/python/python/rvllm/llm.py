@@ -50,7 +50,6 @@ IGNORED_ENGINE_ARGS: Dict[str, str] = {
     "disable_log_stats": "the offline LLM logs no periodic stats",
     "cpu_offload_gb": "the CPU backend keeps the weights in host memory already",
     "served_model_name": "only the OpenAI server reports a model name",
-    "max_logprobs": "rvllm allows up to 20 logprobs (vLLM's default)",
     "distributed_executor_backend": "rvllm runs in one process",
     "allowed_local_media_path": "rvllm serves text-only models",
     "compilation_config": "rvllm has no torch.compile step",
@@ -68,6 +67,7 @@ _ONLY_VALUES: Dict[str, Tuple[tuple, str]] = {
     "enable_chunked_prefill": ((True, None), "rvllm always schedules prefill in chunks"),
     "hf_overrides": ((None,), "model configs are read from the GGUF file"),
     "speculative_config": ((None,), "speculative decoding is not supported by rvllm yet"),
+    "max_logprobs": ((20, None), "rvllm's limit on logprobs is fixed at vLLM's default, 20"),
     "kv_cache_dtype": (("auto", None), "the CPU backend keeps the KV cache in float32"),
 }
 
