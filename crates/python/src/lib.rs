@@ -123,7 +123,9 @@ impl Engine {
 
     fn tok(&self) -> PyResult<&Arc<Tokenizer>> {
         self.tokenizer.as_ref().ok_or_else(|| {
-            PyValueError::new_err("this LLM was created with skip_tokenizer_init=True: it has no tokenizer")
+            PyValueError::new_err(
+                "this LLM was created with skip_tokenizer_init=True: it has no tokenizer",
+            )
         })
     }
 }
@@ -170,6 +172,8 @@ impl Engine {
                 )))
             }
         };
+        // Fields added to EngineArgs later keep their defaults.
+        #[allow(clippy::needless_update)]
         let args = EngineArgs {
             model,
             load_format,
@@ -247,9 +251,8 @@ impl Engine {
         let mut parsed = Vec::with_capacity(params.len());
         for (i, json) in params.iter().enumerate() {
             let p = parse_params(json)?;
-            p.validate_for_vocab(self.vocab_size).map_err(|e| {
-                PyValueError::new_err(format!("sampling_params[{i}]: {e}"))
-            })?;
+            p.validate_for_vocab(self.vocab_size)
+                .map_err(|e| PyValueError::new_err(format!("sampling_params[{i}]: {e}")))?;
             parsed.push(p);
         }
         // The callback (a Python callable), or rvllm's own bar, or nothing.
@@ -432,17 +435,15 @@ fn run_batch(
             Ok(s) => s,
             Err(e) => {
                 abort_all(llm, &ids);
-                return Err(PyRuntimeError::new_err(format!("engine step failed: {e:#}")));
+                return Err(PyRuntimeError::new_err(format!(
+                    "engine step failed: {e:#}"
+                )));
             }
         };
         for out in step {
             if out.finished {
                 in_toks += out.prompt_token_ids.len();
-                out_toks += out
-                    .outputs
-                    .iter()
-                    .map(|o| o.token_ids.len())
-                    .sum::<usize>();
+                out_toks += out.outputs.iter().map(|o| o.token_ids.len()).sum::<usize>();
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!(
                     "est. speed input: {:.2} toks/s, output: {:.2} toks/s",
