@@ -2,6 +2,7 @@
 n, stop strings, logprobs, chat, the tokenizer, the GIL, and agreement with the Rust CLI."""
 
 import subprocess
+import textwrap
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 
 import rvllm
 from rvllm import LLM, CompletionOutput, Logprob, RequestOutput, SamplingParams
+from conftest import run_python
 
 PROMPT = "The capital of France is"
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16)  # as the CLI comparison runs it
@@ -165,13 +167,13 @@ def test_truncate_prompt_tokens(llm):
 
 
 def test_chat(llm):
-    CHAT = SamplingParams(temperature=0.0, max_tokens=8)
+    chat_params = SamplingParams(temperature=0.0, max_tokens=8)
     conv = [{"role": "user", "content": "What is the capital of France?"}]
-    out = llm.chat(conv, CHAT, use_tqdm=False)
+    out = llm.chat(conv, chat_params, use_tqdm=False)
     assert len(out) == 1 and "Paris" in out[0].outputs[0].text
     two = llm.chat([conv, [{"role": "user", "content": [{"type": "text",
                                                          "text": "What is the capital of France?"}]}]],
-                   CHAT, use_tqdm=False)
+                   chat_params, use_tqdm=False)
     assert texts(two) == [out[0].outputs[0].text] * 2
     rendered = llm.get_tokenizer().apply_chat_template(conv, tokenize=False,
                                                         add_generation_prompt=True)
@@ -284,3 +286,28 @@ def test_chat_matches_cli(llm, cli):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout == text + "\n"
+
+
+def test_ctrl_c_aborts_generation_and_keeps_the_llm_usable():
+    code = textwrap.dedent("""
+        import os, signal, threading, time
+        import rvllm
+        llm = rvllm.LLM(rvllm.DEFAULT_MODEL, max_model_len=1024)
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        start = time.perf_counter()
+        try:
+            llm.generate("Count to a thousand:", rvllm.SamplingParams(
+                max_tokens=800, ignore_eos=True), use_tqdm=False)
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print("interrupted after %.1fs" % (time.perf_counter() - start))
+        out = llm.generate("Hi", rvllm.SamplingParams(temperature=0, max_tokens=2),
+                           use_tqdm=False)
+        print("usable", len(out[0].outputs[0].token_ids))
+    """)
+    res = run_python(code)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("interrupted after"), res.stdout
+    assert float(lines[0].split()[-1].rstrip("s")) < 30
+    assert lines[1] == "usable 2"
