@@ -190,3 +190,16 @@ def test_a_real_vllm_is_never_shadowed(tmp_path):
     res = run_python("import rvllm, vllm; assert not rvllm.install_as_vllm(); print('ok')",
                      env={"PYTHONPATH": str(tmp_path)})
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+# ----- download_dir ----------------------------------------------------------------------------
+
+
+def test_download_dir_holds_the_default_model(tmp_path):
+    # The cached default model, linked into download_dir, so nothing is fetched.
+    cached = rvllm._rvllm.ensure_default_model()
+    (tmp_path / rvllm._rvllm.default_model_file()).symlink_to(cached)
+    llm = LLM(model="SmolLM2-135M-Instruct", download_dir=str(tmp_path), max_model_len=256)
+    assert llm.model_path == str(tmp_path / rvllm._rvllm.default_model_file())
+    out = llm.generate("Hi", SamplingParams(temperature=0, max_tokens=1), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 1
