@@ -365,21 +365,6 @@ impl Engine {
     fn model_path(&self) -> PathBuf {
         self.model_path.clone()
     }
-
-    /// Architecture and sizes of the loaded model, for `repr` and logging.
-    fn model_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let llm = self.lock()?;
-        let c = &llm.model_config;
-        let d = PyDict::new(py);
-        d.set_item("architecture", c.architecture.as_str())?;
-        d.set_item("num_layers", c.num_layers)?;
-        d.set_item("hidden_size", c.hidden_size)?;
-        d.set_item("num_heads", c.num_heads)?;
-        d.set_item("num_kv_heads", c.num_kv_heads)?;
-        d.set_item("vocab_size", c.vocab_size)?;
-        d.set_item("num_params", c.num_params())?;
-        Ok(d)
-    }
 }
 
 /// Adds every prompt, steps the engine until all finish, and returns the outputs in prompt
