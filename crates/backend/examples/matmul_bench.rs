@@ -76,7 +76,35 @@ fn main() {
         (WeightDtype::Q4_1, 49152, 576),
         (WeightDtype::Q8_0, 49152, 576),
     ];
-    for (dtype, n, k) in cases {
+    // `matmul_bench kern`: single-call minimum times (robust on a busy machine), then exit.
+    if std::env::args().any(|a| a == "kern") {
+        for (dtype, n, k, t) in [
+            (WeightDtype::Q4_1, 1536, 576, 64),
+            (WeightDtype::Q4_0, 1536, 576, 64),
+            (WeightDtype::Q8_0, 1536, 576, 64),
+            (WeightDtype::Q4_1, 576, 1536, 64),
+        ] {
+            let w = weight(dtype, n, k, &mut rng);
+            let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-1f32..1.0)).collect();
+            let mut out = vec![0f32; t * n];
+            let mut best = f64::INFINITY;
+            for _ in 0..300 {
+                let start = Instant::now();
+                matmul(&x, t, &w, &mut out);
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            let flop = 2.0 * (t * n * k) as f64;
+            println!(
+                "{dtype:?} [{n}x{k}] t={t}: min {:.1} us, {:.1} GFLOP/s",
+                best * 1e6,
+                flop / best / 1e9
+            );
+        }
+        return;
+    }
+    // `matmul_bench step` runs only the decode-step part.
+    let only_step = std::env::args().any(|a| a == "step");
+    for (dtype, n, k) in cases.into_iter().filter(|_| !only_step) {
         let w = weight(dtype, n, k, &mut rng);
         let wbytes = (n * k / 32 * dtype.block_bytes()) as f64;
         for t in [1, 16, 256] {
@@ -143,25 +171,27 @@ fn main() {
         .map(|w| w.rows() * w.cols() / 32 * 20)
         .sum::<usize>()
         + vocab * hidden / 32 * 34;
-    for t in [1, 16] {
+    for t in [1, 16].into_iter().filter(|&t| !only_step || t == 1) {
         let x: Vec<f32> = (0..t * ffn).map(|_| rng.random_range(-1f32..1.0)).collect();
         let mut out = vec![0f32; t * vocab];
-        let (s, _) = best(
-            || {
-                for w in &model {
-                    matmul(&x[..t * w.cols()], t, w, &mut out[..t * w.rows()]);
-                }
-                matmul(&x[..t * hidden], t, &lm_head, &mut out[..t * vocab]);
-            },
-            5,
-            Duration::from_millis(500),
-        );
-        println!(
-            "SmolLM2-135M step, t={t:>2}: {:.2} ms, {:.1} tok/s from matmuls alone, {:.2} GB/s ({:.1} MB weights)",
-            s * 1e3,
-            t as f64 / s,
-            total_bytes as f64 / s / 1e9,
-            total_bytes as f64 / 1e6
-        );
+        let mut step = || {
+            for w in &model {
+                matmul(&x[..t * w.cols()], t, w, &mut out[..t * w.rows()]);
+            }
+            matmul(&x[..t * hidden], t, &lm_head, &mut out[..t * vocab]);
+        };
+        // Called from outside the pool (each matmul wakes the workers and sleeps until they
+        // finish), and from inside it as an engine running its step in the pool would.
+        let (outside, _) = best(&mut step, 5, Duration::from_millis(500));
+        let (inside, _) = rayon::scope(|_| best(&mut step, 5, Duration::from_millis(500)));
+        for (s, how) in [(outside, "from main"), (inside, "in pool")] {
+            println!(
+                "SmolLM2-135M step, t={t:>2}, {how:<9}: {:6.2} ms, {:6.1} tok/s from matmuls alone, {:5.2} GB/s ({:.1} MB weights)",
+                s * 1e3,
+                t as f64 / s,
+                total_bytes as f64 / s / 1e9,
+                total_bytes as f64 / 1e6
+            );
+        }
     }
 }

@@ -220,6 +220,8 @@ unsafe fn qgemm_range_scalar(
 }
 
 fn sgemm(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], simd: bool) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
     let mb = (FX_BLOCK_BYTES / (k * 4)).max(4).next_multiple_of(4);
     let o = OutPtr(out.as_mut_ptr());
     // Units of 4 weight rows so ranges keep the kernels' column blocking.

@@ -89,6 +89,18 @@ mod x86 {
         }
     }
 
+    /// Bytes ahead of the current tile-block that the weight stream is prefetched. Decode is
+    /// DRAM-bound; the hardware prefetcher restarts at every chunk and every call, and this
+    /// keeps more lines in flight (a prefetch past the end of the data is harmless).
+    const PREFETCH_BYTES: usize = 1024;
+
+    #[inline(always)]
+    unsafe fn prefetch_ahead(p: *const u8) {
+        let p = p.wrapping_add(PREFETCH_BYTES) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(p);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+    }
+
     #[inline(always)]
     unsafe fn bcast4(qs: *const i8, at: usize) -> __m256i {
         _mm256_set1_epi32(std::ptr::read_unaligned(qs.add(at) as *const i32))
@@ -108,7 +120,8 @@ mod x86 {
 
     /// One 8-row Q4_0 (`Q41 = false`) or Q4_1 tile against `R` activation rows.
     /// `tp`: the tile's `nb` tile-blocks; `xp`: row 0 of the activations (rows `nb` blocks
-    /// apart); `out`: output of activation row 0, tile column 0 (rows `ostride` apart).
+    /// apart); `out`: output of activation row 0, tile column 0 (rows `ostride` apart);
+    /// `lanes`: valid rows of the tile.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_q4<const Q41: bool, const R: usize>(
         tp: *const u8,
@@ -124,6 +137,7 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..nb {
             let bp = tp.add(b * tbb);
+            prefetch_ahead(bp);
             let qs = bp.add(hdr);
             let mut s16 = [_mm256_setzero_si256(); R];
             for j in 0..4 {
@@ -138,22 +152,17 @@ mod x86 {
                 }
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(bp as *const __m128i));
-            if Q41 {
-                let mw = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(16) as *const __m128i));
-                for r in 0..R {
-                    let xb = &*xp.add(r * nb + b);
-                    let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r], ones));
-                    let a = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_set1_ps(xb.d)), dw, acc[r]);
-                    acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), a);
-                }
+            // Q4_1: + m·s. Q4_0: d_w·d_x·Σ(u - 8)·q = d_w·d_x·Σu·q - 8·d_w·s.
+            let off = if Q41 {
+                _mm256_cvtph_ps(_mm_loadu_si128(bp.add(16) as *const __m128i))
             } else {
-                for r in 0..R {
-                    let xb = &*xp.add(r * nb + b);
-                    let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r], ones));
-                    // d_x · Σ(u - 8)·q = d_x·Σu·q - 8·s
-                    let v = _mm256_fmadd_ps(f, _mm256_set1_ps(xb.d), _mm256_set1_ps(-8.0 * xb.s));
-                    acc[r] = _mm256_fmadd_ps(v, dw, acc[r]);
-                }
+                _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
+            };
+            for r in 0..R {
+                let xb = &*xp.add(r * nb + b);
+                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r], ones));
+                let a = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_set1_ps(xb.d)), dw, acc[r]);
+                acc[r] = _mm256_fmadd_ps(off, _mm256_set1_ps(xb.s), a);
             }
         }
         for (r, a) in acc.iter().enumerate() {
@@ -178,6 +187,7 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..nb {
             let bp = tp.add(b * 272);
+            prefetch_ahead(bp);
             let qs = bp.add(16);
             let mut s32 = [_mm256_setzero_si256(); R];
             for j in 0..8 {
