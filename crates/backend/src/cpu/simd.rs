@@ -1,6 +1,6 @@
 //! AVX2 kernels of the CPU matmul (x86_64 only; selected at run time, see [`has_avx2`]).
 //!
-//! Quantized weights are [`PackedQuant`] tiles of 8 interleaved rows: a 32-byte load of quants
+//! Quantized weights are [`PackedQuant`](crate::cpu::quant::PackedQuant) tiles of 8 interleaved rows: a 32-byte load of quants
 //! holds 4 consecutive elements of each of the 8 rows, so `vpmaddubsw` against 4 broadcast
 //! activation bytes yields partial dot products of all 8 rows at once, lane `i` = row `i`.
 //! Partial sums stay in i16 for a whole 32-block (8 × `vpmaddubsw` of nibbles ≤ 15 against
@@ -89,16 +89,17 @@ mod x86 {
         }
     }
 
-    /// Bytes ahead of the current tile-block that the weight stream is prefetched. Decode is
-    /// DRAM-bound; the hardware prefetcher restarts at every chunk and every call, and this
-    /// keeps more lines in flight (a prefetch past the end of the data is harmless).
-    const PREFETCH_BYTES: usize = 1024;
-
+    /// Prefetches the `LINES` cache lines `dist` bytes after `p`. The kernels prefetch the
+    /// same block of the *next* tile (`dist` = the tile stride): decode streams weights from
+    /// DRAM, and with several activation rows a tile is re-read from L1 a few times, during
+    /// which the hardware prefetcher alone would leave the memory bus idle. (A prefetch past
+    /// the end of the data is harmless.)
     #[inline(always)]
-    unsafe fn prefetch_ahead(p: *const u8) {
-        let p = p.wrapping_add(PREFETCH_BYTES) as *const i8;
-        _mm_prefetch::<_MM_HINT_T0>(p);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+    unsafe fn prefetch_ahead<const LINES: usize>(p: *const u8, dist: usize) {
+        let p = p.wrapping_add(dist) as *const i8;
+        for l in 0..LINES {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l));
+        }
     }
 
     #[inline(always)]
@@ -125,6 +126,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_q4<const Q41: bool, const R: usize>(
         tp: *const u8,
+        pf: usize,
         nb: usize,
         xp: *const BlockQ8,
         out: *mut f32,
@@ -137,7 +139,7 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..nb {
             let bp = tp.add(b * tbb);
-            prefetch_ahead(bp);
+            prefetch_ahead::<3>(bp, pf);
             let qs = bp.add(hdr);
             let mut s16 = [_mm256_setzero_si256(); R];
             for j in 0..4 {
@@ -177,6 +179,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_q8<const R: usize>(
         tp: *const u8,
+        pf: usize,
         nb: usize,
         xp: *const BlockQ8,
         out: *mut f32,
@@ -187,7 +190,7 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..nb {
             let bp = tp.add(b * 272);
-            prefetch_ahead(bp);
+            prefetch_ahead::<5>(bp, pf);
             let qs = bp.add(16);
             let mut s32 = [_mm256_setzero_si256(); R];
             for j in 0..8 {
@@ -218,6 +221,7 @@ mod x86 {
         dtype: WeightDtype,
         rows: usize,
         tp: *const u8,
+        pf: usize,
         nb: usize,
         xp: *const BlockQ8,
         out: *mut f32,
@@ -227,10 +231,10 @@ mod x86 {
         macro_rules! go {
             ($f:ident $(, $q:expr)?) => {
                 match rows {
-                    1 => $f::<$($q,)? 1>(tp, nb, xp, out, os, lanes),
-                    2 => $f::<$($q,)? 2>(tp, nb, xp, out, os, lanes),
-                    3 => $f::<$($q,)? 3>(tp, nb, xp, out, os, lanes),
-                    _ => $f::<$($q,)? 4>(tp, nb, xp, out, os, lanes),
+                    1 => $f::<$($q,)? 1>(tp, pf, nb, xp, out, os, lanes),
+                    2 => $f::<$($q,)? 2>(tp, pf, nb, xp, out, os, lanes),
+                    3 => $f::<$($q,)? 3>(tp, pf, nb, xp, out, os, lanes),
+                    _ => $f::<$($q,)? 4>(tp, pf, nb, xp, out, os, lanes),
                 }
             };
         }
@@ -280,7 +284,17 @@ mod x86 {
                     while r < r1 {
                         let rows = (r1 - r).min(ROWS);
                         let xp = xq.as_ptr().add(r * nb);
-                        tile_rows(w.dtype, rows, tp, nb, xp, out.add(r * n + col), n, lanes);
+                        tile_rows(
+                            w.dtype,
+                            rows,
+                            tp,
+                            tbytes,
+                            nb,
+                            xp,
+                            out.add(r * n + col),
+                            n,
+                            lanes,
+                        );
                         r += rows;
                     }
                 }
