@@ -22,6 +22,18 @@ use std::time::{Duration, Instant};
 
 fn weight(dtype: WeightDtype, n: usize, k: usize, rng: &mut StdRng) -> CpuWeight {
     let bb = dtype.block_bytes();
+    if dtype == WeightDtype::F32 {
+        let bytes: Vec<u8> = (0..n * k)
+            .flat_map(|_| rng.random_range(-1f32..1.0).to_le_bytes())
+            .collect();
+        return CpuWeight::from_host(&HostWeight {
+            rows: n,
+            cols: k,
+            dtype,
+            bytes: &bytes,
+        })
+        .unwrap();
+    }
     let mut bytes: Vec<u8> = (0..n * k / 32 * bb).map(|_| rng.random()).collect();
     for blk in bytes.chunks_exact_mut(bb) {
         let d = f16::from_f32(rng.random_range(0.002f32..0.02)).to_le_bytes();
@@ -69,6 +81,7 @@ fn main() {
             (WeightDtype::Q4_0, 1536, 576, vec![64]),
             (WeightDtype::Q8_0, 1536, 576, vec![64]),
             (WeightDtype::Q4_1, 576, 1536, vec![64]),
+            (WeightDtype::F32, 1536, 576, vec![1, 64]),
         ]
     } else if mode("step") {
         vec![]
@@ -88,7 +101,7 @@ fn main() {
     }
     for (dtype, n, k, ts) in cases {
         let w = weight(dtype, n, k, &mut rng);
-        let wbytes = (n * k / 32 * dtype.block_bytes()) as f64;
+        let wbytes = (dtype.row_bytes(k).unwrap() * n) as f64;
         for t in ts {
             let x = rand_x(t * k, &mut rng);
             let mut out = vec![0f32; t * n];
