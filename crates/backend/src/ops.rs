@@ -63,11 +63,26 @@ pub trait Backend: Send + Sync + 'static {
     // ---- memory ----
     fn load_weight(&self, w: &HostWeight<'_>) -> Result<Self::Weight>;
     fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// A weight of uniform(-1e-3, 1e-3) values from `seed` (vLLM's `load_format=dummy`), made
+    /// on the device so big shapes start in seconds.
+    fn dummy_weight(&self, rows: usize, cols: usize, seed: u64) -> Result<Self::Weight>;
     fn alloc_kv_cache(&self, spec: &KvCacheSpec) -> Result<Self::KvCache>;
+    /// Copies whole KV blocks `src -> dst` in every layer (copy-on-write of shared blocks).
+    fn copy_blocks(&self, cache: &mut Self::KvCache, pairs: &[(u32, u32)]) -> Result<()>;
+    /// Reads the given blocks (all layers, K and V) to host bytes, for swapping out.
+    fn read_blocks(&self, cache: &Self::KvCache, blocks: &[u32]) -> Result<Vec<u8>>;
+    /// Writes bytes produced by `read_blocks` back into (possibly other) blocks, for swapping in.
+    fn write_blocks(&self, cache: &mut Self::KvCache, blocks: &[u32], data: &[u8]) -> Result<()>;
     fn upload_batch(&self, batch: &BatchLayout) -> Result<Self::Batch>;
     /// Copies a tensor to the host as f32 (used for logits).
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// Index of the largest value of each row (lowest index on ties): greedy sampling without
+    /// moving whole logit rows to the host.
+    fn argmax_rows(&self, t: &Self::Tensor) -> Result<Vec<u32>> {
+        let (_, cols) = self.shape(t);
+        Ok(argmax_rows_host(&self.to_host(t)?, cols))
+    }
 
     // ---- ops ----
     /// `out[t] = table[token_ids[t]]`.
@@ -139,4 +154,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Rows of `x` the batch wants logits for.
     fn num_logit_rows(&self, batch: &Self::Batch) -> usize;
     fn num_tokens(&self, batch: &Self::Batch) -> usize;
+}
+
+/// Host argmax per row (lowest index on ties).
+pub fn argmax_rows_host(x: &[f32], cols: usize) -> Vec<u32> {
+    x.chunks(cols.max(1))
+        .map(|row| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect()
 }

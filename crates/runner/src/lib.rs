@@ -1,1 +1,10 @@
-//! (being written)
+//! The model runner: turns a scheduled step into input tensors, runs the model, samples.
+//!
+//! One [`ModelRunner`] drives one device (one GPU rank, or the CPU). It owns the model's
+//! weights, the paged KV cache and the host swap space, and implements the engine's
+//! [`rvllm_engine::Executor`].
+
+pub mod model_runner;
+pub mod sampler;
+
+pub use model_runner::ModelRunner;

@@ -1,1 +1,461 @@
-fn main() {}
+//! The `rvllm` command line.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use rvllm::{ChatMessage, EngineArgs, SamplingParams, LLM};
+use rvllm_engine::{PromptInput, RequestSpec, SchedulingPolicy};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "rvllm", version, about = "rvllm: fast LLM inference and serving (vLLM-compatible)", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt (default model: SmolLM2-135M-Instruct, fetched on first use).
+    Generate {
+        #[command(flatten)]
+        engine: EngineFlags,
+        /// The prompt text.
+        #[arg(long, short)]
+        prompt: String,
+        /// Wrap the prompt in the model's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        #[command(flatten)]
+        sampling: SamplingFlags,
+    },
+    /// Chat interactively (chat template, tokens streamed to the terminal). Ctrl-D ends.
+    Chat {
+        #[command(flatten)]
+        engine: EngineFlags,
+        /// A system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: SamplingFlags,
+    },
+    /// Benchmarks (vLLM semantics: random prompts, fixed lengths, ignore_eos).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Fetch the default model into the cache (if needed) and print its path.
+    Fetch,
+    /// Greedy continuations of a reference file (tests/reference/greedy_continuations.json)
+    /// on this engine, compared with the reference's tokens.
+    CheckReference {
+        #[command(flatten)]
+        engine: EngineFlags,
+        #[arg(long, default_value = "tests/reference/greedy_continuations.json")]
+        reference: PathBuf,
+    },
+    /// Logits of a dummy-weight model on the GPU against the CPU backend in f32.
+    #[cfg(feature = "cuda")]
+    CompareLogits {
+        /// Directory with config.json.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Check every CUDA op against the CPU backend on random inputs, then time kernels.
+    #[cfg(feature = "cuda")]
+    GpuCheck {
+        /// Also run the kernel micro-benchmarks.
+        #[arg(long)]
+        bench: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time one batch end to end: time to first token and per-step decode time.
+    Latency {
+        #[command(flatten)]
+        engine: EngineFlags,
+        #[arg(long, default_value_t = 128)]
+        input_len: usize,
+        #[arg(long, default_value_t = 128)]
+        output_len: usize,
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1)]
+        num_iters_warmup: usize,
+        #[arg(long, default_value_t = 3)]
+        num_iters: usize,
+    },
+    /// Offline throughput over many prompts.
+    Throughput {
+        #[command(flatten)]
+        engine: EngineFlags,
+        #[arg(long, default_value_t = 100)]
+        num_prompts: usize,
+        #[arg(long, default_value_t = 128)]
+        input_len: usize,
+        #[arg(long, default_value_t = 128)]
+        output_len: usize,
+    },
+}
+
+#[derive(Args, Clone)]
+struct EngineFlags {
+    /// GGUF file, or a directory with config.json (with --load-format dummy). Default: SmolLM2.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// `auto` (checkpoint weights) or `dummy` (random weights of the config's shapes).
+    #[arg(long, default_value = "auto")]
+    load_format: String,
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Longest prompt + output in tokens (default: the model's, capped at 8192).
+    #[arg(long)]
+    max_model_len: Option<usize>,
+    /// Tokens per KV cache block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Most tokens in one forward pass (prefill chunks + decodes).
+    #[arg(long)]
+    max_num_batched_tokens: Option<usize>,
+    /// Most sequences running at once.
+    #[arg(long, default_value_t = 256)]
+    max_num_seqs: usize,
+    /// Fraction of GPU memory to use for weights, activations and the KV cache.
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_utilization: f64,
+    /// KV cache size for the CPU backend, in GiB.
+    #[arg(long)]
+    kv_cache_memory: Option<f64>,
+    /// Host swap space for preempted sequences, in GiB.
+    #[arg(long, default_value_t = 0.0)]
+    swap_space: f64,
+    /// Turn off automatic prefix caching.
+    #[arg(long)]
+    no_enable_prefix_caching: bool,
+    /// `fcfs` or `priority`.
+    #[arg(long, default_value = "fcfs", value_parser = ["fcfs", "priority"])]
+    scheduling_policy: String,
+    /// Seed of dummy weights and of requests without their own seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// CPU threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl EngineFlags {
+    fn args(&self) -> EngineArgs {
+        EngineArgs {
+            model: self.model.clone(),
+            load_format: self.load_format.clone(),
+            device: self.device.clone(),
+            max_model_len: self.max_model_len,
+            block_size: self.block_size,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+            kv_cache_memory: self
+                .kv_cache_memory
+                .map(|g| (g * (1u64 << 30) as f64) as u64),
+            gpu_memory_utilization: self.gpu_memory_utilization,
+            swap_space: self.swap_space,
+            enable_prefix_caching: !self.no_enable_prefix_caching,
+            scheduling_policy: if self.scheduling_policy == "priority" {
+                SchedulingPolicy::Priority
+            } else {
+                SchedulingPolicy::Fcfs
+            },
+            seed: self.seed,
+            skip_tokenizer_init: false,
+            threads: self.threads,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct SamplingFlags {
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 or -1 = off.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    top_k: i32,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    frequency_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop string (repeatable); not included in the output.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Stop token id (repeatable).
+    #[arg(long)]
+    stop_token_id: Vec<u32>,
+    #[arg(long)]
+    ignore_eos: bool,
+    #[arg(long, default_value_t = 0)]
+    min_tokens: u32,
+    /// Print the top-N log-probabilities of each generated token.
+    #[arg(long)]
+    logprobs: Option<u32>,
+    /// Number of completions.
+    #[arg(long, short, default_value_t = 1)]
+    n: u32,
+}
+
+impl SamplingFlags {
+    fn params(&self) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            n: self.n,
+            max_tokens: Some(self.max_tokens),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+            stop: self.stop.clone(),
+            stop_token_ids: self.stop_token_id.clone(),
+            ignore_eos: self.ignore_eos,
+            min_tokens: self.min_tokens,
+            logprobs: self.logprobs,
+            ..Default::default()
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RVLLM_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        #[cfg(feature = "cuda")]
+        Command::GpuCheck { bench } => {
+            let mut report = String::new();
+            let ok = rvllm_backend::cuda::selftest::selftest(&mut report);
+            println!("{report}");
+            if bench {
+                let mut b = String::new();
+                rvllm_backend::cuda::selftest::bench(&mut b);
+                println!("{b}");
+            }
+            match ok {
+                Ok(true) => println!("gpu-check: all ops match the CPU reference"),
+                Ok(false) => {
+                    anyhow::bail!("gpu-check: some ops differ from the CPU reference (see above)")
+                }
+                Err(e) => anyhow::bail!("gpu-check could not run: {e}"),
+            }
+        }
+        Command::CheckReference { engine, reference } => {
+            let mut llm = LLM::new(engine.args())?;
+            let check = rvllm::devcheck::check_reference(&mut llm, &reference)?;
+            println!("{}", check.report);
+            if !check.ok() {
+                anyhow::bail!("greedy continuations diverge from the reference beyond near-ties");
+            }
+        }
+        #[cfg(feature = "cuda")]
+        Command::CompareLogits {
+            config,
+            prompt_len,
+            seed,
+        } => {
+            let text = std::fs::read_to_string(config.join("config.json"))?;
+            let cfg = rvllm_model::ModelConfig::from_hf_json(&serde_json::from_str(&text)?)?;
+            let tokens: Vec<u32> = (0..prompt_len as u32)
+                .map(|i| 1000 + i * 37 % 20000)
+                .collect();
+            let t = std::time::Instant::now();
+            let gpu = rvllm_backend::cuda::CudaBackend::new(0)?;
+            let g = rvllm::devcheck::dummy_logits(&gpu, &cfg, seed, &tokens)?;
+            drop(gpu);
+            println!("gpu forward done in {:.1}s", t.elapsed().as_secs_f64());
+            let c = rvllm::devcheck::dummy_logits(
+                &rvllm_backend::cpu::CpuBackend::new(),
+                &cfg,
+                seed,
+                &tokens,
+            )?;
+            let (rel, max) = rvllm::devcheck::rel_error(&g, &c);
+            println!("compare-logits: {} logits, relative L2 error {rel:.3e}, max abs diff {max:.3e} (bound 2e-2)", g.len());
+            if !(rel < 2e-2) {
+                anyhow::bail!("GPU logits differ from the CPU f32 reference");
+            }
+        }
+        Command::Fetch => {
+            println!("{}", rvllm::model_fetch::ensure_default_model()?.display());
+        }
+        Command::Generate {
+            engine,
+            prompt,
+            chat,
+            sampling,
+        } => {
+            let params = sampling.params()?;
+            let mut llm = LLM::new(engine.args())?;
+            let text = if chat {
+                llm.render_chat(&[ChatMessage {
+                    role: "user".into(),
+                    content: prompt,
+                }])?
+            } else {
+                prompt
+            };
+            let outs = llm.generate(&[text], &params)?;
+            for out in outs {
+                for c in &out.outputs {
+                    if out.outputs.len() > 1 {
+                        println!("--- completion {} ---", c.index);
+                    }
+                    println!("{}", c.text);
+                    if let Some(lps) = &c.logprobs {
+                        for (i, pos) in lps.iter().enumerate() {
+                            let cands: Vec<String> = pos
+                                .iter()
+                                .map(|l| format!("{:?}={:.3}", l.decoded_token, l.logprob))
+                                .collect();
+                            eprintln!("[{i}] {}", cands.join(" "));
+                        }
+                    }
+                    eprintln!(
+                        "[{} tokens, finish_reason={}]",
+                        c.token_ids.len(),
+                        c.finish_reason.map(|f| f.as_str()).unwrap_or("none")
+                    );
+                }
+            }
+        }
+        Command::Chat {
+            engine,
+            system,
+            sampling,
+        } => chat_loop(engine, system, sampling)?,
+        Command::Bench(b) => match b {
+            BenchCommand::Latency {
+                engine,
+                input_len,
+                output_len,
+                batch_size,
+                num_iters_warmup,
+                num_iters,
+            } => {
+                let mut llm = LLM::new(engine.args())?;
+                println!(
+                    "{}",
+                    rvllm::bench::latency(
+                        &mut llm,
+                        input_len,
+                        output_len,
+                        batch_size,
+                        num_iters_warmup,
+                        num_iters
+                    )?
+                );
+            }
+            BenchCommand::Throughput {
+                engine,
+                num_prompts,
+                input_len,
+                output_len,
+            } => {
+                let mut llm = LLM::new(engine.args())?;
+                println!(
+                    "{}",
+                    rvllm::bench::throughput(&mut llm, num_prompts, input_len, output_len)?
+                );
+            }
+        },
+    }
+    Ok(())
+}
+
+fn chat_loop(engine: EngineFlags, system: Option<String>, sampling: SamplingFlags) -> Result<()> {
+    let params = sampling.params()?;
+    let mut llm = LLM::new(engine.args())?;
+    let mut history: Vec<ChatMessage> = Vec::new();
+    if let Some(s) = system {
+        history.push(ChatMessage {
+            role: "system".into(),
+            content: s,
+        });
+    }
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    loop {
+        print!("> ");
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            println!();
+            return Ok(());
+        }
+        let line = line.trim_end().to_string();
+        if line.is_empty() {
+            continue;
+        }
+        history.push(ChatMessage {
+            role: "user".into(),
+            content: line,
+        });
+        let prompt = llm.render_chat(&history)?;
+        let id = llm.next_request_id();
+        let engine = llm.engine();
+        engine.add_request(RequestSpec {
+            request_id: id,
+            prompt: PromptInput::Text(prompt),
+            params: SamplingParams {
+                n: 1,
+                ..params.clone()
+            },
+            priority: 0,
+        })?;
+        let mut shown = 0;
+        let mut reply = String::new();
+        while engine.has_unfinished_requests() {
+            for o in engine.step()? {
+                if let Some(c) = o.outputs.first() {
+                    print!("{}", c.text.get(shown..).unwrap_or(""));
+                    out.flush()?;
+                    shown = c.text.len();
+                    reply = c.text.clone();
+                }
+            }
+        }
+        println!();
+        history.push(ChatMessage {
+            role: "assistant".into(),
+            content: reply,
+        });
+    }
+}

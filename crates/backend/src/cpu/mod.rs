@@ -110,6 +110,79 @@ impl Backend for CpuBackend {
         Ok(CpuKvCache { spec: *spec, k, v })
     }
 
+    fn dummy_weight(&self, rows: usize, cols: usize, seed: u64) -> Result<CpuWeight> {
+        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let data = (0..rows * cols)
+            .map(|_| {
+                // splitmix64: cheap, seeded, good enough for dummy weights.
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
+                (unit * 2.0 - 1.0) * 1e-3
+            })
+            .collect();
+        Ok(CpuWeight::F32 { rows, cols, data })
+    }
+
+    fn copy_blocks(&self, cache: &mut CpuKvCache, pairs: &[(u32, u32)]) -> Result<()> {
+        let bl = cache.spec.block_size * cache.token_stride();
+        let nb = cache.spec.num_blocks;
+        for &(s, d) in pairs {
+            let (s, d) = (s as usize, d as usize);
+            check("copy_blocks", s < nb && d < nb, || {
+                format!("block {s} or {d} >= {nb}")
+            })?;
+            for layer in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+                layer.copy_within(s * bl..(s + 1) * bl, d * bl);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_blocks(&self, cache: &CpuKvCache, blocks: &[u32]) -> Result<Vec<u8>> {
+        let bl = cache.spec.block_size * cache.token_stride();
+        let mut out = Vec::with_capacity(blocks.len() * bl * 4 * 2 * cache.k.len());
+        for &b in blocks {
+            let b = b as usize;
+            check("read_blocks", b < cache.spec.num_blocks, || {
+                format!("block {b} out of range")
+            })?;
+            for layer in cache.k.iter().chain(cache.v.iter()) {
+                for v in &layer[b * bl..(b + 1) * bl] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_blocks(&self, cache: &mut CpuKvCache, blocks: &[u32], data: &[u8]) -> Result<()> {
+        let bl = cache.spec.block_size * cache.token_stride();
+        let per_block = bl * 4 * 2 * cache.k.len();
+        check(
+            "write_blocks",
+            data.len() == per_block * blocks.len(),
+            || format!("{} bytes for {} blocks", data.len(), blocks.len()),
+        )?;
+        let mut chunks = data.chunks_exact(4);
+        for &b in blocks {
+            let b = b as usize;
+            check("write_blocks", b < cache.spec.num_blocks, || {
+                format!("block {b} out of range")
+            })?;
+            for layer in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+                for v in &mut layer[b * bl..(b + 1) * bl] {
+                    let c = chunks.next().unwrap_or(&[0, 0, 0, 0]);
+                    *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn upload_batch(&self, batch: &BatchLayout) -> Result<BatchLayout> {
         Ok(batch.clone())
     }
@@ -291,8 +364,20 @@ impl Backend for CpuBackend {
             check("rope_and_cache", s < slots, || {
                 format!("slot {s} outside the cache ({slots} slots)")
             })?;
-            kc[s * stride..(s + 1) * stride].copy_from_slice(&k.data[t * stride..(t + 1) * stride]);
-            vc[s * stride..(s + 1) * stride].copy_from_slice(&v.data[t * stride..(t + 1) * stride]);
+            // Cached K/V hold f16 precision, as GPU caches (and llama.cpp's) do.
+            let round = |x: &f32| half::f16::from_f32(*x).to_f32();
+            for (d, x) in kc[s * stride..(s + 1) * stride]
+                .iter_mut()
+                .zip(&k.data[t * stride..(t + 1) * stride])
+            {
+                *d = round(x);
+            }
+            for (d, x) in vc[s * stride..(s + 1) * stride]
+                .iter_mut()
+                .zip(&v.data[t * stride..(t + 1) * stride])
+            {
+                *d = round(x);
+            }
         }
         Ok(())
     }

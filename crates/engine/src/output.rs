@@ -1,0 +1,71 @@
+//! What a request produces, with vLLM's field names.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// EOS, a stop token id or a stop string.
+    Stop,
+    /// max_tokens or the model's context length.
+    Length,
+    /// Aborted by the caller (e.g. the HTTP client went away).
+    Abort,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// Why a sequence stopped with `Stop`: vLLM's `stop_reason` (None for EOS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum StopReason {
+    Token(u32),
+    Text(String),
+}
+
+/// One candidate token's log-probability at one position.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    pub token_id: u32,
+    pub logprob: f32,
+    /// 1-based rank in the model's distribution.
+    pub rank: u32,
+    pub decoded_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompletionOutput {
+    pub index: u32,
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub cumulative_logprob: Option<f64>,
+    /// Per generated position: the sampled token first, then the top-k candidates.
+    pub logprobs: Option<Vec<Vec<TokenLogprob>>>,
+    pub finish_reason: Option<FinishReason>,
+    pub stop_reason: Option<StopReason>,
+}
+
+impl CompletionOutput {
+    pub fn finished(&self) -> bool {
+        self.finish_reason.is_some()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestOutput {
+    pub request_id: String,
+    pub prompt: Option<String>,
+    pub prompt_token_ids: Vec<u32>,
+    pub outputs: Vec<CompletionOutput>,
+    pub finished: bool,
+    /// Prompt tokens served from the prefix cache.
+    pub num_cached_tokens: usize,
+}

@@ -1,0 +1,463 @@
+//! The offline API: `LLM::new(EngineArgs)` then `generate(prompts, params)`, as in vLLM.
+
+use crate::codec::{NoTokenizer, TokenizerCodec};
+use crate::model_fetch;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rvllm_backend::cpu::CpuBackend;
+use rvllm_backend::Backend;
+use rvllm_engine::{
+    EngineConfig, LlmEngine, PromptInput, RequestOutput, RequestSpec, SamplingParams,
+    SchedulingPolicy, TextCodec,
+};
+use rvllm_gguf::GgufFile;
+use rvllm_model::{DummyWeights, GgufWeights, LlamaModel, ModelConfig};
+use rvllm_runner::ModelRunner;
+use rvllm_tokenizer::{ChatMessage, Tokenizer, TokenizerSpec};
+use std::path::{Path, PathBuf};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// CPU KV cache bytes: as asked, else a quarter of available memory, at most 2 GiB.
+fn cpu_kv_budget(args: &EngineArgs) -> u64 {
+    args.kv_cache_memory
+        .unwrap_or_else(|| (mem_available().unwrap_or(8 << 30) / 4).min(2 << 30))
+}
+use std::sync::Arc;
+
+/// Engine arguments, named as vLLM's `EngineArgs` where they exist.
+#[derive(Debug, Clone)]
+pub struct EngineArgs {
+    /// A GGUF file, or a directory with `config.json` (with `load_format = "dummy"`).
+    /// None: the default model (fetched on first use).
+    pub model: Option<PathBuf>,
+    /// "auto" (the checkpoint's weights) or "dummy" (random weights, for benchmarks).
+    pub load_format: String,
+    pub device: String,
+    pub max_model_len: Option<usize>,
+    pub block_size: usize,
+    pub max_num_batched_tokens: Option<usize>,
+    pub max_num_seqs: usize,
+    /// KV cache bytes for the CPU backend (vLLM's VLLM_CPU_KVCACHE_SPACE).
+    pub kv_cache_memory: Option<u64>,
+    /// Fraction of GPU memory rvllm may use (weights, activations, KV cache).
+    pub gpu_memory_utilization: f64,
+    /// Host swap space in GiB.
+    pub swap_space: f64,
+    pub enable_prefix_caching: bool,
+    pub scheduling_policy: SchedulingPolicy,
+    pub seed: u64,
+    pub skip_tokenizer_init: bool,
+    /// CPU threads (0 = all cores).
+    pub threads: usize,
+}
+
+impl Default for EngineArgs {
+    fn default() -> Self {
+        EngineArgs {
+            model: None,
+            load_format: "auto".into(),
+            device: "auto".into(),
+            max_model_len: None,
+            block_size: 16,
+            max_num_batched_tokens: None,
+            max_num_seqs: 256,
+            kv_cache_memory: None,
+            gpu_memory_utilization: 0.9,
+            swap_space: 0.0,
+            enable_prefix_caching: true,
+            scheduling_policy: SchedulingPolicy::Fcfs,
+            seed: 0,
+            skip_tokenizer_init: false,
+            threads: 0,
+        }
+    }
+}
+
+pub struct LLM {
+    engine: LlmEngine,
+    tokenizer: Option<Arc<Tokenizer>>,
+    pub model_config: ModelConfig,
+    next_request: u64,
+}
+
+/// Bytes of memory the OS reports available (Linux), if known.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The tokenizer description stored in GGUF metadata.
+pub fn tokenizer_spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec> {
+    let tokens = f
+        .get_str_array("tokenizer.ggml.tokens")
+        .context("GGUF has no tokenizer.ggml.tokens")?
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    Ok(TokenizerSpec {
+        model: f
+            .get_str("tokenizer.ggml.model")
+            .unwrap_or("gpt2")
+            .to_string(),
+        pre: f.get_str("tokenizer.ggml.pre").map(str::to_string),
+        token_types: f
+            .get_i32_array("tokenizer.ggml.token_type")
+            .unwrap_or_else(|| vec![1; tokens.len()]),
+        merges: f
+            .get_str_array("tokenizer.ggml.merges")
+            .map(|m| m.into_iter().map(str::to_string).collect())
+            .unwrap_or_default(),
+        tokens,
+        bos_token_id: f.get_u32("tokenizer.ggml.bos_token_id"),
+        eos_token_id: f.get_u32("tokenizer.ggml.eos_token_id"),
+        unk_token_id: f.get_u32("tokenizer.ggml.unknown_token_id"),
+        pad_token_id: f.get_u32("tokenizer.ggml.padding_token_id"),
+        add_bos: f.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false),
+        add_eos: f.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false),
+        chat_template: f.get_str("tokenizer.chat_template").map(str::to_string),
+    })
+}
+
+/// What sizes the KV cache on each backend.
+enum KvBudget {
+    /// Bytes for the CPU backend.
+    Host(u64),
+    /// Fraction of the device's total memory rvllm may use (vLLM's gpu_memory_utilization).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Device {
+        utilization: f64,
+        free: u64,
+        total: u64,
+    },
+}
+
+fn load_model<B: Backend>(
+    backend: &B,
+    args: &EngineArgs,
+    path: &Path,
+) -> Result<(LlamaModel<B>, Option<Arc<Tokenizer>>)> {
+    let t0 = std::time::Instant::now();
+    let loaded = if args.load_format == "dummy" {
+        let cfg_path = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("reading {}", cfg_path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let cfg = ModelConfig::from_hf_json(&json)?;
+        (
+            LlamaModel::load(backend, cfg, &DummyWeights { seed: args.seed })?,
+            None,
+        )
+    } else {
+        if path.is_dir() {
+            bail!(
+                "{}: loading HF safetensors checkpoints is not supported yet; pass a GGUF file or load_format=dummy",
+                path.display()
+            );
+        }
+        let file =
+            GgufFile::open(path).with_context(|| format!("opening model {}", path.display()))?;
+        let cfg = ModelConfig::from_gguf(&file)?;
+        let tok = if args.skip_tokenizer_init {
+            None
+        } else {
+            Some(Arc::new(Tokenizer::from_spec(tokenizer_spec_from_gguf(
+                &file,
+            )?)?))
+        };
+        (
+            LlamaModel::load(backend, cfg, &GgufWeights { file: &file })?,
+            tok,
+        )
+    };
+    let cfg = &loaded.0.config;
+    tracing::info!(
+        "model: {} ({} layers, hidden {}, {} heads / {} KV heads, head_dim {}, ffn {}, vocab {}, {:.1}M params) on {}, loaded in {:.2}s",
+        cfg.architecture,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        cfg.num_params() as f64 / 1e6,
+        backend.name(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(loaded)
+}
+
+impl LLM {
+    pub fn new(args: EngineArgs) -> Result<Self> {
+        if args.threads > 0 {
+            // Only the first call configures the global pool; later LLMs share it.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(args.threads)
+                .build_global();
+        }
+        let path = match &args.model {
+            Some(p) => p.clone(),
+            None => model_fetch::ensure_default_model()?,
+        };
+        match args.device.as_str() {
+            "cpu" => Self::build(CpuBackend::new(), &args, &path, 4, |_| Ok(KvBudget::Host(cpu_kv_budget(&args)))),
+            #[cfg(feature = "cuda")]
+            "cuda" => Self::new_cuda(&args, &path),
+            #[cfg(feature = "cuda")]
+            "auto" => match rvllm_backend::cuda::probe() {
+                Ok(n) if n > 0 => Self::new_cuda(&args, &path),
+                other => {
+                    tracing::info!("no usable GPU ({}); running on the CPU", match other {
+                        Ok(_) => "no CUDA device".to_string(),
+                        Err(e) => e.to_string(),
+                    });
+                    Self::build(CpuBackend::new(), &args, &path, 4, |_| Ok(KvBudget::Host(cpu_kv_budget(&args))))
+                }
+            },
+            #[cfg(not(feature = "cuda"))]
+            "auto" => Self::build(CpuBackend::new(), &args, &path, 4, |_| Ok(KvBudget::Host(cpu_kv_budget(&args)))),
+            #[cfg(not(feature = "cuda"))]
+            "cuda" => bail!("this rvllm was built without CUDA support (cargo build --release --features cuda); use --device cpu"),
+            other => bail!("unknown device `{other}` (expected auto, cpu or cuda)"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn new_cuda(args: &EngineArgs, path: &Path) -> Result<Self> {
+        use rvllm_backend::cuda::CudaBackend;
+        let backend = CudaBackend::new(0).context("starting the CUDA backend")?;
+        let utilization = args.gpu_memory_utilization;
+        Self::build(backend, args, path, 2, move |b: &CudaBackend| {
+            let (free, total) = b
+                .context()
+                .mem_get_info()
+                .map_err(|e| anyhow::anyhow!("cuMemGetInfo: {e:?}"))?;
+            Ok(KvBudget::Device {
+                utilization,
+                free: free as u64,
+                total: total as u64,
+            })
+        })
+    }
+
+    /// Loads the model on `backend`, sizes the KV cache (`kv_elem_bytes` per cached value) and
+    /// assembles the engine.
+    fn build<B: Backend>(
+        backend: B,
+        args: &EngineArgs,
+        path: &Path,
+        kv_elem_bytes: usize,
+        budget: impl FnOnce(&B) -> Result<KvBudget>,
+    ) -> Result<Self> {
+        let (model, tokenizer) = load_model(&backend, args, path)?;
+        let cfg = model.config.clone();
+        let max_model_len = args
+            .max_model_len
+            .unwrap_or(cfg.max_position_embeddings.min(8192));
+        if max_model_len > cfg.max_position_embeddings {
+            bail!(
+                "max_model_len {max_model_len} exceeds the model's {} positions",
+                cfg.max_position_embeddings
+            );
+        }
+        let max_num_batched_tokens = args
+            .max_num_batched_tokens
+            .unwrap_or(max_model_len.max(2048));
+        let block_bytes = model
+            .kv_cache_spec(1, args.block_size)
+            .bytes_per_block(kv_elem_bytes) as u64;
+        let kv_bytes = match budget(&backend)? {
+            KvBudget::Host(bytes) => bytes,
+            KvBudget::Device {
+                utilization,
+                free,
+                total,
+            } => {
+                // What the model and runtime use now, plus the activations of the largest step
+                // (hidden states, Q/K/V, MLP intermediates and logits in bf16/f32), plus slack for
+                // cuBLAS workspaces and allocator fragmentation.
+                let used = total - free;
+                let t = max_num_batched_tokens as u64;
+                let per_token = 2
+                    * (4 * cfg.hidden_size
+                        + 2 * cfg.num_heads * cfg.head_dim
+                        + 3 * cfg.intermediate_size) as u64;
+                let activations =
+                    t * per_token + (args.max_num_seqs as u64) * cfg.vocab_size as u64 * 4 * 2;
+                let allowed = (total as f64 * utilization) as u64;
+                let kv = allowed.saturating_sub(used + activations + (256 << 20));
+                tracing::info!(
+                    "GPU memory: {:.2} GiB total, {:.2} GiB used after loading, {:.2} GiB for activations, {:.2} GiB for the KV cache",
+                    total as f64 / GIB,
+                    used as f64 / GIB,
+                    activations as f64 / GIB,
+                    kv as f64 / GIB
+                );
+                kv
+            }
+        };
+        let num_blocks = (kv_bytes / block_bytes) as usize;
+        let num_cpu_blocks = (args.swap_space * GIB / block_bytes as f64) as usize;
+        if num_blocks * args.block_size < max_model_len {
+            bail!(
+                "the KV cache ({:.2} GiB) holds {} tokens, fewer than max_model_len {max_model_len}; give it more memory or lower max_model_len",
+                kv_bytes as f64 / GIB,
+                num_blocks * args.block_size
+            );
+        }
+        tracing::info!(
+            "# {} blocks: {num_blocks}, # CPU blocks: {num_cpu_blocks} ({} tokens, {} tokens per block, {:.2} GiB)",
+            if backend.name() == "cpu" { "KV" } else { "GPU" },
+            num_blocks * args.block_size,
+            args.block_size,
+            (num_blocks as u64 * block_bytes) as f64 / GIB
+        );
+        let runner = ModelRunner::new(backend, model, num_blocks, args.block_size)
+            .map_err(anyhow::Error::msg)?;
+        let codec: Arc<dyn TextCodec> = match &tokenizer {
+            Some(t) => Arc::new(TokenizerCodec(t.clone())),
+            None => Arc::new(NoTokenizer {
+                vocab_size: cfg.vocab_size,
+                eos: cfg.eos_token_id,
+            }),
+        };
+        let config = EngineConfig {
+            block_size: args.block_size,
+            num_gpu_blocks: num_blocks,
+            num_cpu_blocks,
+            max_num_batched_tokens,
+            max_num_seqs: args.max_num_seqs,
+            max_model_len,
+            enable_prefix_caching: args.enable_prefix_caching,
+            policy: args.scheduling_policy,
+            ..Default::default()
+        };
+        Ok(LLM {
+            engine: LlmEngine::new(config, Box::new(runner), codec),
+            tokenizer,
+            model_config: cfg,
+            next_request: 0,
+        })
+    }
+
+    pub fn engine(&mut self) -> &mut LlmEngine {
+        &mut self.engine
+    }
+
+    pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref()
+    }
+
+    /// A fresh request id.
+    pub fn next_request_id(&mut self) -> String {
+        self.next_request += 1;
+        (self.next_request - 1).to_string()
+    }
+
+    /// Generates for every prompt; outputs come back in prompt order. Several prompts show a
+    /// "Processed prompts" progress bar.
+    pub fn generate<P: Clone + Into<PromptInput>>(
+        &mut self,
+        prompts: &[P],
+        params: &SamplingParams,
+    ) -> Result<Vec<RequestOutput>> {
+        let inputs: Vec<PromptInput> = prompts.iter().cloned().map(Into::into).collect();
+        self.generate_inputs(inputs, std::slice::from_ref(params), prompts.len() > 1)
+    }
+
+    /// Like `generate`, with one set of parameters per prompt (or one for all).
+    pub fn generate_inputs(
+        &mut self,
+        prompts: Vec<PromptInput>,
+        params: &[SamplingParams],
+        progress: bool,
+    ) -> Result<Vec<RequestOutput>> {
+        if params.len() != 1 && params.len() != prompts.len() {
+            bail!(
+                "got {} sampling params for {} prompts",
+                params.len(),
+                prompts.len()
+            );
+        }
+        let mut ids: Vec<String> = Vec::with_capacity(prompts.len());
+        for (i, prompt) in prompts.into_iter().enumerate() {
+            let p = &params[if params.len() == 1 { 0 } else { i }];
+            let id = self.next_request_id();
+            if let Err(e) = self.engine.add_request(RequestSpec {
+                request_id: id.clone(),
+                prompt,
+                params: p.clone(),
+                priority: 0,
+            }) {
+                for done in &ids {
+                    self.engine.abort_request(done);
+                }
+                return Err(anyhow::anyhow!("prompt {i}: {e}"));
+            }
+            ids.push(id);
+        }
+        let bar = if progress {
+            let b = ProgressBar::new(ids.len() as u64);
+            b.set_style(
+                ProgressStyle::with_template("Processed prompts: {percent:>3}%|{bar:40}| {pos}/{len} [{elapsed_precise}<{eta_precise}, {msg}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let start = std::time::Instant::now();
+        let mut done = std::collections::HashMap::new();
+        let (mut in_toks, mut out_toks) = (0usize, 0usize);
+        while self.engine.has_unfinished_requests() {
+            for out in self.engine.step()? {
+                if out.finished {
+                    in_toks += out.prompt_token_ids.len();
+                    out_toks += out.outputs.iter().map(|o| o.token_ids.len()).sum::<usize>();
+                    let secs = start.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!(
+                        "est. speed input: {:.2} toks/s, output: {:.2} toks/s",
+                        in_toks as f64 / secs,
+                        out_toks as f64 / secs
+                    ));
+                    bar.inc(1);
+                    done.insert(out.request_id.clone(), out);
+                }
+            }
+        }
+        bar.finish();
+        ids.iter()
+            .map(|id| {
+                done.remove(id)
+                    .with_context(|| format!("request {id} produced no output"))
+            })
+            .collect()
+    }
+
+    /// Renders the model's chat template for each conversation and generates.
+    pub fn chat(
+        &mut self,
+        conversations: &[Vec<ChatMessage>],
+        params: &SamplingParams,
+    ) -> Result<Vec<RequestOutput>> {
+        let prompts = conversations
+            .iter()
+            .map(|c| self.render_chat(c).map(PromptInput::Text))
+            .collect::<Result<Vec<_>>>()?;
+        let progress = prompts.len() > 1;
+        self.generate_inputs(prompts, std::slice::from_ref(params), progress)
+    }
+
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let tok = self.tokenizer.as_ref().context("chat needs a tokenizer")?;
+        Ok(tok.apply_chat_template(messages, true)?)
+    }
+}
