@@ -48,6 +48,10 @@ fn prompt_tokenization_matches_llama_cpp() {
     }
 }
 
+/// Through the chat template (with a short system prompt), the model answers with Paris.
+/// Without one, the template inserts its own long default system prompt, and there the first
+/// token is a near-tie ("The" vs "L", 0.08 apart even with exact f32 weights) that llama.cpp
+/// itself resolves to "L'Étoile, la Marseillaise", as rvllm's CPU path does.
 #[test]
 fn capital_of_france_is_paris() {
     let mut llm = common::llm(|_| {});
@@ -56,15 +60,15 @@ fn capital_of_france_is_paris() {
         max_tokens: Some(32),
         ..Default::default()
     };
-    let outs = llm
-        .chat(
-            &[vec![rvllm::ChatMessage {
-                role: "user".into(),
-                content: "What is the capital of France?".into(),
-            }]],
-            &params,
-        )
-        .expect("chat");
+    let msg = |role: &str, content: &str| rvllm::ChatMessage {
+        role: role.into(),
+        content: content.into(),
+    };
+    let conversation = vec![
+        msg("system", "You are a helpful assistant."),
+        msg("user", "What is the capital of France?"),
+    ];
+    let outs = llm.chat(&[conversation], &params).expect("chat");
     let text = &outs[0].outputs[0].text;
     assert!(text.contains("Paris"), "{text:?}");
 }
