@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod cpu;
+#[cfg(feature = "cuda")] pub mod cuda;
 pub mod error;
 pub mod ops;
 pub mod weight;

@@ -13,7 +13,15 @@ use rvllm_gguf::GgufFile;
 use rvllm_model::{DummyWeights, GgufWeights, LlamaModel, ModelConfig};
 use rvllm_runner::ModelRunner;
 use rvllm_tokenizer::{ChatMessage, Tokenizer, TokenizerSpec};
-use std::path::PathBuf;
+use rvllm_backend::Backend;
+use std::path::{Path, PathBuf};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// CPU KV cache bytes: as asked, else a quarter of available memory, at most 2 GiB.
+fn cpu_kv_budget(args: &EngineArgs) -> u64 {
+    args.kv_cache_memory.unwrap_or_else(|| (mem_available().unwrap_or(8 << 30) / 4).min(2 << 30))
+}
 use std::sync::Arc;
 
 /// Engine arguments, named as vLLM's `EngineArgs` where they exist.
@@ -31,6 +39,8 @@ pub struct EngineArgs {
     pub max_num_seqs: usize,
     /// KV cache bytes for the CPU backend (vLLM's VLLM_CPU_KVCACHE_SPACE).
     pub kv_cache_memory: Option<u64>,
+    /// Fraction of GPU memory rvllm may use (weights, activations, KV cache).
+    pub gpu_memory_utilization: f64,
     /// Host swap space in GiB.
     pub swap_space: f64,
     pub enable_prefix_caching: bool,
@@ -52,6 +62,7 @@ impl Default for EngineArgs {
             max_num_batched_tokens: None,
             max_num_seqs: 256,
             kv_cache_memory: None,
+            gpu_memory_utilization: 0.9,
             swap_space: 0.0,
             enable_prefix_caching: true,
             scheduling_policy: SchedulingPolicy::Fcfs,
@@ -109,126 +120,174 @@ pub fn tokenizer_spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec> {
     })
 }
 
+/// What sizes the KV cache on each backend.
+enum KvBudget {
+    /// Bytes for the CPU backend.
+    Host(u64),
+    /// Fraction of the device's total memory rvllm may use (vLLM's gpu_memory_utilization).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Device { utilization: f64, free: u64, total: u64 },
+}
+
+fn load_model<B: Backend>(backend: &B, args: &EngineArgs, path: &Path) -> Result<(LlamaModel<B>, Option<Arc<Tokenizer>>)> {
+    let t0 = std::time::Instant::now();
+    let loaded = if args.load_format == "dummy" {
+        let cfg_path = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let cfg = ModelConfig::from_hf_json(&json)?;
+        (LlamaModel::load(backend, cfg, &DummyWeights { seed: args.seed })?, None)
+    } else {
+        if path.is_dir() {
+            bail!(
+                "{}: loading HF safetensors checkpoints is not supported yet; pass a GGUF file or load_format=dummy",
+                path.display()
+            );
+        }
+        let file = GgufFile::open(path).with_context(|| format!("opening model {}", path.display()))?;
+        let cfg = ModelConfig::from_gguf(&file)?;
+        let tok = if args.skip_tokenizer_init {
+            None
+        } else {
+            Some(Arc::new(Tokenizer::from_spec(tokenizer_spec_from_gguf(&file)?)?))
+        };
+        (LlamaModel::load(backend, cfg, &GgufWeights { file: &file })?, tok)
+    };
+    let cfg = &loaded.0.config;
+    tracing::info!(
+        "model: {} ({} layers, hidden {}, {} heads / {} KV heads, head_dim {}, ffn {}, vocab {}, {:.1}M params) on {}, loaded in {:.2}s",
+        cfg.architecture,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        cfg.num_params() as f64 / 1e6,
+        backend.name(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(loaded)
+}
+
 impl LLM {
     pub fn new(args: EngineArgs) -> Result<Self> {
         if args.threads > 0 {
             // Only the first call configures the global pool; later LLMs share it.
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(args.threads)
-                .build_global();
-        }
-        let device = args.device.as_str();
-        if !matches!(device, "auto" | "cpu") {
-            bail!("device `{device}` is not available in this build (built without CUDA); use --device cpu");
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global();
         }
         let path = match &args.model {
             Some(p) => p.clone(),
             None => model_fetch::ensure_default_model()?,
         };
-        let backend = CpuBackend::new();
-        let t0 = std::time::Instant::now();
-        let (model, tokenizer) = if args.load_format == "dummy" {
-            let cfg_path = if path.is_dir() {
-                path.join("config.json")
-            } else {
-                path.clone()
-            };
-            let text = std::fs::read_to_string(&cfg_path)
-                .with_context(|| format!("reading {}", cfg_path.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("parsing {}", cfg_path.display()))?;
-            let cfg = ModelConfig::from_hf_json(&json)?;
-            let model = LlamaModel::load(&backend, cfg, &DummyWeights { seed: args.seed })?;
-            (model, None)
-        } else {
-            if path.is_dir() {
-                bail!("{}: loading HF safetensors checkpoints is not supported yet; pass a GGUF file or load_format=dummy", path.display());
-            }
-            let file = GgufFile::open(&path)
-                .with_context(|| format!("opening model {}", path.display()))?;
-            let cfg = ModelConfig::from_gguf(&file)?;
-            let tok = if args.skip_tokenizer_init {
-                None
-            } else {
-                Some(Arc::new(Tokenizer::from_spec(tokenizer_spec_from_gguf(
-                    &file,
-                )?)?))
-            };
-            let model = LlamaModel::load(&backend, cfg, &GgufWeights { file: &file })?;
-            (model, tok)
-        };
-        let cfg = model.config.clone();
-        tracing::info!(
-            "model: {} ({} layers, hidden {}, {} heads / {} KV heads, head_dim {}, ffn {}, vocab {}, {:.1}M params), loaded in {:.2}s",
-            cfg.architecture,
-            cfg.num_layers,
-            cfg.hidden_size,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            cfg.intermediate_size,
-            cfg.vocab_size,
-            cfg.num_params() as f64 / 1e6,
-            t0.elapsed().as_secs_f64()
-        );
-
-        let max_model_len = args
-            .max_model_len
-            .unwrap_or(cfg.max_position_embeddings.min(8192));
-        if max_model_len > cfg.max_position_embeddings {
-            bail!(
-                "max_model_len {max_model_len} exceeds the model's {} positions",
-                cfg.max_position_embeddings
-            );
+        match args.device.as_str() {
+            "cpu" => Self::build(CpuBackend::new(), &args, &path, 4, |_| Ok(KvBudget::Host(cpu_kv_budget(&args)))),
+            #[cfg(feature = "cuda")]
+            "cuda" => Self::new_cuda(&args, &path),
+            #[cfg(feature = "cuda")]
+            "auto" => match rvllm_backend::cuda::probe() {
+                Ok(n) if n > 0 => Self::new_cuda(&args, &path),
+                other => {
+                    tracing::info!("no usable GPU ({}); running on the CPU", match other {
+                        Ok(_) => "no CUDA device".to_string(),
+                        Err(e) => e.to_string(),
+                    });
+                    Self::build(CpuBackend::new(), &args, &path, 4, |_| Ok(KvBudget::Host(cpu_kv_budget(&args))))
+                }
+            },
+            #[cfg(not(feature = "cuda"))]
+            "auto" => Self::build(CpuBackend::new(), &args, &path, 4, |_| Ok(KvBudget::Host(cpu_kv_budget(&args)))),
+            #[cfg(not(feature = "cuda"))]
+            "cuda" => bail!("this rvllm was built without CUDA support (cargo build --release --features cuda); use --device cpu"),
+            other => bail!("unknown device `{other}` (expected auto, cpu or cuda)"),
         }
-        let spec1 = model.kv_cache_spec(1, args.block_size);
-        let block_bytes = spec1.bytes_per_block(4) as u64;
-        let budget = args.kv_cache_memory.unwrap_or_else(|| {
-            let avail = mem_available().unwrap_or(8 << 30);
-            (avail / 4).min(2 << 30)
-        });
-        let num_blocks = (budget / block_bytes) as usize;
-        let num_cpu_blocks = (args.swap_space * (1u64 << 30) as f64 / block_bytes as f64) as usize;
+    }
+
+    #[cfg(feature = "cuda")]
+    fn new_cuda(args: &EngineArgs, path: &Path) -> Result<Self> {
+        use rvllm_backend::cuda::CudaBackend;
+        let backend = CudaBackend::new(0).context("starting the CUDA backend")?;
+        let utilization = args.gpu_memory_utilization;
+        Self::build(backend, args, path, 2, move |b: &CudaBackend| {
+            let (free, total) = b.context().mem_get_info().map_err(|e| anyhow::anyhow!("cuMemGetInfo: {e:?}"))?;
+            Ok(KvBudget::Device { utilization, free: free as u64, total: total as u64 })
+        })
+    }
+
+    /// Loads the model on `backend`, sizes the KV cache (`kv_elem_bytes` per cached value) and
+    /// assembles the engine.
+    fn build<B: Backend>(
+        backend: B,
+        args: &EngineArgs,
+        path: &Path,
+        kv_elem_bytes: usize,
+        budget: impl FnOnce(&B) -> Result<KvBudget>,
+    ) -> Result<Self> {
+        let (model, tokenizer) = load_model(&backend, args, path)?;
+        let cfg = model.config.clone();
+        let max_model_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings.min(8192));
+        if max_model_len > cfg.max_position_embeddings {
+            bail!("max_model_len {max_model_len} exceeds the model's {} positions", cfg.max_position_embeddings);
+        }
+        let max_num_batched_tokens = args.max_num_batched_tokens.unwrap_or(max_model_len.max(2048));
+        let block_bytes = model.kv_cache_spec(1, args.block_size).bytes_per_block(kv_elem_bytes) as u64;
+        let kv_bytes = match budget(&backend)? {
+            KvBudget::Host(bytes) => bytes,
+            KvBudget::Device { utilization, free, total } => {
+                // What the model and runtime use now, plus the activations of the largest step
+                // (hidden states, Q/K/V, MLP intermediates and logits in bf16/f32), plus slack for
+                // cuBLAS workspaces and allocator fragmentation.
+                let used = total - free;
+                let t = max_num_batched_tokens as u64;
+                let per_token = 2 * (4 * cfg.hidden_size + 2 * cfg.num_heads * cfg.head_dim + 3 * cfg.intermediate_size) as u64;
+                let activations = t * per_token + (args.max_num_seqs as u64) * cfg.vocab_size as u64 * 4 * 2;
+                let allowed = (total as f64 * utilization) as u64;
+                let kv = allowed.saturating_sub(used + activations + (256 << 20));
+                tracing::info!(
+                    "GPU memory: {:.2} GiB total, {:.2} GiB used after loading, {:.2} GiB for activations, {:.2} GiB for the KV cache",
+                    total as f64 / GIB,
+                    used as f64 / GIB,
+                    activations as f64 / GIB,
+                    kv as f64 / GIB
+                );
+                kv
+            }
+        };
+        let num_blocks = (kv_bytes / block_bytes) as usize;
+        let num_cpu_blocks = (args.swap_space * GIB / block_bytes as f64) as usize;
         if num_blocks * args.block_size < max_model_len {
             bail!(
-                "KV cache of {:.2} GiB holds {} tokens, fewer than max_model_len {max_model_len}; raise --kv-cache-memory or lower --max-model-len",
-                budget as f64 / (1u64 << 30) as f64,
+                "the KV cache ({:.2} GiB) holds {} tokens, fewer than max_model_len {max_model_len}; give it more memory or lower max_model_len",
+                kv_bytes as f64 / GIB,
                 num_blocks * args.block_size
             );
         }
         tracing::info!(
-            "# KV blocks (cpu): {num_blocks}, # swap blocks: {num_cpu_blocks} ({} tokens of {} per block, {:.2} GiB)",
+            "# {} blocks: {num_blocks}, # CPU blocks: {num_cpu_blocks} ({} tokens, {} tokens per block, {:.2} GiB)",
+            if backend.name() == "cpu" { "KV" } else { "GPU" },
             num_blocks * args.block_size,
             args.block_size,
-            (num_blocks as u64 * block_bytes) as f64 / (1u64 << 30) as f64
+            (num_blocks as u64 * block_bytes) as f64 / GIB
         );
-        let runner = ModelRunner::new(backend, model, num_blocks, args.block_size)
-            .map_err(anyhow::Error::msg)?;
+        let runner = ModelRunner::new(backend, model, num_blocks, args.block_size).map_err(anyhow::Error::msg)?;
         let codec: Arc<dyn TextCodec> = match &tokenizer {
             Some(t) => Arc::new(TokenizerCodec(t.clone())),
-            None => Arc::new(NoTokenizer {
-                vocab_size: cfg.vocab_size,
-                eos: cfg.eos_token_id,
-            }),
+            None => Arc::new(NoTokenizer { vocab_size: cfg.vocab_size, eos: cfg.eos_token_id }),
         };
         let config = EngineConfig {
             block_size: args.block_size,
             num_gpu_blocks: num_blocks,
             num_cpu_blocks,
-            max_num_batched_tokens: args
-                .max_num_batched_tokens
-                .unwrap_or(max_model_len.max(2048)),
+            max_num_batched_tokens,
             max_num_seqs: args.max_num_seqs,
             max_model_len,
             enable_prefix_caching: args.enable_prefix_caching,
             policy: args.scheduling_policy,
+            ..Default::default()
         };
-        Ok(LLM {
-            engine: LlmEngine::new(config, Box::new(runner), codec),
-            tokenizer,
-            model_config: cfg,
-            next_request: 0,
-        })
+        Ok(LLM { engine: LlmEngine::new(config, Box::new(runner), codec), tokenizer, model_config: cfg, next_request: 0 })
     }
 
     pub fn engine(&mut self) -> &mut LlmEngine {

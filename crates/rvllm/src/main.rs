@@ -44,6 +44,13 @@ enum Command {
     Bench(BenchCommand),
     /// Fetch the default model into the cache (if needed) and print its path.
     Fetch,
+    /// Check every CUDA op against the CPU backend on random inputs, then time kernels.
+    #[cfg(feature = "cuda")]
+    GpuCheck {
+        /// Also run the kernel micro-benchmarks.
+        #[arg(long)]
+        bench: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +106,9 @@ struct EngineFlags {
     /// Most sequences running at once.
     #[arg(long, default_value_t = 256)]
     max_num_seqs: usize,
+    /// Fraction of GPU memory to use for weights, activations and the KV cache.
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_utilization: f64,
     /// KV cache size for the CPU backend, in GiB.
     #[arg(long)]
     kv_cache_memory: Option<f64>,
@@ -132,6 +142,7 @@ impl EngineFlags {
             kv_cache_memory: self
                 .kv_cache_memory
                 .map(|g| (g * (1u64 << 30) as f64) as u64),
+            gpu_memory_utilization: self.gpu_memory_utilization,
             swap_space: self.swap_space,
             enable_prefix_caching: !self.no_enable_prefix_caching,
             scheduling_policy: if self.scheduling_policy == "priority" {
@@ -229,6 +240,22 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        #[cfg(feature = "cuda")]
+        Command::GpuCheck { bench } => {
+            let mut report = String::new();
+            let ok = rvllm_backend::cuda::selftest::selftest(&mut report);
+            println!("{report}");
+            if bench {
+                let mut b = String::new();
+                rvllm_backend::cuda::selftest::bench(&mut b);
+                println!("{b}");
+            }
+            match ok {
+                Ok(true) => println!("gpu-check: all ops match the CPU reference"),
+                Ok(false) => anyhow::bail!("gpu-check: some ops differ from the CPU reference (see above)"),
+                Err(e) => anyhow::bail!("gpu-check could not run: {e}"),
+            }
+        }
         Command::Fetch => {
             println!("{}", rvllm::model_fetch::ensure_default_model()?.display());
         }

@@ -1,0 +1,390 @@
+// Paged attention over the cache layout [num_blocks, block_size, kv_heads, head_dim] (bf16).
+//
+// Decode path (sequences with query_len == 1): one CTA per (sequence, KV head, head chunk,
+// context partition) handles all G query heads that share the KV head, so K/V are read once.
+// Long contexts are split into partitions (flash-decoding); a reduce kernel merges them.
+//
+// General path (prefill / chunked prefill, any query_len): tiled flash attention with an online
+// softmax, f32 FMA math. Rows of a tile are (query token, head-in-group) pairs so K/V tiles are
+// shared by the whole GQA group.
+
+#define DECODE_NT 128
+#define DECODE_NW 4
+#define DECODE_U 4
+
+template <int HD, int G>
+__device__ __forceinline__ void decode_attn_impl(
+    bf16* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ max_logits,
+    float* __restrict__ exp_sums, const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
+    const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
+    const u32* __restrict__ query_start, const u32* __restrict__ query_len,
+    const u32* __restrict__ context_len, int max_blocks, int num_heads, int num_kv_heads,
+    int block_size, float scale, int part_size, int hchunks) {
+    constexpr int NT = DECODE_NT, NW = DECODE_NW, U = DECODE_U;
+    constexpr int TPT = HD / 8;    // threads per token row, 16 bytes each
+    constexpr int TPW = 32 / TPT;  // tokens per warp step
+    constexpr int NR = NT / TPT;   // token rows in flight in the V phase
+    extern __shared__ float smem[];  // [G][part_size] logits, then [NR][G][HD] partial outputs
+    __shared__ float s_max[G], s_sum[G];
+
+    const int s = blockIdx.x;
+    if (query_len[s] != 1) return;
+    const int kvh = blockIdx.y / hchunks, chunk = blockIdx.y % hchunks;
+    const int group = num_heads / num_kv_heads;
+    const int head0 = kvh * group + chunk * G;
+    const int ctx = (int)context_len[s];
+    const int start = blockIdx.z * part_size;
+    if (start >= ctx) return;
+    const int n = min(start + part_size, ctx) - start;
+    const int num_parts = (ctx + part_size - 1) / part_size;
+    const int max_parts = gridDim.z;
+    const u64 tok = query_start[s];
+    const u32* bt = block_tables + (u64)s * max_blocks;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tl = lane % TPT;
+    const u64 tok_stride = (u64)num_kv_heads * HD;
+    const bf16* kbase = k_cache + (u64)kvh * HD + tl * 8;
+    const bf16* vbase = v_cache + (u64)kvh * HD + tl * 8;
+
+    float qv[G][8];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        bf16x8 t = *(const bf16x8*)(q + tok * num_heads * HD + (u64)(head0 + g) * HD + tl * 8);
+        bf16x8_to_f32(t, qv[g]);
+#pragma unroll
+        for (int e = 0; e < 8; e++) qv[g][e] *= scale;
+    }
+
+    // ---- phase 1: scores into shared memory (warp-uniform loop: shuffles below are safe)
+    float* logits = smem;
+    for (int base = warp * TPW; base < n; base += NW * TPW * U) {
+        bf16x8 kv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = base + u * NW * TPW + lane / TPT;
+            if (j < n) {
+                const int pos = start + j;
+                const u64 blk = bt[pos / block_size];
+                kv[u] = *(const bf16x8*)(kbase + (blk * block_size + pos % block_size) * tok_stride);
+            } else {
+                kv[u] = bf16x8{};
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = base + u * NW * TPW + lane / TPT;
+            float kf[8];
+            bf16x8_to_f32(kv[u], kf);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float d = 0.f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) d += qv[g][e] * kf[e];
+#pragma unroll
+                for (int o = TPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                if (tl == 0 && j < n) logits[g * part_size + j] = d;
+            }
+        }
+    }
+    __syncthreads();
+
+    // ---- softmax statistics: one warp per head
+    for (int g = warp; g < G; g += NW) {
+        float m = -RV_INF;
+        for (int j = lane; j < n; j += 32) m = fmaxf(m, logits[g * part_size + j]);
+        m = warp_max(m);
+        float sum = 0.f;
+        for (int j = lane; j < n; j += 32) {
+            const float p = __expf(logits[g * part_size + j] - m);
+            logits[g * part_size + j] = p;
+            sum += p;
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) {
+            s_max[g] = m;
+            s_sum[g] = sum;
+        }
+    }
+    __syncthreads();
+
+    // ---- phase 2: P·V
+    const int vr = tid / TPT;
+    float acc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[g][e] = 0.f;
+    for (int j0 = vr; j0 < n; j0 += NR * U) {
+        bf16x8 vv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + u * NR;
+            if (j < n) {
+                const int pos = start + j;
+                const u64 blk = bt[pos / block_size];
+                vv[u] = *(const bf16x8*)(vbase + (blk * block_size + pos % block_size) * tok_stride);
+            } else {
+                vv[u] = bf16x8{};
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + u * NR;
+            if (j < n) {
+                float vf[8];
+                bf16x8_to_f32(vv[u], vf);
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    const float p = logits[g * part_size + j];
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[g][e] += p * vf[e];
+                }
+            }
+        }
+    }
+    __syncthreads();
+    float* red = smem;  // [NR][G][HD]
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) red[(vr * G + g) * HD + tl * 8 + e] = acc[g][e];
+    __syncthreads();
+    for (int i = tid; i < G * HD; i += NT) {
+        const int g = i / HD, d = i % HD;
+        float o = 0.f;
+#pragma unroll
+        for (int r = 0; r < NR; r++) o += red[(r * G + g) * HD + d];
+        o /= s_sum[g];
+        if (num_parts == 1) {
+            out[tok * num_heads * HD + (u64)(head0 + g) * HD + d] = __float2bfloat16_rn(o);
+        } else {
+            tmp_out[(((u64)s * num_heads + head0 + g) * max_parts + blockIdx.z) * HD + d] = o;
+        }
+    }
+    if (num_parts > 1 && tid < G) {
+        const u64 idx = ((u64)s * num_heads + head0 + tid) * max_parts + blockIdx.z;
+        max_logits[idx] = s_max[tid];
+        exp_sums[idx] = s_sum[tid];
+    }
+}
+
+#define DECODE_ARGS                                                                              \
+    bf16 *out, float *tmp_out, float *max_logits, float *exp_sums, const bf16 *q,                \
+        const bf16 *k_cache, const bf16 *v_cache, const u32 *block_tables,                       \
+        const u32 *query_start, const u32 *query_len, const u32 *context_len, int max_blocks,    \
+        int num_heads, int num_kv_heads, int block_size, float scale, int part_size, int hchunks
+#define DECODE_PASS                                                                              \
+    out, tmp_out, max_logits, exp_sums, q, k_cache, v_cache, block_tables, query_start,          \
+        query_len, context_len, max_blocks, num_heads, num_kv_heads, block_size, scale,          \
+        part_size, hchunks
+#define DECODE_KERNEL(HD, G)                                                                     \
+    extern "C" __global__ void __launch_bounds__(DECODE_NT)                                      \
+        paged_decode_h##HD##_g##G(DECODE_ARGS) {                                                 \
+        decode_attn_impl<HD, G>(DECODE_PASS);                                                    \
+    }
+#define DECODE_ALL_G(HD)                                                                         \
+    DECODE_KERNEL(HD, 1)                                                                         \
+    DECODE_KERNEL(HD, 2)                                                                         \
+    DECODE_KERNEL(HD, 3)                                                                         \
+    DECODE_KERNEL(HD, 4)                                                                         \
+    DECODE_KERNEL(HD, 5)                                                                         \
+    DECODE_KERNEL(HD, 6)                                                                         \
+    DECODE_KERNEL(HD, 7)                                                                         \
+    DECODE_KERNEL(HD, 8)
+DECODE_ALL_G(64)
+DECODE_ALL_G(128)
+DECODE_ALL_G(256)
+
+// Merges the partitions of each (decode sequence, head). grid (num_seqs, num_heads).
+extern "C" __global__ void paged_decode_reduce(bf16* __restrict__ out, const float* __restrict__ tmp_out,
+                                               const float* __restrict__ max_logits,
+                                               const float* __restrict__ exp_sums,
+                                               const u32* __restrict__ query_start,
+                                               const u32* __restrict__ query_len,
+                                               const u32* __restrict__ context_len, int num_heads,
+                                               int hd, int part_size, int max_parts) {
+    extern __shared__ float w[];  // [max_parts]
+    __shared__ float red[32];
+    const int s = blockIdx.x, h = blockIdx.y;
+    if (query_len[s] != 1) return;
+    const int ctx = (int)context_len[s];
+    const int np = (ctx + part_size - 1) / part_size;
+    if (np <= 1) return;
+    const u64 base = ((u64)s * num_heads + h) * max_parts;
+    float m = -RV_INF;
+    for (int p = threadIdx.x; p < np; p += blockDim.x) m = fmaxf(m, max_logits[base + p]);
+    m = block_max(m, red);
+    float tot = 0.f;
+    for (int p = threadIdx.x; p < np; p += blockDim.x) {
+        const float wp = exp_sums[base + p] * __expf(max_logits[base + p] - m);
+        w[p] = wp;
+        tot += wp;
+    }
+    tot = block_sum(tot, red);  // has __syncthreads: w[] is visible after it
+    const float inv = 1.f / tot;
+    const u64 tok = query_start[s];
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.f;
+        for (int p = 0; p < np; p++) o += w[p] * tmp_out[(base + p) * hd + d];
+        out[tok * num_heads * hd + (u64)h * hd + d] = __float2bfloat16_rn(o * inv);
+    }
+}
+
+// ---------------------------------------------------------------- general (prefill) path
+#define PF_BM 64
+#define PF_BN 64
+#define PF_NT 256
+
+template <int HD>
+__device__ __forceinline__ void prefill_attn_impl(
+    bf16* __restrict__ out, const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
+    const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
+    const u32* __restrict__ query_start, const u32* __restrict__ query_len,
+    const u32* __restrict__ context_len, int max_blocks, int num_heads, int num_kv_heads,
+    int block_size, float scale, int G, int hchunks, int skip_decode) {
+    constexpr int BM = PF_BM, BN = PF_BN, NT = PF_NT, LD = HD + 8;
+    constexpr int NC = HD / 32;  // 8-wide dim chunks owned by each thread
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16* Qs = (bf16*)smem_raw;
+    bf16* Ks = Qs + BM * LD;
+    bf16* Vs = Ks + BN * LD;
+
+    const int s = blockIdx.y;
+    const int qlen = (int)query_len[s];
+    if (qlen == 0 || (skip_decode && qlen == 1)) return;
+    const int tpc = BM / G;  // query tokens per CTA
+    const int t0 = blockIdx.x * tpc;
+    if (t0 >= qlen) return;
+    const int kvh = blockIdx.z / hchunks, chunk = blockIdx.z % hchunks;
+    const int group = num_heads / num_kv_heads;
+    const int head0 = kvh * group + chunk * G;
+    const int ctx = (int)context_len[s];
+    const int qpos0 = ctx - qlen;
+    const u64 qs = query_start[s];
+    const u32* bt = block_tables + (u64)s * max_blocks;
+    const u64 tok_stride = (u64)num_kv_heads * HD;
+    const u64 qrow = (u64)num_heads * HD;
+    const int tid = threadIdx.x, lane = tid & 31;
+
+    for (int i = tid; i < BM * (HD / 8); i += NT) {
+        const int r = i / (HD / 8), c = i % (HD / 8);
+        const int t = t0 + r / G, g = r % G;
+        bf16x8 v = bf16x8{};
+        if (r < tpc * G && t < qlen) v = *(const bf16x8*)(q + (qs + t) * qrow + (u64)(head0 + g) * HD + c * 8);
+        *(bf16x8*)(Qs + r * LD + c * 8) = v;
+    }
+
+    const int row = tid >> 2, r4 = tid & 3;
+    const int my_tok = t0 + row / G;
+    const bool row_valid = row < tpc * G && my_tok < qlen;
+    const int my_pos = qpos0 + my_tok;
+    const int kv_end = qpos0 + min(t0 + tpc, qlen);  // keys needed by the last query of the tile
+
+    float m = -RV_INF, l = 0.f;
+    float acc[NC][8];
+#pragma unroll
+    for (int c = 0; c < NC; c++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[c][e] = 0.f;
+
+    for (int kt = 0; kt < kv_end; kt += BN) {
+        __syncthreads();
+        for (int i = tid; i < BN * (HD / 8); i += NT) {
+            const int j = i / (HD / 8), c = i % (HD / 8);
+            const int pos = kt + j;
+            bf16x8 kv = bf16x8{}, vv = bf16x8{};
+            if (pos < kv_end) {
+                const u64 blk = bt[pos / block_size];
+                const u64 off = (blk * block_size + pos % block_size) * tok_stride + (u64)kvh * HD + c * 8;
+                kv = *(const bf16x8*)(k_cache + off);
+                vv = *(const bf16x8*)(v_cache + off);
+            }
+            *(bf16x8*)(Ks + j * LD + c * 8) = kv;
+            *(bf16x8*)(Vs + j * LD + c * 8) = vv;
+        }
+        __syncthreads();
+
+        float sc[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) sc[i] = 0.f;
+#pragma unroll 2
+        for (int c = 0; c < HD / 8; c++) {
+            float qf[8];
+            bf16x8_to_f32(*(const bf16x8*)(Qs + row * LD + c * 8), qf);
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                float kf[8];
+                bf16x8_to_f32(*(const bf16x8*)(Ks + (r4 + 4 * i) * LD + c * 8), kf);
+#pragma unroll
+                for (int e = 0; e < 8; e++) sc[i] += qf[e] * kf[e];
+            }
+        }
+        float tmax = -RV_INF;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            const int pos = kt + r4 + 4 * i;
+            sc[i] = (row_valid && pos <= my_pos) ? sc[i] * scale : -RV_INF;
+            tmax = fmaxf(tmax, sc[i]);
+        }
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+        const float m_new = fmaxf(m, tmax);
+        const bool dead = m_new == -RV_INF;
+        const float alpha = dead ? 1.f : __expf(m - m_new);
+        float psum = 0.f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            sc[i] = dead ? 0.f : __expf(sc[i] - m_new);
+            psum += sc[i];
+        }
+        l = l * alpha + psum;
+        m = m_new;
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[c][e] *= alpha;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+#pragma unroll
+            for (int src = 0; src < 4; src++) {
+                const float p = __shfl_sync(0xffffffffu, sc[i], (lane & ~3) | src);
+                const int j = src + 4 * i;
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    float vf[8];
+                    bf16x8_to_f32(*(const bf16x8*)(Vs + j * LD + c * 32 + r4 * 8), vf);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[c][e] += p * vf[e];
+                }
+            }
+        }
+    }
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (row_valid) {
+        const float inv = 1.f / l;
+        bf16* o = out + (qs + my_tok) * qrow + (u64)(head0 + row % G) * HD;
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            float f[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) f[e] = acc[c][e] * inv;
+            *(bf16x8*)(o + c * 32 + r4 * 8) = f32_to_bf16x8(f);
+        }
+    }
+}
+
+#define PREFILL_KERNEL(HD)                                                                       \
+    extern "C" __global__ void __launch_bounds__(PF_NT) paged_prefill_h##HD(                     \
+        bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache,                      \
+        const u32* block_tables, const u32* query_start, const u32* query_len,                   \
+        const u32* context_len, int max_blocks, int num_heads, int num_kv_heads, int block_size, \
+        float scale, int G, int hchunks, int skip_decode) {                                      \
+        prefill_attn_impl<HD>(out, q, k_cache, v_cache, block_tables, query_start, query_len,    \
+                              context_len, max_blocks, num_heads, num_kv_heads, block_size,      \
+                              scale, G, hchunks, skip_decode);                                   \
+    }
+PREFILL_KERNEL(64)
+PREFILL_KERNEL(96)
+PREFILL_KERNEL(128)
+PREFILL_KERNEL(256)

@@ -1,0 +1,269 @@
+// Weight conversion, dummy weights, embedding, norms, elementwise ops, rope + KV-cache write.
+
+// ---------------------------------------------------------------- weight conversion
+// dtype codes (must match cuda/mod.rs): 0 f32, 1 f16, 2 bf16, 3 q4_0, 4 q4_1, 5 q8_0.
+__device__ __forceinline__ float load_f16_bytes(const u8* p) {
+    unsigned short bits = (unsigned short)p[0] | ((unsigned short)p[1] << 8);
+    return __half2float(__ushort_as_half(bits));
+}
+
+__device__ __forceinline__ float weight_elem(const u8* __restrict__ src, u64 i, int dtype) {
+    switch (dtype) {
+    case 0: {
+        const u8* p = src + i * 4;
+        u32 bits = (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+        return __uint_as_float(bits);
+    }
+    case 1: return load_f16_bytes(src + i * 2);
+    case 2: {
+        const u8* p = src + i * 2;
+        u32 bits = ((u32)p[0] | ((u32)p[1] << 8)) << 16;
+        return __uint_as_float(bits);
+    }
+    case 3: {  // q4_0: 18 bytes = f16 d + 16 bytes of nibbles; j<16 low nibble, j>=16 high
+        u64 b = i >> 5; int j = (int)(i & 31);
+        const u8* p = src + b * 18;
+        float d = load_f16_bytes(p);
+        u8 q = p[2 + (j & 15)];
+        int v = j < 16 ? (q & 15) : (q >> 4);
+        return (float)(v - 8) * d;
+    }
+    case 4: {  // q4_1: f16 d, f16 m, 16 bytes
+        u64 b = i >> 5; int j = (int)(i & 31);
+        const u8* p = src + b * 20;
+        float d = load_f16_bytes(p), m = load_f16_bytes(p + 2);
+        u8 q = p[4 + (j & 15)];
+        int v = j < 16 ? (q & 15) : (q >> 4);
+        return (float)v * d + m;
+    }
+    case 5: {  // q8_0: f16 d, 32 int8
+        u64 b = i >> 5; int j = (int)(i & 31);
+        const u8* p = src + b * 34;
+        float d = load_f16_bytes(p);
+        return (float)(signed char)p[2 + j] * d;
+    }
+    }
+    return 0.f;
+}
+
+extern "C" __global__ void convert_weight_bf16(bf16* __restrict__ dst, const u8* __restrict__ src,
+                                               u64 n, int dtype) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(weight_elem(src, i, dtype));
+}
+
+extern "C" __global__ void convert_weight_f32(float* __restrict__ dst, const u8* __restrict__ src,
+                                              u64 n, int dtype) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        dst[i] = weight_elem(src, i, dtype);
+}
+
+// ---------------------------------------------------------------- dummy weights
+// Same stream as the CPU backend's sequential splitmix64: element i uses state
+// (seed ^ C) + (i + 1) * C, so GPU and CPU dummy weights are identical (up to bf16 rounding).
+__device__ __forceinline__ float splitmix_uniform(u64 seed, u64 i) {
+    const u64 C = 0x9e3779b97f4a7c15ull;
+    u64 z = (seed ^ C) + (i + 1) * C;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    float unit = (float)(u32)(z >> 40) / 16777216.0f;
+    return (unit * 2.0f - 1.0f) * 1e-3f;
+}
+
+extern "C" __global__ void dummy_fill_bf16(bf16* __restrict__ dst, u64 n, u64 seed) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(splitmix_uniform(seed, i));
+}
+
+extern "C" __global__ void dummy_fill_f32(float* __restrict__ dst, u64 n, u64 seed) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        dst[i] = splitmix_uniform(seed, i);
+}
+
+// ---------------------------------------------------------------- row gathers
+// out[r] = table[idx[r]] for r < rows (grid.x = rows). Out-of-range ids give a zero row.
+extern "C" __global__ void gather_rows_bf16(bf16* __restrict__ out, const bf16* __restrict__ table,
+                                            const u32* __restrict__ idx, int cols, u32 table_rows) {
+    const int r = blockIdx.x;
+    const u32 src = idx[r];
+    bf16* o = out + (u64)r * cols;
+    if (src >= table_rows) {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = __float2bfloat16_rn(0.f);
+        return;
+    }
+    const bf16* t = table + (u64)src * cols;
+    if ((cols & 7) == 0) {
+        const bf16x8* t8 = (const bf16x8*)t;
+        bf16x8* o8 = (bf16x8*)o;
+        for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) o8[c] = t8[c];
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = t[c];
+    }
+}
+
+// ---------------------------------------------------------------- norms (one block per row)
+template <typename W>
+__device__ __forceinline__ float wload(const W* w, int i);
+template <>
+__device__ __forceinline__ float wload<float>(const float* w, int i) { return w[i]; }
+template <>
+__device__ __forceinline__ float wload<bf16>(const bf16* w, int i) { return __bfloat162float(w[i]); }
+
+// If `residual` is non-null: residual += x (stored as bf16), then the norm reads the residual.
+template <typename W>
+__device__ void rms_norm_impl(bf16* __restrict__ out, bf16* __restrict__ residual,
+                              const bf16* __restrict__ x, const W* __restrict__ w, int cols, float eps) {
+    __shared__ float red[32];
+    const u64 row = blockIdx.x;
+    const bf16* xr = x + row * cols;
+    bf16* rr = residual ? residual + row * cols : nullptr;
+    bf16* orow = out + row * cols;
+    float ss = 0.f;
+    const bool vec = (cols & 7) == 0;
+    if (vec) {
+        for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) {
+            float f[8];
+            bf16x8_to_f32(((const bf16x8*)xr)[c], f);
+            if (rr) {
+                float r[8];
+                bf16x8_to_f32(((const bf16x8*)rr)[c], r);
+#pragma unroll
+                for (int e = 0; e < 8; e++) f[e] += r[e];
+                bf16x8 s = f32_to_bf16x8(f);
+                ((bf16x8*)rr)[c] = s;
+                bf16x8_to_f32(s, f);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += f[e] * f[e];
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            float f = __bfloat162float(xr[c]);
+            if (rr) {
+                bf16 s = __float2bfloat16_rn(f + __bfloat162float(rr[c]));
+                rr[c] = s;
+                f = __bfloat162float(s);
+            }
+            ss += f * f;
+        }
+    }
+    ss = block_sum(ss, red);
+    const float inv = rsqrtf(ss / (float)cols + eps);
+    const bf16* src = rr ? rr : xr;  // this thread re-reads only what it wrote itself
+    if (vec) {
+        for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) {
+            float f[8];
+            bf16x8_to_f32(((const bf16x8*)src)[c], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) f[e] = f[e] * inv * wload<W>(w, c * 8 + e);
+            ((bf16x8*)orow)[c] = f32_to_bf16x8(f);
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x)
+            orow[c] = __float2bfloat16_rn(__bfloat162float(src[c]) * inv * wload<W>(w, c));
+    }
+}
+
+extern "C" __global__ void rms_norm_wf32(bf16* out, bf16* residual, const bf16* x, const float* w,
+                                         int cols, float eps) {
+    rms_norm_impl<float>(out, residual, x, w, cols, eps);
+}
+extern "C" __global__ void rms_norm_wbf16(bf16* out, bf16* residual, const bf16* x, const bf16* w,
+                                          int cols, float eps) {
+    rms_norm_impl<bf16>(out, residual, x, w, cols, eps);
+}
+
+// ---------------------------------------------------------------- elementwise
+extern "C" __global__ void add_bf16(bf16* __restrict__ x, const bf16* __restrict__ y, u64 n) {
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if ((n & 7) == 0) {
+        for (; i < n / 8; i += stride) {
+            float a[8], b[8];
+            bf16x8_to_f32(((const bf16x8*)x)[i], a);
+            bf16x8_to_f32(((const bf16x8*)y)[i], b);
+#pragma unroll
+            for (int e = 0; e < 8; e++) a[e] += b[e];
+            ((bf16x8*)x)[i] = f32_to_bf16x8(a);
+        }
+    } else {
+        for (; i < n; i += stride)
+            x[i] = __float2bfloat16_rn(__bfloat162float(x[i]) + __bfloat162float(y[i]));
+    }
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+
+extern "C" __global__ void silu_mul_bf16(bf16* __restrict__ out, const bf16* __restrict__ gate,
+                                         const bf16* __restrict__ up, u64 n) {
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if ((n & 7) == 0) {
+        for (; i < n / 8; i += stride) {
+            float g[8], u[8];
+            bf16x8_to_f32(((const bf16x8*)gate)[i], g);
+            bf16x8_to_f32(((const bf16x8*)up)[i], u);
+#pragma unroll
+            for (int e = 0; e < 8; e++) g[e] = silu(g[e]) * u[e];
+            ((bf16x8*)out)[i] = f32_to_bf16x8(g);
+        }
+    } else {
+        for (; i < n; i += stride)
+            out[i] = __float2bfloat16_rn(silu(__bfloat162float(gate[i])) * __bfloat162float(up[i]));
+    }
+}
+
+// ---------------------------------------------------------------- rope + cache write
+// One block per token. q: [T, heads*hd], k: [T, kv_heads*hd] rotated in place; rotated k and v
+// are written to the cache layer at slot_mapping[t] (0xffffffff = padding, not written).
+extern "C" __global__ void rope_and_cache(bf16* __restrict__ q, bf16* __restrict__ k,
+                                          const bf16* __restrict__ v, const u32* __restrict__ positions,
+                                          const u32* __restrict__ slot_mapping,
+                                          bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
+                                          int heads, int kv_heads, int hd, int rotary_dim, int neox,
+                                          float theta, u64 num_slots) {
+    const u64 t = blockIdx.x;
+    const float pos = (float)positions[t];
+    const u32 slot = slot_mapping[t];
+    const bool write = slot != 0xffffffffu && (u64)slot < num_slots;
+    const int half = rotary_dim / 2;
+    bf16* qr = q + t * (u64)heads * hd;
+    bf16* kr = k + t * (u64)kv_heads * hd;
+    const bf16* vr = v + t * (u64)kv_heads * hd;
+    bf16* kc = k_cache + (u64)slot * kv_heads * hd;
+    bf16* vc = v_cache + (u64)slot * kv_heads * hd;
+
+    for (int idx = threadIdx.x; idx < (heads + kv_heads) * half; idx += blockDim.x) {
+        const bool is_q = idx < heads * half;
+        const int j = is_q ? idx : idx - heads * half;
+        const int h = j / half, i = j % half;
+        const float inv_freq = powf(theta, (-2.0f * (float)i) / (float)rotary_dim);
+        float s, c;
+        sincosf(pos * inv_freq, &s, &c);
+        const int a = neox ? i : 2 * i;
+        const int b = neox ? i + half : 2 * i + 1;
+        bf16* base = (is_q ? qr : kr) + h * hd;
+        const float x0 = __bfloat162float(base[a]), x1 = __bfloat162float(base[b]);
+        const bf16 y0 = __float2bfloat16_rn(x0 * c - x1 * s);
+        const bf16 y1 = __float2bfloat16_rn(x0 * s + x1 * c);
+        base[a] = y0;
+        base[b] = y1;
+        if (!is_q && write) {
+            kc[h * hd + a] = y0;
+            kc[h * hd + b] = y1;
+        }
+    }
+    if (!write) return;
+    const int rest = hd - rotary_dim;
+    for (int idx = threadIdx.x; idx < kv_heads * rest; idx += blockDim.x) {
+        const int h = idx / rest, d = rotary_dim + idx % rest;
+        kc[h * hd + d] = kr[h * hd + d];
+    }
+    const int n = kv_heads * hd;
+    if ((n & 7) == 0) {
+        for (int c = threadIdx.x; c < n / 8; c += blockDim.x) ((bf16x8*)vc)[c] = ((const bf16x8*)vr)[c];
+    } else {
+        for (int c = threadIdx.x; c < n; c += blockDim.x) vc[c] = vr[c];
+    }
+}

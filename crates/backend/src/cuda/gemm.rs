@@ -1,0 +1,208 @@
+//! `out = x · wᵀ` through cuBLASLt: bf16 operands, f32 accumulation, bf16 or f32 output.
+//!
+//! Row-major `w [n, k]` is column-major `[k, n]`; row-major `x [t, k]` is column-major `[k, t]`;
+//! row-major `out [t, n]` is column-major `[n, t]`. So in cuBLAS terms
+//! `out(n×t) = op(A)·B` with `A = w` (transposed), `B = x` (not transposed): the "TN" GEMM.
+//! Descriptors, layouts and the heuristic's algorithm are built once per shape and cached, so a
+//! call is one `cublasLtMatmul` (host-side only work besides it: capturable into a CUDA graph).
+
+use crate::{BackendError, Result};
+use cudarc::cublaslt::{result as lt, sys};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::mem::size_of;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    m: u64,
+    n: u64,
+    k: u64,
+    out_f32: bool,
+}
+
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    a: sys::cublasLtMatrixLayout_t,
+    b: sys::cublasLtMatrixLayout_t,
+    c: sys::cublasLtMatrixLayout_t,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = lt::destroy_matrix_layout(self.a);
+            let _ = lt::destroy_matrix_layout(self.b);
+            let _ = lt::destroy_matrix_layout(self.c);
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+pub(crate) struct Gemm {
+    handle: sys::cublasLtHandle_t,
+    ws_size: usize,
+    plans: HashMap<Key, Plan>,
+}
+
+// The handle and descriptors are plain heap objects of the library; all use goes through the
+// backend's Mutex.
+unsafe impl Send for Gemm {}
+
+fn err(what: &str, e: lt::CublasError) -> BackendError {
+    BackendError::Device(format!("cuBLASLt {what}: {e:?}"))
+}
+
+impl Gemm {
+    pub(crate) fn new(ws_size: usize) -> Result<Self> {
+        let handle = lt::create_handle().map_err(|e| err("create handle", e))?;
+        Ok(Gemm {
+            handle,
+            ws_size,
+            plans: HashMap::new(),
+        })
+    }
+
+    fn plan(&mut self, key: Key) -> Result<&Plan> {
+        if !self.plans.contains_key(&key) {
+            let p = self.make_plan(key)?;
+            self.plans.insert(key, p);
+        }
+        Ok(&self.plans[&key])
+    }
+
+    fn make_plan(&self, key: Key) -> Result<Plan> {
+        let bf = sys::cudaDataType_t::CUDA_R_16BF;
+        let out_ty = if key.out_f32 {
+            sys::cudaDataType_t::CUDA_R_32F
+        } else {
+            bf
+        };
+        let desc = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType_t::CUDA_R_32F,
+        )
+        .map_err(|e| err("matmul desc", e))?;
+        let mut plan = Plan {
+            desc,
+            a: std::ptr::null_mut(),
+            b: std::ptr::null_mut(),
+            c: std::ptr::null_mut(),
+            algo: unsafe { std::mem::zeroed() },
+        };
+        let t: i32 = 1; // CUBLAS_OP_T
+        let nt: i32 = 0; // CUBLAS_OP_N
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &t as *const i32 as *const c_void,
+                size_of::<i32>(),
+            )
+            .map_err(|e| err("transa", e))?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                &nt as *const i32 as *const c_void,
+                size_of::<i32>(),
+            )
+            .map_err(|e| err("transb", e))?;
+        }
+        plan.a = lt::create_matrix_layout(bf, key.k, key.m, key.k as i64)
+            .map_err(|e| err("layout A", e))?;
+        plan.b = lt::create_matrix_layout(bf, key.k, key.n, key.k as i64)
+            .map_err(|e| err("layout B", e))?;
+        plan.c = lt::create_matrix_layout(out_ty, key.m, key.n, key.m as i64)
+            .map_err(|e| err("layout C", e))?;
+        let pref = lt::create_matmul_pref().map_err(|e| err("preference", e))?;
+        let heur = unsafe {
+            let r = lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &self.ws_size as *const usize as *const c_void,
+                size_of::<usize>(),
+            )
+            .and_then(|_| {
+                lt::get_matmul_algo_heuristic(
+                    self.handle,
+                    desc,
+                    plan.a,
+                    plan.b,
+                    plan.c,
+                    plan.c,
+                    pref,
+                )
+            });
+            let _ = lt::destroy_matmul_pref(pref);
+            r.map_err(|e| {
+                err(
+                    &format!(
+                        "no algorithm for m={} n={} k={} (out f32: {})",
+                        key.m, key.n, key.k, key.out_f32
+                    ),
+                    e,
+                )
+            })?
+        };
+        plan.algo = heur.algo;
+        Ok(plan)
+    }
+
+    /// `C(m×n, col-major) = op(A)ᵀ·B`: `a` = weight `[m rows of k]`, `b` = activations `[n rows of k]`,
+    /// `c` = output `[n rows of m]`; all device pointers.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn matmul(
+        &mut self,
+        stream: sys::cudaStream_t,
+        workspace: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: u64,
+        b: u64,
+        c: u64,
+        out_f32: bool,
+    ) -> Result<()> {
+        let key = Key {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            out_f32,
+        };
+        let ws_size = self.ws_size;
+        let handle = self.handle;
+        let plan = self.plan(key)?;
+        let alpha: f32 = 1.0;
+        let beta: f32 = 0.0;
+        unsafe {
+            lt::matmul(
+                handle,
+                plan.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                a as *const c_void,
+                plan.a,
+                b as *const c_void,
+                plan.b,
+                c as *const c_void,
+                plan.c,
+                c as *mut c_void,
+                plan.c,
+                &plan.algo,
+                workspace as *mut c_void,
+                ws_size,
+                stream,
+            )
+        }
+        .map_err(|e| err(&format!("matmul m={m} n={n} k={k}"), e))
+    }
+}
+
+impl Drop for Gemm {
+    fn drop(&mut self) {
+        self.plans.clear();
+        unsafe {
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}

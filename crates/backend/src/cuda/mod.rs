@@ -1,0 +1,1402 @@
+//! The CUDA backend: bf16 activations and KV cache on one device, NVRTC-compiled kernels
+//! (crates/backend/kernels/*.cu, built at start for the device's exact architecture and cached on
+//! disk), cuBLASLt for the matmuls. Every op is enqueued on one stream with no host
+//! synchronization except `to_host` / `read_blocks` / `write_blocks` and weight loading, so a
+//! decode step can be captured into a CUDA graph (cudarc's per-buffer event tracking is turned
+//! off before the first allocation for that reason).
+
+pub mod compile;
+mod gemm;
+pub mod selftest;
+
+use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
+use crate::{BackendError, BatchLayout, HostWeight, Result, WeightDtype};
+use cudarc::driver::{
+    result as dr, sys as dsys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice,
+    CudaStream, DevicePtr, DeviceRepr, PinnedHostSlice,
+};
+use half::bf16;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use compile::CompileInfo;
+
+/// cuBLASLt workspace: NVIDIA's recommendation for Hopper.
+const GEMM_WORKSPACE: usize = 32 << 20;
+/// Head dims with a decode kernel instantiation (others use the general kernel).
+const DECODE_HDS: [usize; 3] = [64, 128, 256];
+/// Head dims with a general (prefill) kernel instantiation.
+const PREFILL_HDS: [usize; 4] = [64, 96, 128, 256];
+const DECODE_MAX_G: usize = 8;
+const PREFILL_MAX_G: usize = 16;
+const PREFILL_BM: usize = 64;
+
+fn dev_err(what: &str, e: impl std::fmt::Debug) -> BackendError {
+    BackendError::Device(format!("{what}: {e:?}"))
+}
+
+fn shape_err(op: &'static str, detail: String) -> BackendError {
+    BackendError::Shape { op, detail }
+}
+
+fn check(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(shape_err(op, detail()))
+    }
+}
+
+// ------------------------------------------------------------------------------------ buffers
+
+/// A device buffer of bf16 or f32 elements.
+pub enum DevBuf {
+    Bf16(CudaSlice<bf16>),
+    F32(CudaSlice<f32>),
+}
+
+impl DevBuf {
+    fn ptr(&self, stream: &CudaStream) -> u64 {
+        match self {
+            DevBuf::Bf16(s) => raw_ptr(s, stream),
+            DevBuf::F32(s) => raw_ptr(s, stream),
+        }
+    }
+    pub fn is_f32(&self) -> bool {
+        matches!(self, DevBuf::F32(_))
+    }
+}
+
+fn raw_ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    // Event tracking is off: the guard records nothing.
+    let (p, _guard) = s.device_ptr(stream);
+    p
+}
+
+/// An activation `[rows, cols]` (row-major), bf16 unless allocated with `alloc_f32` (logits).
+pub struct CudaTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub buf: DevBuf,
+}
+
+/// A weight on the device: matrices as bf16 (quantized and f32/f16 ones converted at load),
+/// 1-D weights (`rows == 1`: norms) as f32.
+pub struct CudaWeight {
+    pub rows: usize,
+    pub cols: usize,
+    pub buf: DevBuf,
+}
+
+/// K and V of every layer in one allocation: `[layer][K|V][num_blocks, block_size, kv_heads, hd]`.
+pub struct CudaKvCache {
+    pub spec: KvCacheSpec,
+    buf: CudaSlice<bf16>,
+}
+
+impl CudaKvCache {
+    fn block_elems(&self) -> usize {
+        self.spec.block_size * self.spec.num_kv_heads * self.spec.head_dim
+    }
+    fn layer_elems(&self) -> usize {
+        self.spec.num_blocks * self.block_elems()
+    }
+    /// Device pointer of K (`kv = 0`) or V (`kv = 1`) of `layer`.
+    fn part_ptr(&self, stream: &CudaStream, layer: usize, kv: usize) -> u64 {
+        raw_ptr(&self.buf, stream) + ((2 * layer + kv) * self.layer_elems() * 2) as u64
+    }
+}
+
+/// Offsets (in u32 elements) of each array inside a batch's device buffer.
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchOffsets {
+    token_ids: usize,
+    positions: usize,
+    slot_mapping: usize,
+    query_start: usize,
+    query_len: usize,
+    context_len: usize,
+    block_tables: usize,
+    logits_rows: usize,
+    total: usize,
+}
+
+/// A batch layout on the device: one u32 buffer holding token ids, positions, slots, the
+/// per-sequence query_start / query_len / context_len, a padded block-table matrix
+/// `[num_seqs, max_blocks]` and the logits rows; plus the host-side sizes kernels are launched by.
+pub struct CudaBatch {
+    buf: CudaSlice<u32>,
+    capacity: usize,
+    offs: BatchOffsets,
+    pub num_tokens: usize,
+    pub num_seqs: usize,
+    pub max_blocks: usize,
+    pub max_context: usize,
+    pub max_query_len: usize,
+    /// Sequences with `query_len == 1` (served by the decode kernel).
+    pub num_decode: usize,
+    pub num_logits: usize,
+}
+
+impl CudaBatch {
+    fn ptr(&self, stream: &CudaStream, off: usize) -> u64 {
+        raw_ptr(&self.buf, stream) + (off * 4) as u64
+    }
+}
+
+struct Staging {
+    host: Option<PinnedHostSlice<u32>>,
+    /// Recorded after the last copy out of `host`: it must complete before `host` is rewritten.
+    done: CudaEvent,
+}
+
+// ------------------------------------------------------------------------------------ backend
+
+/// Kernel argument: every value goes through an 8-byte slot (CUDA reads `sizeof(param)` bytes
+/// from the start of it, little-endian).
+#[derive(Clone, Copy)]
+enum Arg {
+    P(u64),
+    I(i32),
+    F(f32),
+    U(u64),
+}
+
+impl Arg {
+    fn slot(self) -> u64 {
+        match self {
+            Arg::P(v) | Arg::U(v) => v,
+            Arg::I(v) => v as u32 as u64,
+            Arg::F(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+/// Device facts read at start.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub sm_count: usize,
+    pub total_mem: usize,
+    pub max_smem_optin: usize,
+    pub compile: CompileInfo,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    gemm: Mutex<gemm::Gemm>,
+    workspace: CudaSlice<u8>,
+    staging: Mutex<Staging>,
+    /// Partition outputs of the split decode attention, grown on demand.
+    scratch: Mutex<Option<CudaSlice<f32>>>,
+    info: DeviceInfo,
+    /// Tokens per decode-attention partition; 0 picks it per call (see `decode_partition`).
+    pub force_decode_partition: AtomicUsize,
+}
+
+/// Runs `f`, turning a panic (cudarc panics when a dynamically loaded library or symbol is
+/// missing) into an error.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(BackendError::Device(format!("{what}: {msg}")))
+        }
+    }
+}
+
+/// Checks that the CUDA driver, NVRTC and cuBLASLt libraries can be loaded and that a device
+/// exists, without panicking. `Ok(n)` is the device count.
+pub fn probe() -> Result<usize> {
+    no_panic("probing CUDA", || {
+        if !unsafe { dsys::is_culib_present() } {
+            return Err(BackendError::Device(
+                "the CUDA driver library (libcuda.so) was not found: no NVIDIA driver on this machine"
+                    .into(),
+            ));
+        }
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(BackendError::Device(
+                "NVRTC (libnvrtc.so) was not found: install the CUDA toolkit or add its lib dir to \
+                 LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+            return Err(BackendError::Device(
+                "cuBLASLt (libcublasLt.so) was not found: install the CUDA toolkit or add its lib \
+                 dir to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        let n = CudaContext::device_count().map_err(|e| dev_err("cuInit / device count", e))?;
+        if n <= 0 {
+            return Err(BackendError::Device("no CUDA device found".into()));
+        }
+        Ok(n as usize)
+    })
+}
+
+fn kernel_names() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "convert_weight_bf16",
+        "convert_weight_f32",
+        "dummy_fill_bf16",
+        "dummy_fill_f32",
+        "gather_rows_bf16",
+        "rms_norm_wf32",
+        "rms_norm_wbf16",
+        "add_bf16",
+        "silu_mul_bf16",
+        "rope_and_cache",
+        "paged_decode_reduce",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for hd in DECODE_HDS {
+        for g in 1..=DECODE_MAX_G {
+            v.push(format!("paged_decode_h{hd}_g{g}"));
+        }
+    }
+    for hd in PREFILL_HDS {
+        v.push(format!("paged_prefill_h{hd}"));
+    }
+    v
+}
+
+fn prefill_smem(hd: usize) -> usize {
+    3 * PREFILL_BM * (hd + 8) * 2
+}
+
+/// Largest divisor of `n` that is `<= cap`.
+fn divisor_at_most(n: usize, cap: usize) -> usize {
+    (1..=cap.min(n))
+        .rev()
+        .find(|d| n.is_multiple_of(*d))
+        .unwrap_or(1)
+}
+
+fn dtype_code(d: WeightDtype) -> i32 {
+    match d {
+        WeightDtype::F32 => 0,
+        WeightDtype::F16 => 1,
+        WeightDtype::BF16 => 2,
+        WeightDtype::Q4_0 => 3,
+        WeightDtype::Q4_1 => 4,
+        WeightDtype::Q8_0 => 5,
+    }
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`: context, one stream, kernels (compiled or from the disk cache),
+    /// cuBLASLt. Any missing library, driver or device is an error, never a panic.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let n = probe()?;
+        if ordinal >= n {
+            return Err(BackendError::Device(format!(
+                "CUDA device {ordinal} requested, {n} present"
+            )));
+        }
+        no_panic("starting the CUDA backend", || Self::open(ordinal))
+    }
+
+    fn open(ordinal: usize) -> Result<Self> {
+        let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("creating the CUDA context", e))?;
+        // Before any allocation: slices made from here on carry no events (graph capture).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| dev_err("creating a stream", e))?;
+        let attr = |a| ctx.attribute(a).map_err(|e| dev_err("device attribute", e));
+        let sm_count =
+            attr(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+        let max_smem_optin =
+            attr(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
+                as usize;
+        let (module, compile) = compile::load_kernels(&ctx)?;
+        let mut funcs = HashMap::new();
+        for name in kernel_names() {
+            let f = module
+                .load_function(&name)
+                .map_err(|e| dev_err(&format!("kernel {name} missing from the module"), e))?;
+            funcs.insert(name, f);
+        }
+        for hd in PREFILL_HDS {
+            let need = prefill_smem(hd);
+            if need > 48 * 1024 && need <= max_smem_optin {
+                funcs[&format!("paged_prefill_h{hd}")]
+                    .set_attribute(
+                        dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        need as i32,
+                    )
+                    .map_err(|e| dev_err("raising the shared memory limit", e))?;
+            }
+        }
+        let gemm = gemm::Gemm::new(GEMM_WORKSPACE)?;
+        let workspace = unsafe { stream.alloc::<u8>(GEMM_WORKSPACE) }
+            .map_err(|e| dev_err("allocating the cuBLASLt workspace", e))?;
+        let done = ctx
+            .new_event(None)
+            .map_err(|e| dev_err("creating an event", e))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().unwrap_or_default(),
+            compute_capability: ctx.compute_capability().unwrap_or((0, 0)),
+            sm_count,
+            total_mem: ctx.total_mem().unwrap_or(0),
+            max_smem_optin,
+            compile,
+        };
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            _module: module,
+            funcs,
+            gemm: Mutex::new(gemm),
+            workspace,
+            staging: Mutex::new(Staging { host: None, done }),
+            scratch: Mutex::new(None),
+            info,
+            force_decode_partition: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Waits for all work queued so far.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| dev_err("stream synchronize", e))
+    }
+
+    fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| BackendError::Device(format!("no kernel {name}")))?;
+        let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        let mut params: Vec<*mut std::ffi::c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut std::ffi::c_void)
+            .collect();
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        unsafe {
+            dr::launch_kernel(
+                f.cu_function(),
+                grid,
+                block,
+                smem,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| dev_err(&format!("launching {name}"), e))
+    }
+
+    fn grid_for(&self, n: usize, per_block: usize) -> u32 {
+        let blocks = n.div_ceil(per_block).max(1);
+        blocks.min(self.info.sm_count * 16) as u32
+    }
+
+    fn alloc_raw<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| {
+            BackendError::OutOfMemory(format!(
+                "{} bytes: {e:?}",
+                n.max(1) * std::mem::size_of::<T>()
+            ))
+        })
+    }
+
+    /// An f32 activation (for logits).
+    pub fn alloc_f32(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            rows,
+            cols,
+            buf: DevBuf::F32(self.alloc_raw::<f32>(rows * cols)?),
+        })
+    }
+
+    /// Uploads a host matrix as a bf16 activation (rounding to nearest).
+    pub fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CudaTensor> {
+        check("upload", data.len() == rows * cols, || {
+            format!("{} values for [{rows}, {cols}]", data.len())
+        })?;
+        let host: Vec<bf16> = data.iter().map(|&v| bf16::from_f32(v)).collect();
+        let t = self.alloc(rows, cols)?;
+        if let DevBuf::Bf16(s) = &t.buf {
+            self.htod(raw_ptr(s, &self.stream), &host)?;
+        }
+        Ok(t)
+    }
+
+    /// Fills a tensor's bytes with 0xFF (NaN in bf16 and f32): a poison for tests.
+    pub fn poison(&self, t: &mut CudaTensor) -> Result<()> {
+        let bytes = t.rows * t.cols * if t.buf.is_f32() { 4 } else { 2 };
+        self.memset(t.buf.ptr(&self.stream), 0xff, bytes)
+    }
+
+    fn memset(&self, ptr: u64, v: u8, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        unsafe { dr::memset_d8_async(ptr, v, bytes, self.stream.cu_stream()) }
+            .map_err(|e| dev_err("memset", e))
+    }
+
+    /// Pageable host -> device copy (the driver stages it; the host may reuse `src` on return).
+    fn htod<T>(&self, dst: u64, src: &[T]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        unsafe { dr::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| dev_err("host to device copy", e))
+    }
+
+    /// Device -> pageable host copy; returns once the data is on the host.
+    fn dtoh<T>(&self, dst: &mut [T], src: u64) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        unsafe { dr::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| dev_err("device to host copy", e))?;
+        self.synchronize()
+    }
+
+    fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        unsafe { dr::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(|e| dev_err("device to device copy", e))
+    }
+
+    fn batch_layout(batch: &BatchLayout) -> (BatchOffsets, usize) {
+        let t = batch.num_tokens();
+        let s = batch.seqs.len();
+        let max_blocks = batch
+            .seqs
+            .iter()
+            .map(|q| q.block_table.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut o = BatchOffsets::default();
+        let mut at = 0;
+        let mut take = |n: usize| {
+            let r = at;
+            // 16-byte align every array.
+            at += n.div_ceil(4) * 4;
+            r
+        };
+        o.token_ids = take(t);
+        o.positions = take(t);
+        o.slot_mapping = take(t);
+        o.query_start = take(s);
+        o.query_len = take(s);
+        o.context_len = take(s);
+        o.block_tables = take(s * max_blocks);
+        o.logits_rows = take(batch.logits_rows.len());
+        o.total = at.max(4);
+        (o, max_blocks)
+    }
+
+    /// Uploads `batch` into `dst`, reusing its device buffer when it is big enough (so a captured
+    /// CUDA graph that reads `dst` stays valid as long as the buffer does not grow).
+    pub fn upload_batch_into(&self, batch: &BatchLayout, dst: &mut CudaBatch) -> Result<()> {
+        let (offs, max_blocks) = Self::batch_layout(batch);
+        check(
+            "upload_batch",
+            batch.positions.len() == batch.num_tokens()
+                && batch.slot_mapping.len() == batch.num_tokens(),
+            || "positions / slot_mapping length differs from token count".into(),
+        )?;
+        if offs.total > dst.capacity {
+            dst.buf = self.alloc_raw::<u32>(offs.total)?;
+            dst.capacity = offs.total;
+        }
+        let mut st = self.staging.lock().unwrap();
+        st.done
+            .synchronize()
+            .map_err(|e| dev_err("waiting for the staging buffer", e))?;
+        if st.host.as_ref().map(|h| h.len()).unwrap_or(0) < offs.total {
+            let cap = offs.total.next_power_of_two().max(1 << 16);
+            st.host = None;
+            st.host = Some(
+                unsafe { self.ctx.alloc_pinned::<u32>(cap) }
+                    .map_err(|e| dev_err("allocating pinned staging memory", e))?,
+            );
+        }
+        let host = st.host.as_mut().unwrap();
+        let h = host
+            .as_mut_slice()
+            .map_err(|e| dev_err("pinned staging memory", e))?;
+        let h = &mut h[..offs.total];
+        h.fill(0);
+        h[offs.token_ids..offs.token_ids + batch.num_tokens()].copy_from_slice(&batch.token_ids);
+        h[offs.positions..offs.positions + batch.num_tokens()].copy_from_slice(&batch.positions);
+        h[offs.slot_mapping..offs.slot_mapping + batch.num_tokens()]
+            .copy_from_slice(&batch.slot_mapping);
+        let mut max_context = 0;
+        let mut max_query_len = 0;
+        let mut num_decode = 0;
+        for (i, s) in batch.seqs.iter().enumerate() {
+            check(
+                "upload_batch",
+                (s.context_len as usize) <= s.block_table.len() * batch.block_size.max(1) as usize
+                    && s.query_len <= s.context_len
+                    && (s.query_start + s.query_len) as usize <= batch.num_tokens(),
+                || format!("sequence {i}: inconsistent layout {s:?}"),
+            )?;
+            h[offs.query_start + i] = s.query_start;
+            h[offs.query_len + i] = s.query_len;
+            h[offs.context_len + i] = s.context_len;
+            let bt = offs.block_tables + i * max_blocks;
+            h[bt..bt + s.block_table.len()].copy_from_slice(&s.block_table);
+            max_context = max_context.max(s.context_len as usize);
+            max_query_len = max_query_len.max(s.query_len as usize);
+            num_decode += (s.query_len == 1) as usize;
+        }
+        h[offs.logits_rows..offs.logits_rows + batch.logits_rows.len()]
+            .copy_from_slice(&batch.logits_rows);
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        unsafe {
+            dr::memcpy_htod_async(
+                raw_ptr(&dst.buf, &self.stream),
+                &h[..offs.total],
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| dev_err("uploading the batch", e))?;
+        st.done
+            .record(&self.stream)
+            .map_err(|e| dev_err("recording the staging event", e))?;
+        dst.offs = offs;
+        dst.num_tokens = batch.num_tokens();
+        dst.num_seqs = batch.seqs.len();
+        dst.max_blocks = max_blocks;
+        dst.max_context = max_context;
+        dst.max_query_len = max_query_len;
+        dst.num_decode = num_decode;
+        dst.num_logits = batch.logits_rows.len();
+        Ok(())
+    }
+
+    fn bf16_ptr(&self, op: &'static str, t: &DevBuf) -> Result<u64> {
+        match t {
+            DevBuf::Bf16(s) => Ok(raw_ptr(s, &self.stream)),
+            DevBuf::F32(_) => Err(shape_err(op, "expected a bf16 buffer, got f32".into())),
+        }
+    }
+
+    /// Grows the decode scratch to `n` floats and returns its pointer.
+    fn scratch(&self, n: usize) -> Result<u64> {
+        let mut s = self.scratch.lock().unwrap();
+        if s.as_ref().map(|b| b.len()).unwrap_or(0) < n {
+            *s = None;
+            *s = Some(self.alloc_raw::<f32>(n.next_power_of_two())?);
+        }
+        Ok(raw_ptr(s.as_ref().unwrap(), &self.stream))
+    }
+
+    /// Tokens per decode partition: the largest of 512/256/128 that still gives >= 2 waves.
+    pub fn decode_partition(&self, ctas_per_part: usize, max_ctx: usize) -> usize {
+        let forced = self.force_decode_partition.load(Ordering::Relaxed);
+        if forced > 0 {
+            // Shared memory holds G * partition f32 logits: <= 32 KiB for G = 8.
+            return forced.clamp(32, 1024);
+        }
+        if let Some(p) = std::env::var("RVLLM_DECODE_PARTITION")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            return p.clamp(32, 1024);
+        }
+        let target = 2 * self.info.sm_count;
+        for p in [512, 256] {
+            if ctas_per_part * max_ctx.div_ceil(p) >= target {
+                return p;
+            }
+        }
+        128
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_attention(
+        &self,
+        q: u64,
+        out: u64,
+        attn: &AttentionSpec,
+        b: &CudaBatch,
+        kc: u64,
+        vc: u64,
+        block_size: usize,
+    ) -> Result<()> {
+        let hd = attn.head_dim;
+        let group = attn.num_heads / attn.num_kv_heads;
+        let g = divisor_at_most(group, DECODE_MAX_G);
+        let hchunks = group / g;
+        let ctas = b.num_seqs * attn.num_kv_heads * hchunks;
+        let part = self.decode_partition(ctas, b.max_context);
+        let max_parts = b.max_context.div_ceil(part).max(1);
+        let (tmp, ml, es) = if max_parts > 1 {
+            let n_rows = b.num_seqs * attn.num_heads * max_parts;
+            let base = self.scratch(n_rows * (hd + 2))?;
+            (
+                base,
+                base + (n_rows * hd * 4) as u64,
+                base + (n_rows * (hd + 1) * 4) as u64,
+            )
+        } else {
+            (0, 0, 0)
+        };
+        let smem = (g * part).max(1024 * g) * 4;
+        let s = &self.stream;
+        self.launch(
+            &format!("paged_decode_h{hd}_g{g}"),
+            (
+                b.num_seqs as u32,
+                (attn.num_kv_heads * hchunks) as u32,
+                max_parts as u32,
+            ),
+            (128, 1, 1),
+            smem as u32,
+            &[
+                Arg::P(out),
+                Arg::P(tmp),
+                Arg::P(ml),
+                Arg::P(es),
+                Arg::P(q),
+                Arg::P(kc),
+                Arg::P(vc),
+                Arg::P(b.ptr(s, b.offs.block_tables)),
+                Arg::P(b.ptr(s, b.offs.query_start)),
+                Arg::P(b.ptr(s, b.offs.query_len)),
+                Arg::P(b.ptr(s, b.offs.context_len)),
+                Arg::I(b.max_blocks as i32),
+                Arg::I(attn.num_heads as i32),
+                Arg::I(attn.num_kv_heads as i32),
+                Arg::I(block_size as i32),
+                Arg::F(attn.scale),
+                Arg::I(part as i32),
+                Arg::I(hchunks as i32),
+            ],
+        )?;
+        if max_parts > 1 {
+            self.launch(
+                "paged_decode_reduce",
+                (b.num_seqs as u32, attn.num_heads as u32, 1),
+                (128, 1, 1),
+                (max_parts * 4) as u32,
+                &[
+                    Arg::P(out),
+                    Arg::P(tmp),
+                    Arg::P(ml),
+                    Arg::P(es),
+                    Arg::P(b.ptr(s, b.offs.query_start)),
+                    Arg::P(b.ptr(s, b.offs.query_len)),
+                    Arg::P(b.ptr(s, b.offs.context_len)),
+                    Arg::I(attn.num_heads as i32),
+                    Arg::I(hd as i32),
+                    Arg::I(part as i32),
+                    Arg::I(max_parts as i32),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_attention(
+        &self,
+        q: u64,
+        out: u64,
+        attn: &AttentionSpec,
+        b: &CudaBatch,
+        kc: u64,
+        vc: u64,
+        block_size: usize,
+        skip_decode: bool,
+    ) -> Result<()> {
+        let hd = attn.head_dim;
+        let group = attn.num_heads / attn.num_kv_heads;
+        let g = divisor_at_most(group, PREFILL_MAX_G);
+        let hchunks = group / g;
+        let tpc = PREFILL_BM / g;
+        let smem = prefill_smem(hd);
+        if smem > self.info.max_smem_optin.max(48 * 1024) {
+            return Err(BackendError::Device(format!(
+                "head_dim {hd} needs {smem} bytes of shared memory, the device allows {}",
+                self.info.max_smem_optin
+            )));
+        }
+        let s = &self.stream;
+        self.launch(
+            &format!("paged_prefill_h{hd}"),
+            (
+                b.max_query_len.div_ceil(tpc) as u32,
+                b.num_seqs as u32,
+                (attn.num_kv_heads * hchunks) as u32,
+            ),
+            (256, 1, 1),
+            smem as u32,
+            &[
+                Arg::P(out),
+                Arg::P(q),
+                Arg::P(kc),
+                Arg::P(vc),
+                Arg::P(b.ptr(s, b.offs.block_tables)),
+                Arg::P(b.ptr(s, b.offs.query_start)),
+                Arg::P(b.ptr(s, b.offs.query_len)),
+                Arg::P(b.ptr(s, b.offs.context_len)),
+                Arg::I(b.max_blocks as i32),
+                Arg::I(attn.num_heads as i32),
+                Arg::I(attn.num_kv_heads as i32),
+                Arg::I(block_size as i32),
+                Arg::F(attn.scale),
+                Arg::I(g as i32),
+                Arg::I(hchunks as i32),
+                Arg::I(skip_decode as i32),
+            ],
+        )
+    }
+
+    fn norm(
+        &self,
+        op: &'static str,
+        residual: Option<u64>,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        eps: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        check(
+            op,
+            w.rows * w.cols == x.cols && out.rows == x.rows && out.cols == x.cols,
+            || {
+                format!(
+                    "x [{}, {}], w [{}, {}], out [{}, {}]",
+                    x.rows, x.cols, w.rows, w.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        let xp = self.bf16_ptr(op, &x.buf)?;
+        let op_ = self.bf16_ptr(op, &out.buf)?;
+        let name = if w.buf.is_f32() {
+            "rms_norm_wf32"
+        } else {
+            "rms_norm_wbf16"
+        };
+        let per_thread = if x.cols.is_multiple_of(8) { 8 } else { 1 };
+        let threads = (x.cols.div_ceil(per_thread).div_ceil(32) * 32).clamp(64, 1024) as u32;
+        self.launch(
+            name,
+            (x.rows as u32, 1, 1),
+            (threads, 1, 1),
+            0,
+            &[
+                Arg::P(op_),
+                Arg::P(residual.unwrap_or(0)),
+                Arg::P(xp),
+                Arg::P(w.buf.ptr(&self.stream)),
+                Arg::I(x.cols as i32),
+                Arg::F(eps),
+            ],
+        )
+    }
+
+    /// Copies a weight back to the host as f32 (tests).
+    pub fn weight_to_host(&self, w: &CudaWeight) -> Result<Vec<f32>> {
+        self.buf_to_host(&w.buf, w.rows * w.cols)
+    }
+
+    fn buf_to_host(&self, buf: &DevBuf, n: usize) -> Result<Vec<f32>> {
+        match buf {
+            DevBuf::F32(s) => {
+                let mut v = vec![0f32; n];
+                self.dtoh(&mut v, raw_ptr(s, &self.stream))?;
+                Ok(v)
+            }
+            DevBuf::Bf16(s) => {
+                let mut v = vec![bf16::ZERO; n];
+                self.dtoh(&mut v, raw_ptr(s, &self.stream))?;
+                Ok(v.into_iter().map(|x| x.to_f32()).collect())
+            }
+        }
+    }
+
+    /// Fills the whole KV cache with uniform(-scale, scale) values from `seed` (benchmarks).
+    pub fn fill_kv_cache_random(&self, cache: &mut CudaKvCache, seed: u64) -> Result<()> {
+        let n = 2 * cache.spec.num_layers * cache.layer_elems();
+        self.launch(
+            "dummy_fill_bf16",
+            (self.grid_for(n, 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(raw_ptr(&cache.buf, &self.stream)),
+                Arg::U(n as u64),
+                Arg::U(seed),
+            ],
+        )
+    }
+
+    /// Records an event on the stream (for timing).
+    pub fn record_timing_event(&self) -> Result<CudaEvent> {
+        let e = self
+            .ctx
+            .new_event(Some(dsys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| dev_err("creating an event", e))?;
+        e.record(&self.stream)
+            .map_err(|e| dev_err("recording an event", e))?;
+        Ok(e)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Weight = CudaWeight;
+    type KvCache = CudaKvCache;
+    type Batch = CudaBatch;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn load_weight(&self, w: &HostWeight<'_>) -> Result<CudaWeight> {
+        w.validate().map_err(|detail| BackendError::Shape {
+            op: "load_weight",
+            detail,
+        })?;
+        let n = w.rows * w.cols;
+        let as_f32 = w.rows == 1;
+        if !as_f32 && w.dtype == WeightDtype::BF16 {
+            let dst = self.alloc_raw::<bf16>(n)?;
+            self.htod(raw_ptr(&dst, &self.stream), w.bytes)?;
+            return Ok(CudaWeight {
+                rows: w.rows,
+                cols: w.cols,
+                buf: DevBuf::Bf16(dst),
+            });
+        }
+        let raw = self.alloc_raw::<u8>(w.bytes.len())?;
+        let raw_p = raw_ptr(&raw, &self.stream);
+        self.htod(raw_p, w.bytes)?;
+        let buf = if as_f32 {
+            DevBuf::F32(self.alloc_raw::<f32>(n)?)
+        } else {
+            DevBuf::Bf16(self.alloc_raw::<bf16>(n)?)
+        };
+        let name = if as_f32 {
+            "convert_weight_f32"
+        } else {
+            "convert_weight_bf16"
+        };
+        self.launch(
+            name,
+            (self.grid_for(n, 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(buf.ptr(&self.stream)),
+                Arg::P(raw_p),
+                Arg::U(n as u64),
+                Arg::I(dtype_code(w.dtype)),
+            ],
+        )?;
+        drop(raw); // stream-ordered free, after the conversion
+        Ok(CudaWeight {
+            rows: w.rows,
+            cols: w.cols,
+            buf,
+        })
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            rows,
+            cols,
+            buf: DevBuf::Bf16(self.alloc_raw::<bf16>(rows * cols)?),
+        })
+    }
+
+    fn dummy_weight(&self, rows: usize, cols: usize, seed: u64) -> Result<CudaWeight> {
+        let n = rows * cols;
+        let (buf, name) = if rows == 1 {
+            (DevBuf::F32(self.alloc_raw::<f32>(n)?), "dummy_fill_f32")
+        } else {
+            (DevBuf::Bf16(self.alloc_raw::<bf16>(n)?), "dummy_fill_bf16")
+        };
+        self.launch(
+            name,
+            (self.grid_for(n, 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(buf.ptr(&self.stream)),
+                Arg::U(n as u64),
+                Arg::U(seed),
+            ],
+        )?;
+        Ok(CudaWeight { rows, cols, buf })
+    }
+
+    fn alloc_kv_cache(&self, spec: &KvCacheSpec) -> Result<CudaKvCache> {
+        let n = 2
+            * spec.num_layers
+            * spec.num_blocks
+            * spec.block_size
+            * spec.num_kv_heads
+            * spec.head_dim;
+        let buf = self.alloc_raw::<bf16>(n)?;
+        self.memset(raw_ptr(&buf, &self.stream), 0, n * 2)?;
+        Ok(CudaKvCache { spec: *spec, buf })
+    }
+
+    fn copy_blocks(&self, cache: &mut CudaKvCache, pairs: &[(u32, u32)]) -> Result<()> {
+        let nb = cache.spec.num_blocks;
+        let be = cache.block_elems();
+        for &(src, dst) in pairs {
+            let (s, d) = (src as usize, dst as usize);
+            check("copy_blocks", s < nb && d < nb, || {
+                format!("block {s} or {d} >= {nb}")
+            })?;
+            for layer in 0..cache.spec.num_layers {
+                for kv in 0..2 {
+                    let base = cache.part_ptr(&self.stream, layer, kv);
+                    self.dtod(
+                        base + (d * be * 2) as u64,
+                        base + (s * be * 2) as u64,
+                        be * 2,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_blocks(&self, cache: &CudaKvCache, blocks: &[u32]) -> Result<Vec<u8>> {
+        let be = cache.block_elems();
+        let layers = cache.spec.num_layers;
+        let mut out = vec![0u8; blocks.len() * 2 * layers * be * 2];
+        let mut at = 0;
+        for &b in blocks {
+            let b = b as usize;
+            check("read_blocks", b < cache.spec.num_blocks, || {
+                format!("block {b} out of range")
+            })?;
+            // Same order as the CPU backend: K of every layer, then V of every layer.
+            for kv in 0..2 {
+                for layer in 0..layers {
+                    let src = cache.part_ptr(&self.stream, layer, kv) + (b * be * 2) as u64;
+                    self.dtoh(&mut out[at..at + be * 2], src)?;
+                    at += be * 2;
+                }
+            }
+        }
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    fn write_blocks(&self, cache: &mut CudaKvCache, blocks: &[u32], data: &[u8]) -> Result<()> {
+        let be = cache.block_elems();
+        let layers = cache.spec.num_layers;
+        let per_block = 2 * layers * be * 2;
+        check(
+            "write_blocks",
+            data.len() == per_block * blocks.len(),
+            || format!("{} bytes for {} blocks", data.len(), blocks.len()),
+        )?;
+        let mut at = 0;
+        for &b in blocks {
+            let b = b as usize;
+            check("write_blocks", b < cache.spec.num_blocks, || {
+                format!("block {b} out of range")
+            })?;
+            for kv in 0..2 {
+                for layer in 0..layers {
+                    let dst = cache.part_ptr(&self.stream, layer, kv) + (b * be * 2) as u64;
+                    self.htod(dst, &data[at..at + be * 2])?;
+                    at += be * 2;
+                }
+            }
+        }
+        // `data` is borrowed only for this call: make sure the copies have read it.
+        self.synchronize()
+    }
+
+    fn upload_batch(&self, batch: &BatchLayout) -> Result<CudaBatch> {
+        let (offs, _) = Self::batch_layout(batch);
+        let mut b = CudaBatch {
+            buf: self.alloc_raw::<u32>(offs.total)?,
+            capacity: offs.total,
+            offs,
+            num_tokens: 0,
+            num_seqs: 0,
+            max_blocks: 0,
+            max_context: 0,
+            max_query_len: 0,
+            num_decode: 0,
+            num_logits: 0,
+        };
+        self.upload_batch_into(batch, &mut b)?;
+        Ok(b)
+    }
+
+    fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        self.buf_to_host(&t.buf, t.rows * t.cols)
+    }
+
+    fn shape(&self, t: &CudaTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn embed(&self, table: &CudaWeight, batch: &CudaBatch, out: &mut CudaTensor) -> Result<()> {
+        check(
+            "embed",
+            out.cols == table.cols && out.rows == batch.num_tokens,
+            || {
+                format!(
+                    "out [{}, {}] for {} tokens of width {}",
+                    out.rows, out.cols, batch.num_tokens, table.cols
+                )
+            },
+        )?;
+        let tp = self.bf16_ptr("embed", &table.buf)?;
+        let op = self.bf16_ptr("embed", &out.buf)?;
+        self.launch(
+            "gather_rows_bf16",
+            (batch.num_tokens as u32, 1, 1),
+            (128, 1, 1),
+            0,
+            &[
+                Arg::P(op),
+                Arg::P(tp),
+                Arg::P(batch.ptr(&self.stream, batch.offs.token_ids)),
+                Arg::I(table.cols as i32),
+                Arg::I(table.rows as i32),
+            ],
+        )
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        eps: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.norm("rms_norm", None, x, w, eps, out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CudaTensor,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        eps: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        check(
+            "add_rms_norm",
+            residual.rows == x.rows && residual.cols == x.cols,
+            || {
+                format!(
+                    "residual [{}, {}], x [{}, {}]",
+                    residual.rows, residual.cols, x.rows, x.cols
+                )
+            },
+        )?;
+        let rp = self.bf16_ptr("add_rms_norm", &residual.buf)?;
+        self.norm("add_rms_norm", Some(rp), x, w, eps, out)
+    }
+
+    fn matmul(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
+        check(
+            "matmul",
+            x.cols == w.cols && out.rows == x.rows && out.cols == w.rows,
+            || {
+                format!(
+                    "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
+                    x.rows, x.cols, w.rows, w.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        if x.rows == 0 || w.rows == 0 {
+            return Ok(());
+        }
+        let xp = self.bf16_ptr("matmul", &x.buf)?;
+        let wp = match &w.buf {
+            DevBuf::Bf16(s) => raw_ptr(s, &self.stream),
+            DevBuf::F32(_) => {
+                return Err(BackendError::UnsupportedWeight(
+                    "1-D (f32) weight used as a matmul operand".into(),
+                ))
+            }
+        };
+        let out_f32 = out.buf.is_f32();
+        let op = out.buf.ptr(&self.stream);
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        let ws = raw_ptr(&self.workspace, &self.stream);
+        self.gemm.lock().unwrap().matmul(
+            self.stream.cu_stream() as _,
+            ws,
+            w.rows,
+            x.rows,
+            x.cols,
+            wp,
+            xp,
+            op,
+            out_f32,
+        )
+    }
+
+    fn add(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
+        check("add", x.rows * x.cols == y.rows * y.cols, || {
+            "length mismatch".into()
+        })?;
+        let n = x.rows * x.cols;
+        let xp = self.bf16_ptr("add", &x.buf)?;
+        let yp = self.bf16_ptr("add", &y.buf)?;
+        self.launch(
+            "add_bf16",
+            (self.grid_for(n.div_ceil(8), 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[Arg::P(xp), Arg::P(yp), Arg::U(n as u64)],
+        )
+    }
+
+    fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        let n = gate.rows * gate.cols;
+        check(
+            "silu_mul",
+            up.rows * up.cols == n && out.rows * out.cols == n,
+            || "length mismatch".into(),
+        )?;
+        let gp = self.bf16_ptr("silu_mul", &gate.buf)?;
+        let up_ = self.bf16_ptr("silu_mul", &up.buf)?;
+        let op = self.bf16_ptr("silu_mul", &out.buf)?;
+        self.launch(
+            "silu_mul_bf16",
+            (self.grid_for(n.div_ceil(8), 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[Arg::P(op), Arg::P(gp), Arg::P(up_), Arg::U(n as u64)],
+        )
+    }
+
+    fn rope_and_cache(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &CudaTensor,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &CudaBatch,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) -> Result<()> {
+        let hd = attn.head_dim;
+        let n = batch.num_tokens;
+        check(
+            "rope_and_cache",
+            q.rows == n && k.rows == n && v.rows == n,
+            || "row mismatch".into(),
+        )?;
+        check(
+            "rope_and_cache",
+            q.cols == attn.num_heads * hd
+                && k.cols == attn.num_kv_heads * hd
+                && v.cols == k.cols
+                && rope.rotary_dim <= hd
+                && rope.rotary_dim.is_multiple_of(2),
+            || "head geometry mismatch".into(),
+        )?;
+        check(
+            "rope_and_cache",
+            layer < cache.spec.num_layers
+                && cache.spec.num_kv_heads == attn.num_kv_heads
+                && cache.spec.head_dim == hd,
+            || {
+                format!(
+                    "layer {layer} / cache {:?} vs attention {attn:?}",
+                    cache.spec
+                )
+            },
+        )?;
+        let qp = self.bf16_ptr("rope_and_cache", &q.buf)?;
+        let kp = self.bf16_ptr("rope_and_cache", &k.buf)?;
+        let vp = self.bf16_ptr("rope_and_cache", &v.buf)?;
+        let s = &self.stream;
+        self.launch(
+            "rope_and_cache",
+            (n as u32, 1, 1),
+            (128, 1, 1),
+            0,
+            &[
+                Arg::P(qp),
+                Arg::P(kp),
+                Arg::P(vp),
+                Arg::P(batch.ptr(s, batch.offs.positions)),
+                Arg::P(batch.ptr(s, batch.offs.slot_mapping)),
+                Arg::P(cache.part_ptr(s, layer, 0)),
+                Arg::P(cache.part_ptr(s, layer, 1)),
+                Arg::I(attn.num_heads as i32),
+                Arg::I(attn.num_kv_heads as i32),
+                Arg::I(hd as i32),
+                Arg::I(rope.rotary_dim as i32),
+                Arg::I((rope.style == RopeStyle::Neox) as i32),
+                Arg::F(rope.theta),
+                Arg::U((cache.spec.num_blocks * cache.spec.block_size) as u64),
+            ],
+        )
+    }
+
+    fn paged_attention(
+        &self,
+        q: &CudaTensor,
+        attn: &AttentionSpec,
+        batch: &CudaBatch,
+        cache: &CudaKvCache,
+        layer: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let hd = attn.head_dim;
+        check(
+            "paged_attention",
+            q.rows == batch.num_tokens
+                && q.cols == attn.num_heads * hd
+                && out.rows == q.rows
+                && out.cols == q.cols,
+            || {
+                format!(
+                    "q [{}, {}], out [{}, {}]",
+                    q.rows, q.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        check(
+            "paged_attention",
+            attn.num_kv_heads > 0
+                && attn.num_heads.is_multiple_of(attn.num_kv_heads)
+                && layer < cache.spec.num_layers
+                && cache.spec.num_kv_heads == attn.num_kv_heads
+                && cache.spec.head_dim == hd,
+            || {
+                format!(
+                    "layer {layer} / cache {:?} vs attention {attn:?}",
+                    cache.spec
+                )
+            },
+        )?;
+        if batch.num_seqs == 0 || batch.num_tokens == 0 {
+            return Ok(());
+        }
+        let qp = self.bf16_ptr("paged_attention", &q.buf)?;
+        let op = self.bf16_ptr("paged_attention", &out.buf)?;
+        let kc = cache.part_ptr(&self.stream, layer, 0);
+        let vc = cache.part_ptr(&self.stream, layer, 1);
+        let bs = cache.spec.block_size;
+        let decode_ok = DECODE_HDS.contains(&hd);
+        if !decode_ok && !PREFILL_HDS.contains(&hd) {
+            return Err(BackendError::Device(format!(
+                "head_dim {hd} has no attention kernel (supported: 64, 96, 128, 256)"
+            )));
+        }
+        let use_decode = decode_ok && batch.num_decode > 0;
+        if use_decode {
+            self.decode_attention(qp, op, attn, batch, kc, vc, bs)?;
+        }
+        if !use_decode || batch.num_decode < batch.num_seqs {
+            self.prefill_attention(qp, op, attn, batch, kc, vc, bs, use_decode)?;
+        }
+        Ok(())
+    }
+
+    fn gather_logit_rows(
+        &self,
+        x: &CudaTensor,
+        batch: &CudaBatch,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        check(
+            "gather_logit_rows",
+            out.rows == batch.num_logits && out.cols == x.cols,
+            || "out shape mismatch".into(),
+        )?;
+        let xp = self.bf16_ptr("gather_logit_rows", &x.buf)?;
+        let op = self.bf16_ptr("gather_logit_rows", &out.buf)?;
+        self.launch(
+            "gather_rows_bf16",
+            (batch.num_logits as u32, 1, 1),
+            (128, 1, 1),
+            0,
+            &[
+                Arg::P(op),
+                Arg::P(xp),
+                Arg::P(batch.ptr(&self.stream, batch.offs.logits_rows)),
+                Arg::I(x.cols as i32),
+                Arg::I(x.rows as i32),
+            ],
+        )
+    }
+
+    fn num_logit_rows(&self, batch: &CudaBatch) -> usize {
+        batch.num_logits
+    }
+
+    fn num_tokens(&self, batch: &CudaBatch) -> usize {
+        batch.num_tokens
+    }
+}

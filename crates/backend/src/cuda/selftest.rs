@@ -1,0 +1,1042 @@
+//! Device self-check: every op of [`CudaBackend`] against the CPU backend on fresh random inputs,
+//! and micro-benchmarks of paged decode attention and the cuBLASLt matmuls.
+//!
+//! Both are plain functions returning a text report, for a CLI subcommand to call on the GPU
+//! machine. Inputs are drawn from a seed printed in the report (`RVLLM_SELFTEST_SEED` replays
+//! one); every activation is rounded to bf16 before both backends see it, and every GPU output is
+//! poisoned with NaN before the op so unwritten elements fail.
+
+use super::{CudaBackend, CudaKvCache, CudaTensor};
+use crate::cpu::{CpuBackend, CpuKvCache, CpuTensor};
+use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
+use crate::{BatchLayout, HostWeight, Result, WeightDtype};
+use half::{bf16, f16};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+// ------------------------------------------------------------------------------------ helpers
+
+/// splitmix64: seeded, reproducible, no dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Uniform in (-a, a).
+    pub fn sym(&mut self, a: f32) -> f32 {
+        (self.unit() * 2.0 - 1.0) * a
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    /// `n` values uniform in (-a, a), rounded to bf16.
+    pub fn bf16_vec(&mut self, n: usize, a: f32) -> Vec<f32> {
+        (0..n).map(|_| bf(self.sym(a))).collect()
+    }
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+fn bf(v: f32) -> f32 {
+    bf16::from_f32(v).to_f32()
+}
+
+struct Checker<'a> {
+    report: &'a mut String,
+    pass: usize,
+    fail: usize,
+}
+
+impl Checker<'_> {
+    fn line(&mut self, s: String) {
+        self.report.push_str(&s);
+        self.report.push('\n');
+    }
+
+    /// ‖gpu − cpu‖ / ‖cpu‖ < tol, and no non-finite GPU value where the CPU one is finite.
+    fn cmp(&mut self, name: &str, gpu: &[f32], cpu: &[f32], tol: f64) -> bool {
+        if gpu.len() != cpu.len() {
+            self.fail += 1;
+            self.line(format!(
+                "FAIL {name}: {} values vs {} on the CPU",
+                gpu.len(),
+                cpu.len()
+            ));
+            return false;
+        }
+        let (mut num, mut den, mut max_abs, mut bad) = (0f64, 0f64, 0f64, 0usize);
+        let mut first_bad = None;
+        for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+            if !g.is_finite() && c.is_finite() {
+                bad += 1;
+                first_bad.get_or_insert(i);
+                continue;
+            }
+            let d = (g as f64 - c as f64).abs();
+            num += d * d;
+            den += (c as f64) * (c as f64);
+            max_abs = max_abs.max(d);
+        }
+        let rel = if den > 0.0 {
+            (num / den).sqrt()
+        } else {
+            num.sqrt()
+        };
+        let ok = bad == 0 && rel < tol && den > 0.0;
+        if ok {
+            self.pass += 1;
+        } else {
+            self.fail += 1;
+        }
+        let mut l = format!(
+            "{} {name}: rel {rel:.2e} (tol {tol:.0e}), max|d| {max_abs:.2e}, n {}",
+            if ok { "PASS" } else { "FAIL" },
+            gpu.len()
+        );
+        if bad > 0 {
+            let _ = write!(
+                l,
+                ", {bad} non-finite (first at {})",
+                first_bad.unwrap_or(0)
+            );
+        }
+        if den == 0.0 {
+            l.push_str(", reference is all zeros");
+        }
+        self.line(l);
+        ok
+    }
+
+    fn truth(&mut self, name: &str, ok: bool, detail: String) {
+        if ok {
+            self.pass += 1;
+        } else {
+            self.fail += 1;
+        }
+        self.line(format!(
+            "{} {name}: {detail}",
+            if ok { "PASS" } else { "FAIL" }
+        ));
+    }
+
+    /// Runs one case; an error counts as a failure and the self-test goes on.
+    fn run(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<()>) {
+        let t0 = Instant::now();
+        if let Err(e) = f(self) {
+            self.fail += 1;
+            self.line(format!("FAIL {name}: error: {e}"));
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if ms > 2000.0 {
+            self.line(format!("  ({name} took {ms:.0} ms)"));
+        }
+    }
+}
+
+fn cpu_t(rows: usize, cols: usize, data: Vec<f32>) -> CpuTensor {
+    CpuTensor { rows, cols, data }
+}
+
+fn cpu_zeros(rows: usize, cols: usize) -> CpuTensor {
+    cpu_t(rows, cols, vec![0.0; rows * cols])
+}
+
+fn gpu_out(gpu: &CudaBackend, rows: usize, cols: usize) -> Result<CudaTensor> {
+    let mut t = gpu.alloc(rows, cols)?;
+    gpu.poison(&mut t)?;
+    Ok(t)
+}
+
+/// Host bytes of a random `[rows, cols]` weight of `dtype` with values of magnitude ~`scale`.
+fn rand_weight_bytes(
+    rng: &mut Rng,
+    dtype: WeightDtype,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) -> Vec<u8> {
+    let n = rows * cols;
+    let mut out = Vec::with_capacity(dtype.row_bytes(cols).unwrap_or(0) * rows);
+    match dtype {
+        WeightDtype::F32 => {
+            (0..n).for_each(|_| out.extend_from_slice(&rng.sym(scale).to_le_bytes()))
+        }
+        WeightDtype::F16 => {
+            (0..n).for_each(|_| out.extend_from_slice(&f16::from_f32(rng.sym(scale)).to_le_bytes()))
+        }
+        WeightDtype::BF16 => (0..n)
+            .for_each(|_| out.extend_from_slice(&bf16::from_f32(rng.sym(scale)).to_le_bytes())),
+        WeightDtype::Q4_0 => (0..n / 32).for_each(|_| {
+            let d = scale / 8.0 * (0.5 + rng.unit());
+            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            (0..16).for_each(|_| out.push(rng.next_u64() as u8));
+        }),
+        WeightDtype::Q4_1 => (0..n / 32).for_each(|_| {
+            let d = scale / 8.0 * (0.5 + rng.unit());
+            let m = -scale * rng.unit();
+            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            out.extend_from_slice(&f16::from_f32(m).to_le_bytes());
+            (0..16).for_each(|_| out.push(rng.next_u64() as u8));
+        }),
+        WeightDtype::Q8_0 => (0..n / 32).for_each(|_| {
+            let d = scale / 127.0 * (0.5 + rng.unit());
+            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            (0..32).for_each(|_| out.push(rng.next_u64() as u8));
+        }),
+    }
+    out
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
+fn bytes_bf16_to_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+fn bytes_f32_to_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Fills every block of both caches with the same random (bf16-exact) values.
+fn fill_caches(
+    rng: &mut Rng,
+    gpu: &CudaBackend,
+    gc: &mut CudaKvCache,
+    cpu: &CpuBackend,
+    cc: &mut CpuKvCache,
+    amp: f32,
+) -> Result<()> {
+    let s = gc.spec;
+    let be = s.block_size * s.num_kv_heads * s.head_dim;
+    let vals = rng.bf16_vec(s.num_blocks * 2 * s.num_layers * be, amp);
+    let blocks: Vec<u32> = (0..s.num_blocks as u32).collect();
+    gpu.write_blocks(gc, &blocks, &bf16_bytes(&vals))?;
+    cpu.write_blocks(cc, &blocks, &f32_bytes(&vals))?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------ cases
+
+fn case_embed_gather(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+) -> Result<()> {
+    let (vocab, hidden, t) = (1000, 576, 37);
+    let table = rand_weight_bytes(rng, WeightDtype::BF16, vocab, hidden, 1.0);
+    let hw = HostWeight {
+        rows: vocab,
+        cols: hidden,
+        dtype: WeightDtype::BF16,
+        bytes: &table,
+    };
+    let (gw, cw) = (gpu.load_weight(&hw)?, cpu.load_weight(&hw)?);
+    let mut layout = BatchLayout {
+        block_size: 16,
+        ..Default::default()
+    };
+    let tokens: Vec<u32> = (0..t).map(|_| rng.below(vocab) as u32).collect();
+    let bt: Vec<u32> = (0..4).collect();
+    layout.push_seq(&tokens[..20], 0, &bt, true);
+    layout.push_seq(&tokens[20..], 5, &bt, true);
+    layout.logits_rows.insert(0, 3);
+    let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
+    let mut go = gpu_out(gpu, t, hidden)?;
+    let mut co = cpu_zeros(t, hidden);
+    gpu.embed(&gw, &gb, &mut go)?;
+    cpu.embed(&cw, &cb, &mut co)?;
+    c.cmp("embed [37 tokens, 576]", &gpu.to_host(&go)?, &co.data, 1e-6);
+
+    let nl = layout.logits_rows.len();
+    let mut gl = gpu_out(gpu, nl, hidden)?;
+    let mut cl = cpu_zeros(nl, hidden);
+    gpu.gather_logit_rows(&go, &gb, &mut gl)?;
+    cpu.gather_logit_rows(&co, &cb, &mut cl)?;
+    c.cmp("gather_logit_rows", &gpu.to_host(&gl)?, &cl.data, 1e-6);
+
+    // Reusing a batch buffer for a different layout.
+    let mut gb2 = gb;
+    let mut l2 = BatchLayout {
+        block_size: 16,
+        ..Default::default()
+    };
+    l2.push_seq(&tokens[..5], 0, &bt, true);
+    gpu.upload_batch_into(&l2, &mut gb2)?;
+    let cb2 = cpu.upload_batch(&l2)?;
+    let mut go2 = gpu_out(gpu, 5, hidden)?;
+    let mut co2 = cpu_zeros(5, hidden);
+    gpu.embed(&gw, &gb2, &mut go2)?;
+    cpu.embed(&cw, &cb2, &mut co2)?;
+    c.cmp(
+        "embed after upload_batch_into",
+        &gpu.to_host(&go2)?,
+        &co2.data,
+        1e-6,
+    );
+    Ok(())
+}
+
+fn case_norms(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+    for &(rows, cols) in &[(7usize, 4096usize), (1, 576), (64, 576), (3, 100)] {
+        for wdt in [WeightDtype::F32, WeightDtype::BF16] {
+            let wb = rand_weight_bytes(rng, wdt, 1, cols, 2.0);
+            let hw = HostWeight {
+                rows: 1,
+                cols,
+                dtype: wdt,
+                bytes: &wb,
+            };
+            let (gw, cw) = (gpu.load_weight(&hw)?, cpu.load_weight(&hw)?);
+            let x = rng.bf16_vec(rows * cols, 3.0);
+            let gx = gpu.upload(rows, cols, &x)?;
+            let cx = cpu_t(rows, cols, x.clone());
+            let mut go = gpu_out(gpu, rows, cols)?;
+            let mut co = cpu_zeros(rows, cols);
+            gpu.rms_norm(&gx, &gw, 1e-5, &mut go)?;
+            cpu.rms_norm(&cx, &cw, 1e-5, &mut co)?;
+            c.cmp(
+                &format!("rms_norm [{rows}, {cols}] w {wdt:?}"),
+                &gpu.to_host(&go)?,
+                &co.data,
+                1e-2,
+            );
+
+            let r = rng.bf16_vec(rows * cols, 3.0);
+            let mut gr = gpu.upload(rows, cols, &r)?;
+            let mut cr = cpu_t(rows, cols, r);
+            let mut go = gpu_out(gpu, rows, cols)?;
+            let mut co = cpu_zeros(rows, cols);
+            gpu.add_rms_norm(&mut gr, &gx, &gw, 1e-6, &mut go)?;
+            cpu.add_rms_norm(&mut cr, &cx, &cw, 1e-6, &mut co)?;
+            c.cmp(
+                &format!("add_rms_norm out [{rows}, {cols}] w {wdt:?}"),
+                &gpu.to_host(&go)?,
+                &co.data,
+                1e-2,
+            );
+            c.cmp(
+                &format!("add_rms_norm residual [{rows}, {cols}]"),
+                &gpu.to_host(&gr)?,
+                &cr.data,
+                1e-2,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn case_elementwise(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+) -> Result<()> {
+    for &(rows, cols) in &[(7usize, 1536usize), (1, 14336), (3, 101)] {
+        let g = rng.bf16_vec(rows * cols, 6.0);
+        let u = rng.bf16_vec(rows * cols, 2.0);
+        let (gg, gu) = (gpu.upload(rows, cols, &g)?, gpu.upload(rows, cols, &u)?);
+        let (cg, cu) = (cpu_t(rows, cols, g), cpu_t(rows, cols, u));
+        let mut go = gpu_out(gpu, rows, cols)?;
+        let mut co = cpu_zeros(rows, cols);
+        gpu.silu_mul(&gg, &gu, &mut go)?;
+        cpu.silu_mul(&cg, &cu, &mut co)?;
+        c.cmp(
+            &format!("silu_mul [{rows}, {cols}]"),
+            &gpu.to_host(&go)?,
+            &co.data,
+            1e-2,
+        );
+
+        let mut gx = gpu.upload(rows, cols, &cg.data)?;
+        let mut cx = cg.clone();
+        gpu.add(&mut gx, &gu)?;
+        cpu.add(&mut cx, &cu)?;
+        c.cmp(
+            &format!("add [{rows}, {cols}]"),
+            &gpu.to_host(&gx)?,
+            &cx.data,
+            1e-2,
+        );
+    }
+    Ok(())
+}
+
+fn case_matmul(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+    let dtypes = [
+        WeightDtype::F32,
+        WeightDtype::F16,
+        WeightDtype::BF16,
+        WeightDtype::Q4_0,
+        WeightDtype::Q4_1,
+        WeightDtype::Q8_0,
+    ];
+    for dt in dtypes {
+        for &k in &[576usize, 4096] {
+            for &n in &[576usize, 1536, 4096] {
+                let scale = 1.7 / (k as f32).sqrt();
+                let wb = rand_weight_bytes(rng, dt, n, k, scale);
+                let hw = HostWeight {
+                    rows: n,
+                    cols: k,
+                    dtype: dt,
+                    bytes: &wb,
+                };
+                let (gw, cw) = (gpu.load_weight(&hw)?, cpu.load_weight(&hw)?);
+                for &t in &[1usize, 7, 64] {
+                    let x = rng.bf16_vec(t * k, 1.0);
+                    let gx = gpu.upload(t, k, &x)?;
+                    let cx = cpu_t(t, k, x);
+                    let mut go = gpu_out(gpu, t, n)?;
+                    let mut co = cpu_zeros(t, n);
+                    gpu.matmul(&gx, &gw, &mut go)?;
+                    cpu.matmul(&cx, &cw, &mut co)?;
+                    c.cmp(
+                        &format!("matmul {dt:?} t={t} k={k} n={n}"),
+                        &gpu.to_host(&go)?,
+                        &co.data,
+                        1e-2,
+                    );
+                    if dt == WeightDtype::BF16 && t == 7 && k == 576 {
+                        let mut gf = gpu.alloc_f32(t, n)?;
+                        gpu.poison(&mut gf)?;
+                        gpu.matmul(&gx, &gw, &mut gf)?;
+                        c.cmp(
+                            &format!("matmul f32 out t={t} k={k} n={n}"),
+                            &gpu.to_host(&gf)?,
+                            &co.data,
+                            5e-3,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn case_dummy(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend) -> Result<()> {
+    for &(rows, cols) in &[(256usize, 1000usize), (1, 4096)] {
+        let gw = gpu.dummy_weight(rows, cols, 42)?;
+        let cw = cpu.dummy_weight(rows, cols, 42)?;
+        let g = gpu.weight_to_host(&gw)?;
+        let cv = cw.as_f32().unwrap_or(&[]);
+        c.cmp(
+            &format!("dummy_weight [{rows}, {cols}] vs CPU stream"),
+            &g,
+            cv,
+            1e-2,
+        );
+        let max = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mean = g.iter().map(|&v| v as f64).sum::<f64>() / g.len() as f64;
+        let var = g.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / g.len() as f64;
+        let want_sd = 1e-3 / 3f64.sqrt();
+        c.truth(
+            &format!("dummy_weight [{rows}, {cols}] range"),
+            max <= 1.0001e-3
+                && mean.abs() < 5.0 * want_sd / (g.len() as f64).sqrt() + 1e-6
+                && (var.sqrt() / want_sd - 1.0).abs() < 0.05,
+            format!(
+                "max|v| {max:.3e}, mean {mean:.2e}, sd {:.3e} (want {want_sd:.3e})",
+                var.sqrt()
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn case_blocks(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+    let spec = KvCacheSpec {
+        num_layers: 3,
+        num_blocks: 32,
+        block_size: 16,
+        num_kv_heads: 2,
+        head_dim: 64,
+    };
+    let mut gc = gpu.alloc_kv_cache(&spec)?;
+    let mut cc = cpu.alloc_kv_cache(&spec)?;
+    fill_caches(rng, gpu, &mut gc, cpu, &mut cc, 1.0)?;
+    let pairs = [(1u32, 5u32), (7, 2), (3, 3), (31, 0)];
+    gpu.copy_blocks(&mut gc, &pairs)?;
+    cpu.copy_blocks(&mut cc, &pairs)?;
+    let blocks: Vec<u32> = (0..32).collect();
+    let g = bytes_bf16_to_f32(&gpu.read_blocks(&gc, &blocks)?);
+    let cv = bytes_f32_to_f32(&cpu.read_blocks(&cc, &blocks)?);
+    c.cmp("copy_blocks + read_blocks (all blocks)", &g, &cv, 1e-7);
+    // Swap out / in through other blocks.
+    let out = gpu.read_blocks(&gc, &[5, 2])?;
+    gpu.write_blocks(&mut gc, &[10, 11], &out)?;
+    let back = gpu.read_blocks(&gc, &[10, 11])?;
+    c.truth(
+        "read_blocks -> write_blocks round trip",
+        back == out,
+        format!("{} bytes", out.len()),
+    );
+    Ok(())
+}
+
+/// Random distinct block tables for sequences of the given context lengths.
+fn block_tables(rng: &mut Rng, ctxs: &[usize], bs: usize, num_blocks: usize) -> Vec<Vec<u32>> {
+    let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
+    rng.shuffle(&mut pool);
+    let mut at = 0;
+    ctxs.iter()
+        .map(|&ctx| {
+            let nb = ctx.div_ceil(bs).max(1);
+            let t = pool[at..at + nb].to_vec();
+            at += nb;
+            t
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn case_rope(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    heads: usize,
+    kvh: usize,
+    hd: usize,
+    style: RopeStyle,
+    rotary_dim: usize,
+) -> Result<()> {
+    let bs = 16;
+    // (query_len, context_len): a fresh prefill, a chunk, two decodes at large positions.
+    let seqs = [(20usize, 20usize), (13, 53), (1, 700), (1, 5000)];
+    let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
+    let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + 4;
+    let spec = KvCacheSpec {
+        num_layers: 2,
+        num_blocks: nb,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let tables = block_tables(rng, &ctxs, bs, nb);
+    let mut layout = BatchLayout {
+        block_size: bs as u32,
+        ..Default::default()
+    };
+    for (i, &(ql, ctx)) in seqs.iter().enumerate() {
+        let toks: Vec<u32> = (0..ql as u32).collect();
+        layout.push_seq(&toks, (ctx - ql) as u32, &tables[i], true);
+    }
+    let t = layout.num_tokens();
+    let attn = AttentionSpec {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let rope = RopeSpec {
+        style,
+        theta: 500000.0,
+        rotary_dim,
+    };
+    let q = rng.bf16_vec(t * heads * hd, 2.0);
+    let k = rng.bf16_vec(t * kvh * hd, 2.0);
+    let v = rng.bf16_vec(t * kvh * hd, 2.0);
+    let (mut gq, mut gk, gv) = (
+        gpu.upload(t, heads * hd, &q)?,
+        gpu.upload(t, kvh * hd, &k)?,
+        gpu.upload(t, kvh * hd, &v)?,
+    );
+    let (mut cq, mut ck, cv) = (
+        cpu_t(t, heads * hd, q),
+        cpu_t(t, kvh * hd, k),
+        cpu_t(t, kvh * hd, v),
+    );
+    let mut gc = gpu.alloc_kv_cache(&spec)?;
+    let mut cc = cpu.alloc_kv_cache(&spec)?;
+    let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
+    gpu.rope_and_cache(&mut gq, &mut gk, &gv, &rope, &attn, &gb, &mut gc, 1)?;
+    cpu.rope_and_cache(&mut cq, &mut ck, &cv, &rope, &attn, &cb, &mut cc, 1)?;
+    let name = format!("rope {style:?} rd={rotary_dim} {heads}/{kvh}x{hd}");
+    c.cmp(&format!("{name} q"), &gpu.to_host(&gq)?, &cq.data, 1e-2);
+    c.cmp(&format!("{name} k"), &gpu.to_host(&gk)?, &ck.data, 1e-2);
+    let blocks: Vec<u32> = (0..nb as u32).collect();
+    let g = bytes_bf16_to_f32(&gpu.read_blocks(&gc, &blocks)?);
+    let cvv = bytes_f32_to_f32(&cpu.read_blocks(&cc, &blocks)?);
+    c.cmp(&format!("{name} cache"), &g, &cvv, 1e-2);
+    Ok(())
+}
+
+/// Attention over a random cache for sequences `(query_len, context_len)`.
+#[allow(clippy::too_many_arguments)]
+fn case_attention(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    label: &str,
+    heads: usize,
+    kvh: usize,
+    hd: usize,
+    seqs: &[(usize, usize)],
+    partition: usize,
+) -> Result<()> {
+    let bs = 16;
+    let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
+    let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + 3;
+    let spec = KvCacheSpec {
+        num_layers: 2,
+        num_blocks: nb,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let tables = block_tables(rng, &ctxs, bs, nb);
+    let mut layout = BatchLayout {
+        block_size: bs as u32,
+        ..Default::default()
+    };
+    for (i, &(ql, ctx)) in seqs.iter().enumerate() {
+        let toks: Vec<u32> = (0..ql as u32).collect();
+        layout.push_seq(&toks, (ctx - ql) as u32, &tables[i], true);
+    }
+    let t = layout.num_tokens();
+    let attn = AttentionSpec {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let mut gc = gpu.alloc_kv_cache(&spec)?;
+    let mut cc = cpu.alloc_kv_cache(&spec)?;
+    fill_caches(rng, gpu, &mut gc, cpu, &mut cc, 1.0)?;
+    let q = rng.bf16_vec(t * heads * hd, 3.0);
+    let gq = gpu.upload(t, heads * hd, &q)?;
+    let cq = cpu_t(t, heads * hd, q);
+    let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
+    gpu.force_decode_partition
+        .store(partition, Ordering::Relaxed);
+    let mut go = gpu_out(gpu, t, heads * hd)?;
+    let r = gpu.paged_attention(&gq, &attn, &gb, &gc, 1, &mut go);
+    gpu.force_decode_partition.store(0, Ordering::Relaxed);
+    r?;
+    let mut co = cpu_zeros(t, heads * hd);
+    cpu.paged_attention(&cq, &attn, &cb, &cc, 1, &mut co)?;
+    let part = if partition == 0 {
+        "auto".to_string()
+    } else {
+        partition.to_string()
+    };
+    c.cmp(
+        &format!("attention {label} {heads}/{kvh}x{hd} part {part} seqs {seqs:?}"),
+        &gpu.to_host(&go)?,
+        &co.data,
+        2e-2,
+    );
+    Ok(())
+}
+
+/// Runs every check; `Ok(true)` when all passed. `Err` only when the backend cannot start.
+pub fn selftest(report: &mut String) -> Result<bool> {
+    let seed = std::env::var("RVLLM_SELFTEST_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    let t0 = Instant::now();
+    let gpu = CudaBackend::new(0)?;
+    let info = gpu.info().clone();
+    let _ = writeln!(
+        report,
+        "device {} ({}), cc {}.{}, {} SMs, {:.1} GiB, smem opt-in {} KiB",
+        info.ordinal,
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.sm_count,
+        info.total_mem as f64 / (1u64 << 30) as f64,
+        info.max_smem_optin / 1024
+    );
+    let _ = writeln!(
+        report,
+        "kernels: {} {} ({:.0} ms compile), cache {:?}; backend start {:.0} ms; seed {seed} \
+         (RVLLM_SELFTEST_SEED={seed} replays)",
+        info.compile.arch,
+        if info.compile.from_cache {
+            "from disk cache"
+        } else {
+            "compiled"
+        },
+        info.compile.compile_ms,
+        info.compile.cache_file,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(seed);
+    let mut c = Checker {
+        report,
+        pass: 0,
+        fail: 0,
+    };
+    c.run("embed", |c| case_embed_gather(c, &gpu, &cpu, &mut rng));
+    c.run("norms", |c| case_norms(c, &gpu, &cpu, &mut rng));
+    c.run("elementwise", |c| case_elementwise(c, &gpu, &cpu, &mut rng));
+    c.run("dummy_weight", |c| case_dummy(c, &gpu, &cpu));
+    c.run("blocks", |c| case_blocks(c, &gpu, &cpu, &mut rng));
+    for &(h, kv, hd) in &[(32usize, 8usize, 128usize), (9, 3, 64)] {
+        for (style, rd) in [
+            (RopeStyle::Interleaved, hd),
+            (RopeStyle::Neox, hd),
+            (RopeStyle::Neox, hd / 2),
+        ] {
+            c.run("rope", |c| {
+                case_rope(c, &gpu, &cpu, &mut rng, h, kv, hd, style, rd)
+            });
+        }
+    }
+    // Decode: 5 sequences, contexts 1..3000 (fixed edge cases plus random ones).
+    for &(h, kv, hd) in &[
+        (32usize, 8usize, 128usize),
+        (9, 3, 128),
+        (32, 8, 64),
+        (9, 3, 64),
+    ] {
+        let mut ctxs = vec![1usize, 2999];
+        while ctxs.len() < 5 {
+            ctxs.push(1 + rng.below(2999));
+        }
+        rng.shuffle(&mut ctxs);
+        let seqs: Vec<(usize, usize)> = ctxs.iter().map(|&x| (1, x)).collect();
+        for part in [0usize, 512, 128] {
+            if part != 0 && (h, hd) != (32, 128) {
+                continue;
+            }
+            c.run("decode", |c| {
+                case_attention(c, &gpu, &cpu, &mut rng, "decode", h, kv, hd, &seqs, part)
+            });
+        }
+    }
+    c.run("decode hd256", |c| {
+        case_attention(
+            c,
+            &gpu,
+            &cpu,
+            &mut rng,
+            "decode",
+            8,
+            2,
+            256,
+            &[(1, 1000), (1, 33)],
+            0,
+        )
+    });
+    c.run("decode MQA", |c| {
+        case_attention(
+            c,
+            &gpu,
+            &cpu,
+            &mut rng,
+            "decode",
+            16,
+            1,
+            128,
+            &[(1, 1500), (1, 7)],
+            0,
+        )
+    });
+    // Mixed prefill + chunked prefill + decodes, and prefill only.
+    let mixed = [
+        (100usize, 100usize),
+        (37, 500),
+        (1, 1),
+        (1, 1500),
+        (1, 2999),
+    ];
+    for &(h, kv, hd) in &[
+        (32usize, 8usize, 128usize),
+        (9, 3, 64),
+        (12, 4, 96),
+        (16, 1, 128),
+        (8, 2, 256),
+    ] {
+        c.run("mixed", |c| {
+            case_attention(c, &gpu, &cpu, &mut rng, "mixed", h, kv, hd, &mixed, 0)
+        });
+    }
+    c.run("prefill", |c| {
+        case_attention(
+            c,
+            &gpu,
+            &cpu,
+            &mut rng,
+            "prefill",
+            32,
+            8,
+            128,
+            &[(300, 300)],
+            0,
+        )
+    });
+    c.run("prefill2", |c| {
+        case_attention(
+            c,
+            &gpu,
+            &cpu,
+            &mut rng,
+            "prefill",
+            9,
+            3,
+            64,
+            &[(64, 64), (65, 200), (2, 2)],
+            0,
+        )
+    });
+    c.run("matmul", |c| case_matmul(c, &gpu, &cpu, &mut rng));
+    let (pass, fail) = (c.pass, c.fail);
+    let _ = writeln!(
+        c.report,
+        "selftest: {pass} passed, {fail} failed ({:.1} s)",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(fail == 0)
+}
+
+// ------------------------------------------------------------------------------------ bench
+
+/// Median device time (ms) of `f` over `iters` runs after `warmup` runs, timed with events.
+fn time_ms(
+    gpu: &CudaBackend,
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut(usize) -> Result<()>,
+) -> Result<f64> {
+    for i in 0..warmup {
+        f(i)?;
+    }
+    let mut evs = Vec::with_capacity(iters);
+    for i in 0..iters {
+        let a = gpu.record_timing_event()?;
+        f(i)?;
+        let b = gpu.record_timing_event()?;
+        evs.push((a, b));
+    }
+    gpu.synchronize()?;
+    let mut ts: Vec<f64> = evs
+        .iter()
+        .map(|(a, b)| a.elapsed_ms(b).map(|x| x as f64))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| crate::BackendError::Device(format!("event timing: {e:?}")))?;
+    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(ts[ts.len() / 2])
+}
+
+fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
+    let (heads, kvh, hd, bs) = (32usize, 8usize, 128usize, 16usize);
+    let attn = AttentionSpec {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let batches = [1usize, 4, 16, 64];
+    let ctxs = [2048usize, 4096, 8192];
+    let max_tokens = 64 * 8192;
+    let spec = KvCacheSpec {
+        num_layers: 1,
+        num_blocks: max_tokens / bs + 8,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let mut cache = gpu.alloc_kv_cache(&spec)?;
+    gpu.fill_kv_cache_random(&mut cache, rng.next_u64())?;
+    let _ = writeln!(
+        report,
+        "paged decode attention, Llama-3-8B geometry {heads}q/{kvh}kv/{hd}, block {bs}, bf16 KV:"
+    );
+    let _ = writeln!(
+        report,
+        "{:>6} {:>6} {:>6} {:>10} {:>10}",
+        "batch", "ctx", "part", "us", "KV GB/s"
+    );
+    for &ctx in &ctxs {
+        for &b in &batches {
+            let tables = block_tables(rng, &vec![ctx; b], bs, spec.num_blocks);
+            let mut layout = BatchLayout {
+                block_size: bs as u32,
+                ..Default::default()
+            };
+            for t in &tables {
+                layout.push_seq(&[0], (ctx - 1) as u32, t, true);
+            }
+            let batch = gpu.upload_batch(&layout)?;
+            let q = gpu.upload(b, heads * hd, &rng.bf16_vec(b * heads * hd, 2.0))?;
+            let mut out = gpu.alloc(b, heads * hd)?;
+            let ms = time_ms(gpu, 3, 20, |_| {
+                gpu.paged_attention(&q, &attn, &batch, &cache, 0, &mut out)
+            })?;
+            let bytes = (b * ctx * kvh * hd * 2 * 2) as f64;
+            let part = gpu.decode_partition(b * kvh, ctx);
+            let _ = writeln!(
+                report,
+                "{b:>6} {ctx:>6} {part:>6} {:>10.1} {:>10.0}",
+                ms * 1e3,
+                bytes / (ms * 1e-3) / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
+    let shapes = [
+        (4096usize, 4096usize),
+        (4096, 14336),
+        (14336, 4096),
+        (4096, 128256),
+    ];
+    let ts = [1usize, 8, 256, 4096];
+    let _ = writeln!(
+        report,
+        "cuBLASLt bf16 matmul out[t,n] = x[t,k]·w[n,k]ᵀ (f32 accumulate):"
+    );
+    let _ = writeln!(
+        report,
+        "{:>6} {:>6} {:>7} {:>10} {:>9} {:>9}",
+        "t", "k", "n", "us", "TFLOP/s", "GB/s"
+    );
+    for &(k, n) in &shapes {
+        let wbytes = n * k * 2;
+        // Rotate among copies so small weights are not served from L2 (50 MB on H100).
+        let copies = (256usize << 20).div_ceil(wbytes).clamp(1, 4);
+        let ws: Vec<_> = (0..copies)
+            .map(|i| gpu.dummy_weight(n, k, 1000 + i as u64))
+            .collect::<Result<_>>()?;
+        for &t in &ts {
+            let x = gpu.upload(t, k, &rng.bf16_vec(t * k, 1.0))?;
+            let mut out = gpu.alloc(t, n)?;
+            let ms = time_ms(gpu, 3, 20, |i| gpu.matmul(&x, &ws[i % copies], &mut out))?;
+            let s = ms * 1e-3;
+            let flops = 2.0 * (t * n * k) as f64;
+            let bytes = (wbytes + t * k * 2 + t * n * 2) as f64;
+            let _ = writeln!(
+                report,
+                "{t:>6} {k:>6} {n:>7} {:>10.1} {:>9.1} {:>9.0}",
+                ms * 1e3,
+                flops / s / 1e12,
+                bytes / s / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Micro-benchmarks (paged decode attention, cuBLASLt matmuls) appended to `report`.
+pub fn bench(report: &mut String) {
+    let gpu = match CudaBackend::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = writeln!(report, "bench: CUDA backend unavailable: {e}");
+            return;
+        }
+    };
+    let info = gpu.info();
+    let _ = writeln!(
+        report,
+        "device: {} ({} SMs), kernels {}",
+        info.name, info.sm_count, info.compile.arch
+    );
+    let mut rng = Rng::new(0x5eed);
+    if let Err(e) = bench_attention(report, &gpu, &mut rng) {
+        let _ = writeln!(report, "attention bench error: {e}");
+    }
+    if let Err(e) = bench_matmul(report, &gpu, &mut rng) {
+        let _ = writeln!(report, "matmul bench error: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a machine without a GPU this must fail cleanly (no panic, no abort).
+    #[test]
+    fn selftest_on_this_machine() {
+        let mut report = String::new();
+        match selftest(&mut report) {
+            Ok(all) => {
+                println!("{report}");
+                assert!(all, "GPU self-test failed:\n{report}");
+            }
+            Err(e) => println!("SKIP: CUDA backend unavailable here: {e}"),
+        }
+    }
+
+    /// NVRTC can compile without a GPU: if libnvrtc and the CUDA headers are present, the kernels
+    /// must compile for sm_90a.
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        let present =
+            std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() })
+                .unwrap_or(false);
+        if !present {
+            println!(
+                "SKIP: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA lib dir to run this)"
+            );
+            return;
+        }
+        let inc = super::super::compile::include_dirs();
+        if inc.is_empty() {
+            println!("SKIP: CUDA headers not found (set CUDA_HOME)");
+            return;
+        }
+        let opts = super::super::compile::compile_options("sm_90a", &inc);
+        let src = super::super::compile::kernel_source();
+        match super::super::compile::compile_cubin(&src, &opts) {
+            Ok((cubin, log)) => {
+                assert!(!cubin.is_empty());
+                if !log.trim().is_empty() {
+                    println!("NVRTC log:\n{log}");
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn probe_does_not_panic() {
+        match super::super::probe() {
+            Ok(n) => println!("{n} CUDA device(s)"),
+            Err(e) => println!("SKIP: {e}"),
+        }
+    }
+}
