@@ -163,7 +163,14 @@ async fn http(
 }
 
 async fn first_model(authority: &str, prefix: &str, api_key: Option<&str>) -> Result<String> {
-    let resp = http(authority, "GET", &format!("{prefix}/v1/models"), None, api_key).await?;
+    let resp = http(
+        authority,
+        "GET",
+        &format!("{prefix}/v1/models"),
+        None,
+        api_key,
+    )
+    .await?;
     let body = resp.into_body().collect().await?.to_bytes();
     let v: Value = serde_json::from_slice(&body).context("parsing /v1/models")?;
     v["data"][0]["id"]
@@ -173,7 +180,12 @@ async fn first_model(authority: &str, prefix: &str, api_key: Option<&str>) -> Re
 }
 
 /// Sends one streamed request and times its chunks.
-async fn one_request(t: &Target, prompt: Vec<u32>, output_len: usize, args: &BenchServeArgs) -> RequestResult {
+async fn one_request(
+    t: &Target,
+    prompt: Vec<u32>,
+    output_len: usize,
+    args: &BenchServeArgs,
+) -> RequestResult {
     let mut r = RequestResult {
         prompt_len: prompt.len(),
         ..Default::default()
@@ -213,7 +225,11 @@ async fn one_request(t: &Target, prompt: Vec<u32>, output_len: usize, args: &Ben
     let status = resp.status();
     let mut incoming = resp.into_body();
     if !status.is_success() {
-        let bytes = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let bytes = incoming
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         r.error = format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
         return r;
     }
@@ -367,7 +383,9 @@ pub fn run(args: BenchServeArgs) -> Result<()> {
     }
     let rate: f64 = match args.request_rate.as_str() {
         "inf" | "Inf" | "INF" => f64::INFINITY,
-        s => s.parse().with_context(|| format!("bad --request-rate {s}"))?,
+        s => s
+            .parse()
+            .with_context(|| format!("bad --request-rate {s}"))?,
     };
     if rate <= 0.0 || args.burstiness <= 0.0 {
         bail!("--request-rate and --burstiness must be positive");
@@ -416,10 +434,18 @@ async fn run_async(args: BenchServeArgs, rate: f64) -> Result<()> {
         "Traffic request rate: {}\nBurstiness factor: {} ({})\nMaximum request concurrency: {}",
         args.request_rate,
         args.burstiness,
-        if args.burstiness == 1.0 { "Poisson process" } else { "Gamma distribution" },
-        args.max_concurrency.map(|c| c.to_string()).unwrap_or("None".into())
+        if args.burstiness == 1.0 {
+            "Poisson process"
+        } else {
+            "Gamma distribution"
+        },
+        args.max_concurrency
+            .map(|c| c.to_string())
+            .unwrap_or("None".into())
     );
-    let sem = args.max_concurrency.map(|c| Arc::new(Semaphore::new(c.max(1))));
+    let sem = args
+        .max_concurrency
+        .map(|c| Arc::new(Semaphore::new(c.max(1))));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(prompts.len());
     for (i, (p, o)) in prompts.into_iter().enumerate() {
@@ -518,7 +544,12 @@ fn report(
     });
     for (key, title, header, values) in [
         ("ttft", "TTFT", "Time to First Token", &ttfts),
-        ("tpot", "TPOT", "Time per Output Token (excl. 1st token)", &tpots),
+        (
+            "tpot",
+            "TPOT",
+            "Time per Output Token (excl. 1st token)",
+            &tpots,
+        ),
         ("itl", "ITL", "Inter-token Latency", &itls),
         ("e2el", "E2EL", "End-to-end Latency", &e2el),
     ] {
@@ -536,7 +567,10 @@ fn report(
         line(&format!("Mean {title} (ms):"), format!("{:.2}", s.mean));
         line(&format!("Median {title} (ms):"), format!("{:.2}", s.median));
         for (p, v) in &s.pcts {
-            line(&format!("P{} {title} (ms):", fmt_pct(*p)), format!("{v:.2}"));
+            line(
+                &format!("P{} {title} (ms):", fmt_pct(*p)),
+                format!("{v:.2}"),
+            );
         }
     }
     println!("{}", "=".repeat(50));
@@ -628,7 +662,10 @@ mod tests {
         for shape in [0.5, 1.0, 3.0] {
             let n = 20000;
             let m: f64 = (0..n).map(|_| gamma(shape, &mut rng)).sum::<f64>() / n as f64;
-            assert!((m - shape).abs() < 0.05 * shape.max(1.0), "shape {shape}: mean {m}");
+            assert!(
+                (m - shape).abs() < 0.05 * shape.max(1.0),
+                "shape {shape}: mean {m}"
+            );
         }
     }
 

@@ -201,7 +201,7 @@ fn run(host: &mut dyn EngineHost, rx: Receiver<EngineMsg>, metrics: &Mutex<Metri
     let mut log_marks = (0u64, 0u64);
     'outer: loop {
         if !host.engine().has_unfinished_requests() {
-            publish(host, metrics, &mut routes, 0);
+            publish(host, metrics, 0);
             // Idle: block, but wake now and then to keep the stats log going.
             match rx.recv_timeout(Duration::from_secs(5)) {
                 Ok(m) => {
@@ -238,7 +238,7 @@ fn run(host: &mut dyn EngineHost, rx: Receiver<EngineMsg>, metrics: &Mutex<Metri
             }
         }
         if !host.engine().has_unfinished_requests() {
-            publish(host, metrics, &mut routes, num_aborted);
+            publish(host, metrics, num_aborted);
             continue;
         }
         let outs = host.engine().step();
@@ -259,7 +259,7 @@ fn run(host: &mut dyn EngineHost, rx: Receiver<EngineMsg>, metrics: &Mutex<Metri
                 }
             }
         }
-        publish(host, metrics, &mut routes, num_aborted);
+        publish(host, metrics, num_aborted);
         if log && last_log.elapsed() >= Duration::from_secs(10) {
             if let Ok(m) = metrics.lock() {
                 let secs = last_log.elapsed().as_secs_f64();
@@ -283,7 +283,7 @@ fn run(host: &mut dyn EngineHost, rx: Receiver<EngineMsg>, metrics: &Mutex<Metri
         host.engine().abort_request(&id);
     }
     routes.clear();
-    publish(host, metrics, &mut routes, 0);
+    publish(host, metrics, 0);
 }
 
 fn route_outputs(
@@ -292,42 +292,30 @@ fn route_outputs(
     routes: &mut HashMap<String, Route>,
     metrics: &Mutex<Metrics>,
 ) {
+    // Metrics first, so that a client that got its last token sees it counted.
     let now = Instant::now();
     let mut itl: Vec<f64> = Vec::new();
     let mut finished: Vec<FinishReason> = Vec::new();
-    for out in outs {
-        let id = out.request_id.clone();
-        let Some(route) = routes.get_mut(&id) else {
+    for out in &outs {
+        let Some(route) = routes.get_mut(&out.request_id) else {
             continue;
         };
         let tokens: usize = out.outputs.iter().map(|o| o.token_ids.len()).sum();
         if tokens > route.tokens_seen {
             if route.tokens_seen > 0 {
-                let per = (now - route.last_token_at).as_secs_f64()
-                    / (tokens - route.tokens_seen) as f64;
-                for _ in route.tokens_seen..tokens {
-                    itl.push(per);
-                }
+                let per =
+                    (now - route.last_token_at).as_secs_f64() / (tokens - route.tokens_seen) as f64;
+                itl.extend(std::iter::repeat_n(per, tokens - route.tokens_seen));
             }
             route.tokens_seen = tokens;
             route.last_token_at = now;
         }
-        let done = out.finished;
-        if done {
-            for o in &out.outputs {
-                finished.push(o.finish_reason.unwrap_or(FinishReason::Stop));
-            }
-        }
-        let index = route.index;
-        let sent = route.tx.send(Event {
-            index,
-            kind: EventKind::Output(out),
-        });
-        if done {
-            routes.remove(&id);
-        } else if sent.is_err() {
-            routes.remove(&id);
-            host.engine().abort_request(&id);
+        if out.finished {
+            finished.extend(
+                out.outputs
+                    .iter()
+                    .map(|o| o.finish_reason.unwrap_or(FinishReason::Stop)),
+            );
         }
     }
     if let Ok(mut m) = metrics.lock() {
@@ -338,15 +326,28 @@ fn route_outputs(
             m.count_finished(r);
         }
     }
+    publish(host, metrics, 0);
+    for out in outs {
+        let id = out.request_id.clone();
+        let Some(route) = routes.get(&id) else {
+            continue;
+        };
+        let done = out.finished;
+        let sent = route.tx.send(Event {
+            index: route.index,
+            kind: EventKind::Output(out),
+        });
+        if done {
+            routes.remove(&id);
+        } else if sent.is_err() {
+            routes.remove(&id);
+            host.engine().abort_request(&id);
+        }
+    }
 }
 
 /// Copies the engine's counters and finished-request timings into the metrics.
-fn publish(
-    host: &mut dyn EngineHost,
-    metrics: &Mutex<Metrics>,
-    _routes: &mut HashMap<String, Route>,
-    num_aborted: usize,
-) {
+fn publish(host: &mut dyn EngineHost, metrics: &Mutex<Metrics>, num_aborted: usize) {
     let engine = host.engine();
     let timings = engine.take_finished_timings();
     let s = &engine.scheduler;
@@ -369,7 +370,8 @@ fn publish(
         m.time_to_first_token.observe(t.time_to_first_token);
         m.e2e_latency.observe(t.e2e_latency);
         m.prompt_tokens_hist.observe(t.num_prompt_tokens as f64);
-        m.generation_tokens_hist.observe(t.num_generation_tokens as f64);
+        m.generation_tokens_hist
+            .observe(t.num_generation_tokens as f64);
         if t.num_generation_tokens > 1 {
             m.time_per_output_token.observe(
                 (t.e2e_latency - t.time_to_first_token) / (t.num_generation_tokens - 1) as f64,

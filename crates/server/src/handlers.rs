@@ -4,8 +4,7 @@ use crate::engine_loop::{EngineHandle, EngineMsg, Event, EventKind, ModelInfo};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields,
-    TokenizeRequest,
+    ChatCompletionRequest, CompletionRequest, DetokenizeRequest, SamplingFields, TokenizeRequest,
 };
 use crate::stream::{collect, failure_error, GenCtx, Kind, StreamState};
 use crate::tokenizer::ServerTokenizer;
@@ -92,11 +91,7 @@ impl AppState {
 
     /// Sends a validated request to the engine and waits until it is queued; a request the
     /// engine refuses is a 400 here.
-    async fn submit(
-        &self,
-        id: &str,
-        plan: &GenPlan,
-    ) -> Result<UnboundedReceiver<Event>, ApiError> {
+    async fn submit(&self, id: &str, plan: &GenPlan) -> Result<UnboundedReceiver<Event>, ApiError> {
         let specs: Vec<RequestSpec> = plan
             .prompts
             .iter()
@@ -125,7 +120,12 @@ impl AppState {
         }
     }
 
-    async fn generate(&self, kind: Kind, model: String, plan: GenPlan) -> Result<Response, ApiError> {
+    async fn generate(
+        &self,
+        kind: Kind,
+        model: String,
+        plan: GenPlan,
+    ) -> Result<Response, ApiError> {
         let prefix = match kind {
             Kind::Completion => "cmpl",
             Kind::Chat => "chatcmpl",
@@ -159,7 +159,10 @@ impl AppState {
             let body = Body::from_stream(StreamState::new(ctx, rx).into_stream());
             return Ok((
                 [
-                    (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream"),
+                    ),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
                 ],
                 body,
@@ -285,7 +288,9 @@ async fn detokenize(State(st): State<Arc<AppState>>, body: Body) -> Response {
                         .ok_or_else(|| {
                             ApiError::invalid(
                                 "tokens",
-                                format!("Token id {t} is out of vocabulary (size {vocab})."),
+                                format!(
+                                    "Token id {t} in `tokens` is out of vocabulary (size {vocab})."
+                                ),
                             )
                         })
                 })
@@ -361,7 +366,10 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 
 async fn openapi() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         crate::openapi::OPENAPI_JSON,
     )
         .into_response()

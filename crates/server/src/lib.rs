@@ -22,6 +22,7 @@ pub mod validation;
 
 use anyhow::{Context, Result};
 use rvllm_engine::LlmEngine;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -39,7 +39,8 @@ impl ServerTokenizer for Tokenizer {
                 content: c.clone(),
             })
             .collect();
-        Tokenizer::apply_chat_template(self, &msgs, add_generation_prompt).map_err(|e| e.to_string())
+        Tokenizer::apply_chat_template(self, &msgs, add_generation_prompt)
+            .map_err(|e| e.to_string())
     }
     fn vocab_size(&self) -> usize {
         Tokenizer::vocab_size(self)

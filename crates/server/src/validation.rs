@@ -228,9 +228,9 @@ pub fn check_length(
         return Err(ApiError::invalid(
             "prompt",
             format!(
-                "This model's maximum context length is {m} tokens. However, your request has \
-                 {prompt_len} input tokens, which leaves no room for the completion. Please \
-                 reduce the length of the input."
+                "This model's maximum context length is {m} tokens. However, your prompt has \
+                 {prompt_len} tokens, which leaves no room for the completion. Please reduce \
+                 the length of the prompt."
             ),
         ));
     }
@@ -287,9 +287,9 @@ pub fn completion_prompts(
     };
     let encode = |text: &str| -> Result<PromptIn, ApiError> {
         let t = need_tokenizer(tok)?;
-        let ids = t
-            .encode(text, add_special_tokens)
-            .map_err(|e| ApiError::invalid("prompt", format!("Tokenizing the prompt failed: {e}")))?;
+        let ids = t.encode(text, add_special_tokens).map_err(|e| {
+            ApiError::invalid("prompt", format!("Tokenizing the prompt failed: {e}"))
+        })?;
         Ok(PromptIn {
             ids,
             text: Some(text.to_string()),
@@ -372,7 +372,14 @@ pub fn completion(
             "echo together with logprobs (prompt logprobs) is not supported by this server yet.",
         ));
     }
-    let params = sampling_params(f, req.max_tokens, "max_tokens", req.logprobs, "logprobs", lim)?;
+    let params = sampling_params(
+        f,
+        req.max_tokens,
+        "max_tokens",
+        req.logprobs,
+        "logprobs",
+        lim,
+    )?;
     let prompts = completion_prompts(
         req.prompt.as_ref(),
         f.add_special_tokens.unwrap_or(true),
@@ -415,7 +422,8 @@ pub fn chat_messages(msgs: &[ChatMessageIn]) -> Result<Vec<(String, String)>, Ap
                     return Err(ApiError::invalid(
                         format!("messages[{i}].role"),
                         format!(
-                            "Unsupported role `{other}`: use system, user, assistant, developer or tool."
+                            "Unsupported role `{other}` in messages[{i}].role: use system, user, \
+                             assistant, developer or tool."
                         ),
                     ))
                 }
@@ -430,7 +438,8 @@ pub fn chat_messages(msgs: &[ChatMessageIn]) -> Result<Vec<(String, String)>, Ap
                             return Err(ApiError::invalid(
                                 format!("messages[{i}].content[{j}].type"),
                                 format!(
-                                    "Unsupported content part type `{}`: this model takes text only.",
+                                    "Unsupported content part type `{}` in messages[{i}].content[{j}].type: \
+                                     this model takes text only.",
                                     p.kind
                                 ),
                             ));
@@ -461,9 +470,12 @@ pub fn render_chat(
             "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
         ));
     }
-    let text = tok
-        .apply_chat_template(&messages, add_gen)
-        .map_err(|e| ApiError::invalid("messages", format!("Applying the chat template failed: {e}")))?;
+    let text = tok.apply_chat_template(&messages, add_gen).map_err(|e| {
+        ApiError::invalid(
+            "messages",
+            format!("Applying the chat template failed: {e}"),
+        )
+    })?;
     if !continue_final_message {
         return Ok(text);
     }
@@ -525,8 +537,13 @@ pub fn chat(
     let ids = tok
         .encode(&text, f.add_special_tokens.unwrap_or(false))
         .map_err(|e| ApiError::invalid("messages", format!("Tokenizing the chat failed: {e}")))?;
-    check_length(ids.len(), params.max_tokens, field, lim)
-        .map_err(|e| if e.param.as_deref() == Some("prompt") { e.with_param("messages") } else { e })?;
+    check_length(ids.len(), params.max_tokens, field, lim).map_err(|e| {
+        if e.param.as_deref() == Some("prompt") {
+            e.with_param("messages")
+        } else {
+            e
+        }
+    })?;
     let (stream, include_usage, continuous_usage) = stream_flags(f);
     Ok(GenPlan {
         prompts: vec![PromptIn {
