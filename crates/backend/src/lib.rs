@@ -10,7 +10,8 @@
 
 pub mod batch;
 pub mod cpu;
-#[cfg(feature = "cuda")] pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod ops;
 pub mod weight;

@@ -25,6 +25,10 @@ pub fn chain_hash(parent: Option<BlockHash>, tokens: &[u32]) -> BlockHash {
     ((half(0x5eed_0001) as u128) << 64) | half(0x5eed_0002) as u128
 }
 
+/// No free device block was left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfBlocks;
+
 #[derive(Debug)]
 pub struct KvBlockManager {
     block_size: usize,
@@ -128,18 +132,22 @@ impl KvBlockManager {
     }
 
     /// Cached blocks covering the longest prefix of `hashes` (keys of a prompt's full blocks).
-    /// Counts the lookup in the hit/query counters (`tokens_queried` prompt tokens).
-    pub fn lookup_prefix(&mut self, hashes: &[BlockHash], tokens_queried: usize) -> Vec<u32> {
+    pub fn lookup_prefix(&self, hashes: &[BlockHash]) -> Vec<u32> {
         if !self.prefix_caching {
             return Vec::new();
         }
-        let hits: Vec<u32> = hashes
+        hashes
             .iter()
             .map_while(|h| self.cached.get(h).copied())
-            .collect();
-        self.prefix_queries += tokens_queried as u64;
-        self.prefix_hits += (hits.len() * self.block_size) as u64;
-        hits
+            .collect()
+    }
+
+    /// Counts one admitted prompt in the prefix-cache statistics.
+    pub fn record_prefix_lookup(&mut self, tokens_queried: usize, tokens_hit: usize) {
+        if self.prefix_caching {
+            self.prefix_queries += tokens_queried as u64;
+            self.prefix_hits += tokens_hit as u64;
+        }
     }
 
     /// Whether `allocate` of `new_blocks` fresh blocks plus taking `cached_hits` would succeed.
@@ -225,12 +233,12 @@ impl KvBlockManager {
         &mut self,
         table: &mut [u32],
         idx: usize,
-    ) -> Result<Option<(u32, u32)>, ()> {
+    ) -> Result<Option<(u32, u32)>, OutOfBlocks> {
         let b = table[idx];
         if self.ref_cnt[b as usize] <= 1 {
             return Ok(None);
         }
-        let nb = self.pop_free().ok_or(())?;
+        let nb = self.pop_free().ok_or(OutOfBlocks)?;
         self.ref_cnt[nb as usize] = 1;
         self.ref_cnt[b as usize] -= 1;
         table[idx] = nb;

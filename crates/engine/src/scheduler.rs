@@ -122,7 +122,7 @@ impl Scheduler {
             match self.blocks.copy_on_write(&mut seq.block_table, idx) {
                 Ok(Some(pair)) => out.blocks_to_copy.push(pair),
                 Ok(None) => {}
-                Err(()) => return false,
+                Err(_) => return false,
             }
         }
         let total = seq.num_computed + n;
@@ -220,18 +220,17 @@ impl Scheduler {
                 // At least the last token is computed, so the step produces logits.
                 let len = seq.tokens.len();
                 seq.hash_full_blocks(bs, len - 1);
-                let hits = self.blocks.lookup_prefix(&seq.block_hashes, len);
+                let hashable = seq.block_hashes.len().min((len - 1) / bs);
+                let hits = self.blocks.lookup_prefix(&seq.block_hashes[..hashable]);
                 let cached = hits.len() * bs;
                 let n = (len - cached).min(budget);
                 if !self
                     .blocks
                     .allocate(&mut seq.block_table, &hits, cached + n)
                 {
-                    // Undo the lookup's statistics: this admission did not happen.
-                    self.blocks.prefix_queries -= len as u64;
-                    self.blocks.prefix_hits -= cached as u64;
                     break;
                 }
+                self.blocks.record_prefix_lookup(len, cached);
                 seq.num_computed = cached;
                 seq.num_registered_blocks = hits.len();
                 if seq.num_output_tokens() == 0 {

@@ -66,7 +66,7 @@ proptest! {
                     for c in tokens.chunks_exact(bs) {
                         hashes.push(chain_hash(hashes.last().copied(), c));
                     }
-                    let hits = m.lookup_prefix(&hashes, tokens.len());
+                    let hits = m.lookup_prefix(&hashes);
                     let mut table = Vec::new();
                     if m.allocate(&mut table, &hits, tokens.len()) {
                         for (i, h) in hashes.iter().enumerate() {

@@ -75,15 +75,6 @@ impl<B: Backend> ModelRunner<B> {
     }
 }
 
-/// Log-softmax rank of `token` in `logits` (1 = most likely).
-fn rank_of(logits: &[f32], token: u32) -> u32 {
-    let v = logits
-        .get(token as usize)
-        .copied()
-        .unwrap_or(f32::NEG_INFINITY);
-    1 + logits.iter().filter(|&&x| x > v).count() as u32
-}
-
 impl<B: Backend> Executor for ModelRunner<B> {
     fn execute(&mut self, step: &SchedulerOutput) -> Result<Vec<Vec<SampledToken>>, String> {
         self.move_blocks(step)?;
@@ -126,15 +117,10 @@ impl<B: Backend> Executor for ModelRunner<B> {
                             ignore_eos: info.params.ignore_eos,
                         };
                         let s = sampler::sample(&mut l, &req);
-                        let rank = if info.params.logprobs.is_some() {
-                            rank_of(row, s.token)
-                        } else {
-                            0
-                        };
                         SampledToken {
                             token: s.token,
                             logprob: s.logprob,
-                            rank,
+                            rank: s.rank,
                             top_logprobs: s.top_logprobs,
                         }
                     })

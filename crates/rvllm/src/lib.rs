@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod codec;
+pub mod devcheck;
 pub mod llm;
 pub mod model_fetch;
 

@@ -5,6 +5,7 @@ use crate::model_fetch;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rvllm_backend::cpu::CpuBackend;
+use rvllm_backend::Backend;
 use rvllm_engine::{
     EngineConfig, LlmEngine, PromptInput, RequestOutput, RequestSpec, SamplingParams,
     SchedulingPolicy, TextCodec,
@@ -13,14 +14,14 @@ use rvllm_gguf::GgufFile;
 use rvllm_model::{DummyWeights, GgufWeights, LlamaModel, ModelConfig};
 use rvllm_runner::ModelRunner;
 use rvllm_tokenizer::{ChatMessage, Tokenizer, TokenizerSpec};
-use rvllm_backend::Backend;
 use std::path::{Path, PathBuf};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// CPU KV cache bytes: as asked, else a quarter of available memory, at most 2 GiB.
 fn cpu_kv_budget(args: &EngineArgs) -> u64 {
-    args.kv_cache_memory.unwrap_or_else(|| (mem_available().unwrap_or(8 << 30) / 4).min(2 << 30))
+    args.kv_cache_memory
+        .unwrap_or_else(|| (mem_available().unwrap_or(8 << 30) / 4).min(2 << 30))
 }
 use std::sync::Arc;
 
@@ -126,18 +127,34 @@ enum KvBudget {
     Host(u64),
     /// Fraction of the device's total memory rvllm may use (vLLM's gpu_memory_utilization).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    Device { utilization: f64, free: u64, total: u64 },
+    Device {
+        utilization: f64,
+        free: u64,
+        total: u64,
+    },
 }
 
-fn load_model<B: Backend>(backend: &B, args: &EngineArgs, path: &Path) -> Result<(LlamaModel<B>, Option<Arc<Tokenizer>>)> {
+fn load_model<B: Backend>(
+    backend: &B,
+    args: &EngineArgs,
+    path: &Path,
+) -> Result<(LlamaModel<B>, Option<Arc<Tokenizer>>)> {
     let t0 = std::time::Instant::now();
     let loaded = if args.load_format == "dummy" {
-        let cfg_path = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let cfg_path = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("reading {}", cfg_path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", cfg_path.display()))?;
         let cfg = ModelConfig::from_hf_json(&json)?;
-        (LlamaModel::load(backend, cfg, &DummyWeights { seed: args.seed })?, None)
+        (
+            LlamaModel::load(backend, cfg, &DummyWeights { seed: args.seed })?,
+            None,
+        )
     } else {
         if path.is_dir() {
             bail!(
@@ -145,14 +162,20 @@ fn load_model<B: Backend>(backend: &B, args: &EngineArgs, path: &Path) -> Result
                 path.display()
             );
         }
-        let file = GgufFile::open(path).with_context(|| format!("opening model {}", path.display()))?;
+        let file =
+            GgufFile::open(path).with_context(|| format!("opening model {}", path.display()))?;
         let cfg = ModelConfig::from_gguf(&file)?;
         let tok = if args.skip_tokenizer_init {
             None
         } else {
-            Some(Arc::new(Tokenizer::from_spec(tokenizer_spec_from_gguf(&file)?)?))
+            Some(Arc::new(Tokenizer::from_spec(tokenizer_spec_from_gguf(
+                &file,
+            )?)?))
         };
-        (LlamaModel::load(backend, cfg, &GgufWeights { file: &file })?, tok)
+        (
+            LlamaModel::load(backend, cfg, &GgufWeights { file: &file })?,
+            tok,
+        )
     };
     let cfg = &loaded.0.config;
     tracing::info!(
@@ -176,7 +199,9 @@ impl LLM {
     pub fn new(args: EngineArgs) -> Result<Self> {
         if args.threads > 0 {
             // Only the first call configures the global pool; later LLMs share it.
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global();
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(args.threads)
+                .build_global();
         }
         let path = match &args.model {
             Some(p) => p.clone(),
@@ -211,8 +236,15 @@ impl LLM {
         let backend = CudaBackend::new(0).context("starting the CUDA backend")?;
         let utilization = args.gpu_memory_utilization;
         Self::build(backend, args, path, 2, move |b: &CudaBackend| {
-            let (free, total) = b.context().mem_get_info().map_err(|e| anyhow::anyhow!("cuMemGetInfo: {e:?}"))?;
-            Ok(KvBudget::Device { utilization, free: free as u64, total: total as u64 })
+            let (free, total) = b
+                .context()
+                .mem_get_info()
+                .map_err(|e| anyhow::anyhow!("cuMemGetInfo: {e:?}"))?;
+            Ok(KvBudget::Device {
+                utilization,
+                free: free as u64,
+                total: total as u64,
+            })
         })
     }
 
@@ -227,22 +259,39 @@ impl LLM {
     ) -> Result<Self> {
         let (model, tokenizer) = load_model(&backend, args, path)?;
         let cfg = model.config.clone();
-        let max_model_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings.min(8192));
+        let max_model_len = args
+            .max_model_len
+            .unwrap_or(cfg.max_position_embeddings.min(8192));
         if max_model_len > cfg.max_position_embeddings {
-            bail!("max_model_len {max_model_len} exceeds the model's {} positions", cfg.max_position_embeddings);
+            bail!(
+                "max_model_len {max_model_len} exceeds the model's {} positions",
+                cfg.max_position_embeddings
+            );
         }
-        let max_num_batched_tokens = args.max_num_batched_tokens.unwrap_or(max_model_len.max(2048));
-        let block_bytes = model.kv_cache_spec(1, args.block_size).bytes_per_block(kv_elem_bytes) as u64;
+        let max_num_batched_tokens = args
+            .max_num_batched_tokens
+            .unwrap_or(max_model_len.max(2048));
+        let block_bytes = model
+            .kv_cache_spec(1, args.block_size)
+            .bytes_per_block(kv_elem_bytes) as u64;
         let kv_bytes = match budget(&backend)? {
             KvBudget::Host(bytes) => bytes,
-            KvBudget::Device { utilization, free, total } => {
+            KvBudget::Device {
+                utilization,
+                free,
+                total,
+            } => {
                 // What the model and runtime use now, plus the activations of the largest step
                 // (hidden states, Q/K/V, MLP intermediates and logits in bf16/f32), plus slack for
                 // cuBLAS workspaces and allocator fragmentation.
                 let used = total - free;
                 let t = max_num_batched_tokens as u64;
-                let per_token = 2 * (4 * cfg.hidden_size + 2 * cfg.num_heads * cfg.head_dim + 3 * cfg.intermediate_size) as u64;
-                let activations = t * per_token + (args.max_num_seqs as u64) * cfg.vocab_size as u64 * 4 * 2;
+                let per_token = 2
+                    * (4 * cfg.hidden_size
+                        + 2 * cfg.num_heads * cfg.head_dim
+                        + 3 * cfg.intermediate_size) as u64;
+                let activations =
+                    t * per_token + (args.max_num_seqs as u64) * cfg.vocab_size as u64 * 4 * 2;
                 let allowed = (total as f64 * utilization) as u64;
                 let kv = allowed.saturating_sub(used + activations + (256 << 20));
                 tracing::info!(
@@ -271,10 +320,14 @@ impl LLM {
             args.block_size,
             (num_blocks as u64 * block_bytes) as f64 / GIB
         );
-        let runner = ModelRunner::new(backend, model, num_blocks, args.block_size).map_err(anyhow::Error::msg)?;
+        let runner = ModelRunner::new(backend, model, num_blocks, args.block_size)
+            .map_err(anyhow::Error::msg)?;
         let codec: Arc<dyn TextCodec> = match &tokenizer {
             Some(t) => Arc::new(TokenizerCodec(t.clone())),
-            None => Arc::new(NoTokenizer { vocab_size: cfg.vocab_size, eos: cfg.eos_token_id }),
+            None => Arc::new(NoTokenizer {
+                vocab_size: cfg.vocab_size,
+                eos: cfg.eos_token_id,
+            }),
         };
         let config = EngineConfig {
             block_size: args.block_size,
@@ -287,7 +340,12 @@ impl LLM {
             policy: args.scheduling_policy,
             ..Default::default()
         };
-        Ok(LLM { engine: LlmEngine::new(config, Box::new(runner), codec), tokenizer, model_config: cfg, next_request: 0 })
+        Ok(LLM {
+            engine: LlmEngine::new(config, Box::new(runner), codec),
+            tokenizer,
+            model_config: cfg,
+            next_request: 0,
+        })
     }
 
     pub fn engine(&mut self) -> &mut LlmEngine {

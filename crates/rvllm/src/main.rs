@@ -44,6 +44,25 @@ enum Command {
     Bench(BenchCommand),
     /// Fetch the default model into the cache (if needed) and print its path.
     Fetch,
+    /// Greedy continuations of a reference file (tests/reference/greedy_continuations.json)
+    /// on this engine, compared with the reference's tokens.
+    CheckReference {
+        #[command(flatten)]
+        engine: EngineFlags,
+        #[arg(long, default_value = "tests/reference/greedy_continuations.json")]
+        reference: PathBuf,
+    },
+    /// Logits of a dummy-weight model on the GPU against the CPU backend in f32.
+    #[cfg(feature = "cuda")]
+    CompareLogits {
+        /// Directory with config.json.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Check every CUDA op against the CPU backend on random inputs, then time kernels.
     #[cfg(feature = "cuda")]
     GpuCheck {
@@ -252,8 +271,35 @@ fn run(cli: Cli) -> Result<()> {
             }
             match ok {
                 Ok(true) => println!("gpu-check: all ops match the CPU reference"),
-                Ok(false) => anyhow::bail!("gpu-check: some ops differ from the CPU reference (see above)"),
+                Ok(false) => {
+                    anyhow::bail!("gpu-check: some ops differ from the CPU reference (see above)")
+                }
                 Err(e) => anyhow::bail!("gpu-check could not run: {e}"),
+            }
+        }
+        Command::CheckReference { engine, reference } => {
+            let mut llm = LLM::new(engine.args())?;
+            let (report, ok) = rvllm::devcheck::check_reference(&mut llm, &reference)?;
+            println!("{report}");
+            if !ok {
+                anyhow::bail!("greedy continuations diverge from the reference beyond near-ties");
+            }
+        }
+        #[cfg(feature = "cuda")]
+        Command::CompareLogits { config, prompt_len, seed } => {
+            let text = std::fs::read_to_string(config.join("config.json"))?;
+            let cfg = rvllm_model::ModelConfig::from_hf_json(&serde_json::from_str(&text)?)?;
+            let tokens: Vec<u32> = (0..prompt_len as u32).map(|i| 1000 + i * 37 % 20000).collect();
+            let t = std::time::Instant::now();
+            let gpu = rvllm_backend::cuda::CudaBackend::new(0)?;
+            let g = rvllm::devcheck::dummy_logits(&gpu, &cfg, seed, &tokens)?;
+            drop(gpu);
+            println!("gpu forward done in {:.1}s", t.elapsed().as_secs_f64());
+            let c = rvllm::devcheck::dummy_logits(&rvllm_backend::cpu::CpuBackend::new(), &cfg, seed, &tokens)?;
+            let (rel, max) = rvllm::devcheck::rel_error(&g, &c);
+            println!("compare-logits: {} logits, relative L2 error {rel:.3e}, max abs diff {max:.3e} (bound 2e-2)", g.len());
+            if !(rel < 2e-2) {
+                anyhow::bail!("GPU logits differ from the CPU f32 reference");
             }
         }
         Command::Fetch => {

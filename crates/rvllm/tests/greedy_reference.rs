@@ -16,13 +16,28 @@ fn greedy_continuations_match_llama_cpp() {
     let cases = reference["cases"].as_array().expect("cases");
     assert!(cases.len() >= 20);
     let mut llm = common::llm(|_| {});
-    let prompts: Vec<PromptInput> = cases.iter().map(|c| PromptInput::Tokens(common::ids(&c["prompt_ids"]))).collect();
-    let params = SamplingParams { temperature: 0.0, max_tokens: Some(64), ignore_eos: true, ..Default::default() };
-    let outs = llm.generate_inputs(prompts, &[params], false).expect("generate");
+    let prompts: Vec<PromptInput> = cases
+        .iter()
+        .map(|c| PromptInput::Tokens(common::ids(&c["prompt_ids"])))
+        .collect();
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: Some(64),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let outs = llm
+        .generate_inputs(prompts, &[params], false)
+        .expect("generate");
     let (mut exact, mut near_tie) = (0, 0);
     for (case, out) in cases.iter().zip(&outs) {
         let want = common::ids(&case["output_ids"]);
-        let gaps: Vec<f64> = case["top2_gap"].as_array().expect("gaps").iter().map(|g| g.as_f64().unwrap_or(0.0)).collect();
+        let gaps: Vec<f64> = case["top2_gap"]
+            .as_array()
+            .expect("gaps")
+            .iter()
+            .map(|g| g.as_f64().unwrap_or(0.0))
+            .collect();
         let got = &out.outputs[0].token_ids;
         match got.iter().zip(&want).position(|(a, b)| a != b) {
             None => {
@@ -42,8 +57,15 @@ fn greedy_continuations_match_llama_cpp() {
             }
         }
     }
-    eprintln!("{exact} exact, {near_tie} diverging at a near-tie, of {}", cases.len());
-    assert!(exact * 4 >= cases.len() * 3, "most continuations must match exactly ({exact}/{})", cases.len());
+    eprintln!(
+        "{exact} exact, {near_tie} diverging at a near-tie, of {}",
+        cases.len()
+    );
+    assert!(
+        exact * 4 >= cases.len() * 3,
+        "most continuations must match exactly ({exact}/{})",
+        cases.len()
+    );
 }
 
 #[test]
@@ -53,16 +75,30 @@ fn prompt_tokenization_matches_llama_cpp() {
     let tok = llm.tokenizer().expect("tokenizer");
     for case in reference["cases"].as_array().expect("cases") {
         let text = case["prompt"].as_str().expect("prompt");
-        assert_eq!(tok.encode(text, true).expect("encode"), common::ids(&case["prompt_ids"]), "{text:?}");
+        assert_eq!(
+            tok.encode(text, true).expect("encode"),
+            common::ids(&case["prompt_ids"]),
+            "{text:?}"
+        );
     }
 }
 
 #[test]
 fn capital_of_france_is_paris() {
     let mut llm = common::llm(|_| {});
-    let params = SamplingParams { temperature: 0.0, max_tokens: Some(32), ..Default::default() };
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: Some(32),
+        ..Default::default()
+    };
     let outs = llm
-        .chat(&[vec![rvllm::ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }]], &params)
+        .chat(
+            &[vec![rvllm::ChatMessage {
+                role: "user".into(),
+                content: "What is the capital of France?".into(),
+            }]],
+            &params,
+        )
         .expect("chat");
     let text = &outs[0].outputs[0].text;
     assert!(text.contains("Paris"), "{text:?}");

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod matmul;
 pub mod quant;
+pub mod simd;
 pub mod weight;
 
 use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};

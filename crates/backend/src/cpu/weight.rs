@@ -17,6 +17,9 @@ pub enum CpuWeight {
         dtype: WeightDtype,
         data: Vec<u8>,
     },
+    /// Q4_0 / Q4_1 / Q8_0 repacked 8 rows per tile for the SIMD matmul (what `from_host` makes
+    /// of those types).
+    Packed(crate::cpu::quant::PackedQuant),
 }
 
 impl CpuWeight {
@@ -35,6 +38,9 @@ impl CpuWeight {
                     data,
                 }
             }
+            dtype if crate::cpu::quant::packable(dtype) => CpuWeight::Packed(
+                crate::cpu::quant::PackedQuant::pack(dtype, w.rows, w.cols, w.bytes),
+            ),
             dtype => CpuWeight::Quant {
                 rows: w.rows,
                 cols: w.cols,
@@ -47,12 +53,14 @@ impl CpuWeight {
     pub fn rows(&self) -> usize {
         match self {
             CpuWeight::F32 { rows, .. } | CpuWeight::Quant { rows, .. } => *rows,
+            CpuWeight::Packed(p) => p.rows,
         }
     }
 
     pub fn cols(&self) -> usize {
         match self {
             CpuWeight::F32 { cols, .. } | CpuWeight::Quant { cols, .. } => *cols,
+            CpuWeight::Packed(p) => p.cols,
         }
     }
 
@@ -60,7 +68,7 @@ impl CpuWeight {
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
             CpuWeight::F32 { data, .. } => Some(data),
-            CpuWeight::Quant { .. } => None,
+            CpuWeight::Quant { .. } | CpuWeight::Packed(_) => None,
         }
     }
 
@@ -76,6 +84,7 @@ impl CpuWeight {
                 let rb = dtype.row_bytes(*cols).unwrap_or(0);
                 crate::cpu::quant::dequantize(*dtype, &data[r * rb..(r + 1) * rb], out);
             }
+            CpuWeight::Packed(p) => p.row_to_f32(r, out),
         }
     }
 }

@@ -8,21 +8,36 @@ pub fn model_path() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = rvllm::model_fetch::default_model_path();
-    assert!(p.is_file(), "default model missing at {}: run `cargo run --release -- fetch` first", p.display());
+    assert!(
+        p.is_file(),
+        "default model missing at {}: run `cargo run --release -- fetch` first",
+        p.display()
+    );
     p
 }
 
 pub fn llm(f: impl FnOnce(&mut EngineArgs)) -> LLM {
-    let mut args = EngineArgs { model: Some(model_path()), kv_cache_memory: Some(256 << 20), ..Default::default() };
+    let mut args = EngineArgs {
+        model: Some(model_path()),
+        kv_cache_memory: Some(256 << 20),
+        ..Default::default()
+    };
     f(&mut args);
     LLM::new(args).expect("load the default model")
 }
 
 pub fn reference() -> serde_json::Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/reference/greedy_continuations.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/reference/greedy_continuations.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(p).expect("reference file")).expect("json")
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every GPU check and benchmark from a carried release binary in one device call, writing a
+# summary under $OUT (or ./gpu-out). Build first on a CPU machine:
+#   cargo build --release --features cuda
+# then on the GPU machine: scripts/gpu-check.sh [quick|full]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${RVLLM_BIN:-target/release/rvllm}
+OUT=${OUT:-gpu-out}
+MODE=${1:-full}
+mkdir -p "$OUT"
+export RVLLM_HOME=${RVLLM_HOME:-/tmp/rvllm-home}
+mkdir -p "$RVLLM_HOME/models"
+# The default model travels in .carry/ (the GPU machine has no network).
+[ -f .carry/SmolLM2-135M-Instruct.Q4_1.gguf ] && ln -sf "$PWD/.carry/SmolLM2-135M-Instruct.Q4_1.gguf" "$RVLLM_HOME/models/"
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+step() { # name, command...
+  local name=$1; shift
+  echo "== $name: $*" | tee -a "$SUMMARY"
+  local t0=$(date +%s.%N)
+  "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  local t1=$(date +%s.%N)
+  tail -n 25 "$OUT/$name.log" >>"$SUMMARY"
+  printf -- "-- %s rc=%d %.1fs\n\n" "$name" "$rc" "$(echo "$t1 - $t0" | bc)" | tee -a "$SUMMARY"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$SUMMARY" 2>&1
+step gpu_ops "$BIN" gpu-check $([ "$MODE" = full ] && echo --bench)
+step smollm2_reference "$BIN" check-reference --device cuda
+step llama8b_logits "$BIN" compare-logits --config tests/model-configs/llama-3-8b --prompt-len 8
+L8="--model tests/model-configs/llama-3-8b --load-format dummy --device cuda --max-model-len 4096"
+step l1_latency_128 "$BIN" bench latency $L8 --input-len 128 --output-len 128 --batch-size 1 --num-iters 3
+if [ "$MODE" = full ]; then
+  step l1_latency_1024 "$BIN" bench latency $L8 --input-len 1024 --output-len 128 --batch-size 1 --num-iters 2
+  for b in 8 32 128 256; do
+    step decode_b$b "$BIN" bench latency $L8 --input-len 128 --output-len 64 --batch-size $b --num-iters 1
+  done
+  step t1_throughput "$BIN" bench throughput $L8 --num-prompts 1000 --input-len 1024 --output-len 128
+fi
+echo "done" >>"$SUMMARY"
