@@ -12,7 +12,7 @@ use crate::validation::{self, from_json, parse_body, GenPlan, Limits};
 use crate::ServerFlags;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -174,8 +174,19 @@ impl AppState {
     }
 }
 
-/// Reads a JSON object body of at most `limit` bytes.
-async fn read_json(body: Body, limit: usize) -> Result<Value, ApiError> {
+/// Reads a JSON object body of at most `limit` bytes (a larger declared length is refused
+/// before reading).
+async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("The request body is too large (over {limit} bytes)."),
+        ));
+    }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -189,10 +200,10 @@ fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn completions(State(st): State<Arc<AppState>>, body: Body) -> Response {
+async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     respond(
         async {
-            let v = read_json(body, st.max_body).await?;
+            let v = read_json(&headers, body, st.max_body).await?;
             let req: CompletionRequest = from_json(&v)?;
             let f: SamplingFields = from_json(&v)?;
             let model = st.check_model(req.model.as_deref())?;
@@ -203,10 +214,14 @@ async fn completions(State(st): State<Arc<AppState>>, body: Body) -> Response {
     )
 }
 
-async fn chat_completions(State(st): State<Arc<AppState>>, body: Body) -> Response {
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     respond(
         async {
-            let v = read_json(body, st.max_body).await?;
+            let v = read_json(&headers, body, st.max_body).await?;
             let req: ChatCompletionRequest = from_json(&v)?;
             let f: SamplingFields = from_json(&v)?;
             let model = st.check_model(req.model.as_deref())?;
@@ -217,10 +232,10 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Body) -> Respon
     )
 }
 
-async fn tokenize(State(st): State<Arc<AppState>>, body: Body) -> Response {
+async fn tokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     respond(
         async {
-            let v = read_json(body, st.max_body).await?;
+            let v = read_json(&headers, body, st.max_body).await?;
             let req: TokenizeRequest = from_json(&v)?;
             if req.model.is_some() {
                 st.check_model(req.model.as_deref())?;
@@ -266,10 +281,10 @@ async fn tokenize(State(st): State<Arc<AppState>>, body: Body) -> Response {
     )
 }
 
-async fn detokenize(State(st): State<Arc<AppState>>, body: Body) -> Response {
+async fn detokenize(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     respond(
         async {
-            let v = read_json(body, st.max_body).await?;
+            let v = read_json(&headers, body, st.max_body).await?;
             let req: DetokenizeRequest = from_json(&v)?;
             if req.model.is_some() {
                 st.check_model(req.model.as_deref())?;
