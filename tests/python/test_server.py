@@ -101,20 +101,21 @@ def test_chat_stream_equals_non_stream(client, server):
 
 
 def test_n_choices_order(client, server):
+    # Choices of prompt i are choices[i*n:(i+1)*n], index i*n + j. Seeded sampling makes each
+    # prompt's samples reproducible alone, so the batched reply must match the solo ones.
     prompts = ["The capital of France is", "One, two, three,"]
-    greedy = [
-        client.completions.create(model=server.model, prompt=p, max_tokens=6, temperature=0).choices[0].text
-        for p in prompts
-    ]
-    r = client.completions.create(model=server.model, prompt=prompts, n=2, max_tokens=6, temperature=0)
+    kw = dict(model=server.model, n=2, max_tokens=6, temperature=1.0, seed=11)
+    solo = [[c.text for c in client.completions.create(prompt=p, **kw).choices] for p in prompts]
+    r = client.completions.create(prompt=prompts, **kw)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
-    assert [c.text for c in r.choices] == [greedy[0], greedy[0], greedy[1], greedy[1]]
-    # Sampled: n distinct-seeded samples, reproducible with the request seed.
-    kw = dict(model=server.model, prompt=prompts[0], n=2, max_tokens=8, temperature=1.0, seed=7)
-    a = client.completions.create(**kw)
-    b = client.completions.create(**kw)
-    assert [c.index for c in a.choices] == [0, 1]
-    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert [c.text for c in r.choices] == solo[0] + solo[1]
+    assert 4 <= r.usage.completion_tokens <= 24
+    again = client.completions.create(prompt=prompts, **kw)
+    assert [c.text for c in again.choices] == [c.text for c in r.choices]
+    # Chat: n choices, indices 0..n-1.
+    chat = client.chat.completions.create(model=server.model, messages=CHAT, n=3, max_tokens=4, temperature=1.0, seed=1)
+    assert [c.index for c in chat.choices] == [0, 1, 2]
+    assert chat.usage.completion_tokens <= 12
 
 
 def test_token_id_prompts(client, server):
