@@ -12,7 +12,7 @@ use crate::validation::{self, from_json, parse_body, GenPlan, Limits};
 use crate::ServerFlags;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,6 +52,11 @@ fn random_id() -> String {
 
 impl AppState {
     pub fn new(flags: &ServerFlags, model_names: Vec<String>, engine: &EngineHandle) -> Arc<Self> {
+        let model_names = if model_names.is_empty() {
+            vec!["model".to_string()]
+        } else {
+            model_names
+        };
         Arc::new(AppState {
             engine_tx: engine.tx.clone(),
             info: engine.info.clone(),
@@ -404,21 +409,63 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// CORS as vLLM's defaults (any origin, method and header), then the API key on /v1/*.
 async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.api_key {
-        if req.uri().path().starts_with("/v1") && req.method() != axum::http::Method::OPTIONS {
+    let cors = req.headers().contains_key(header::ORIGIN);
+    if cors
+        && req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let allow_headers = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("*"));
+        return (
+            StatusCode::OK,
+            [
+                (
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                ),
+                (
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"),
+                ),
+                (header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers),
+                (
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    HeaderValue::from_static("600"),
+                ),
+            ],
+        )
+            .into_response();
+    }
+    let mut resp = match &st.api_key {
+        Some(key) if req.uri().path().starts_with("/v1") && req.method() != Method::OPTIONS => {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .map(|v| v.as_bytes())
                 .unwrap_or_default();
             let want = format!("Bearer {key}");
-            if !ct_eq(given, want.as_bytes()) {
-                return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+            if ct_eq(given, want.as_bytes()) {
+                next.run(req).await
+            } else {
+                ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response()
             }
         }
+        _ => next.run(req).await,
+    };
+    if cors {
+        resp.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
     }
-    next.run(req).await
+    resp
 }
 
 /// All routes, with API-key checking on /v1/*.

@@ -642,3 +642,76 @@ async fn disconnect_mid_stream_frees_kv_blocks() {
     }
     assert!(ok, "request not aborted after the client disconnected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_like_vllm_defaults() {
+    let (app, _e) = start(Some("k"), Duration::ZERO);
+    let req = Request::builder()
+        .method("OPTIONS")
+        .uri("/v1/completions")
+        .header("origin", "http://example.test")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    assert_eq!(
+        resp.headers()["access-control-allow-headers"],
+        "authorization,content-type"
+    );
+    let req = Request::builder()
+        .uri("/v1/models")
+        .header("origin", "http://example.test")
+        .header("authorization", "Bearer k")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_and_stop_reason() {
+    let (app, _e) = start(None, Duration::ZERO);
+    // Prompt of 3 bytes: output starts "defgh…".
+    let (s, b) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "abc", "max_tokens": 10, "stop": ["fg", "zz"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json_of(&b);
+    assert_eq!(v["choices"][0]["text"], "de");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["choices"][0]["stop_reason"], "fg");
+    let (_, b) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "abc", "max_tokens": 10, "stop": "fg", "stream": true})),
+    )
+    .await;
+    let text: String = sse_events(&b)
+        .iter()
+        .flat_map(|e| e["choices"].as_array().cloned().unwrap_or_default())
+        .map(|c| c["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(text, "de");
+    let (_, b) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "abc", "max_tokens": 10, "stop_token_ids": [b'f'], "include_stop_str_in_output": true})),
+    )
+    .await;
+    let v = json_of(&b);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["choices"][0]["stop_reason"], b'f');
+}
