@@ -11,8 +11,14 @@ MODE=${1:-full}
 mkdir -p "$OUT"
 export RVLLM_HOME=${RVLLM_HOME:-/tmp/rvllm-home}
 mkdir -p "$RVLLM_HOME/models"
-# The default model travels in .carry/ (the GPU machine has no network).
-[ -f .carry/SmolLM2-135M-Instruct.Q4_1.gguf ] && ln -sf "$PWD/.carry/SmolLM2-135M-Instruct.Q4_1.gguf" "$RVLLM_HOME/models/"
+# The GPU machine has no network and a call carries at most 64 MiB: the default model travels in
+# two parts (split -b 50000000), left in $RVLLM_MODEL_PARTS by earlier calls.
+PARTS=${RVLLM_MODEL_PARTS:-/tmp/rvllm-parts}
+M="$RVLLM_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -f "$M" ] && ls "$PARTS"/part.* >/dev/null 2>&1; then
+  cat "$PARTS"/part.* >"$M.tmp" && mv "$M.tmp" "$M"
+  sha256sum "$M" >"$OUT/model-sha256.txt"
+fi
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 step() { # name, command...
@@ -27,7 +33,7 @@ step() { # name, command...
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$SUMMARY" 2>&1
 step gpu_ops "$BIN" gpu-check $([ "$MODE" = full ] && echo --bench)
-step smollm2_reference "$BIN" check-reference --device cuda
+[ -f "$M" ] && step smollm2_reference "$BIN" check-reference --device cuda
 step llama8b_logits "$BIN" compare-logits --config tests/model-configs/llama-3-8b --prompt-len 8
 L8="--model tests/model-configs/llama-3-8b --load-format dummy --device cuda --max-model-len 4096"
 step l1_latency_128 "$BIN" bench latency $L8 --input-len 128 --output-len 128 --batch-size 1 --num-iters 3

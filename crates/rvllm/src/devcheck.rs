@@ -34,37 +34,88 @@ pub fn rel_error(got: &[f32], want: &[f32]) -> (f64, f64) {
     ((num / den.max(1e-30)).sqrt(), max)
 }
 
-/// Greedy continuations of the reference prompts on this LLM; returns a report and whether
-/// every case matched exactly or diverged only at a near-tie.
-pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<(String, bool)> {
+/// Top-2 logit gap below which two correct implementations may pick different tokens: on this
+/// model, exact f32 weights and llama.cpp's Q8 activations already differ by up to ~0.35 in a
+/// top-2 gap (measured; see docs/ARCHITECTURE.md), so a flip below 0.5 is quantization noise.
+pub const NEAR_TIE: f64 = 0.5;
+
+/// Result of comparing greedy decoding with a reference file.
+#[derive(Debug, Default)]
+pub struct ReferenceCheck {
+    pub cases: usize,
+    /// Free-running continuations equal to the reference's, token for token.
+    pub exact: usize,
+    /// Free-running continuations that first differ at a near-tie.
+    pub near_tie: usize,
+    /// Free-running continuations that first differ at a clear choice (a bug).
+    pub diverged: usize,
+    /// Teacher-forced steps (reference prefix fed) with a clear choice, and how many agreed.
+    pub forced_clear_steps: usize,
+    pub forced_clear_agree: usize,
+    pub report: String,
+}
+
+impl ReferenceCheck {
+    pub fn ok(&self) -> bool {
+        self.diverged == 0 && self.forced_clear_agree == self.forced_clear_steps
+    }
+}
+
+/// Greedy continuations of the reference prompts on this LLM, free-running and teacher-forced.
+pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<ReferenceCheck> {
     let text = std::fs::read_to_string(reference).with_context(|| format!("reading {}", reference.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)?;
     let cases = json["cases"].as_array().context("no cases")?;
     let ids = |v: &serde_json::Value| -> Vec<u32> {
         v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()).unwrap_or_default()
     };
-    let prompts: Vec<PromptInput> = cases.iter().map(|c| PromptInput::Tokens(ids(&c["prompt_ids"]))).collect();
+    let gaps = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0)).collect()).unwrap_or_default()
+    };
     let steps = json["steps"].as_u64().unwrap_or(64) as u32;
-    let params = SamplingParams { temperature: 0.0, max_tokens: Some(steps), ignore_eos: true, ..Default::default() };
-    let outs = llm.generate_inputs(prompts, &[params], false)?;
-    let (mut exact, mut tie, mut bad) = (0, 0, 0);
-    let mut report = String::new();
+    let greedy = |n| SamplingParams { temperature: 0.0, max_tokens: Some(n), ignore_eos: true, ..Default::default() };
+    let prompts: Vec<PromptInput> = cases.iter().map(|c| PromptInput::Tokens(ids(&c["prompt_ids"]))).collect();
+    let outs = llm.generate_inputs(prompts, &[greedy(steps)], false)?;
+    let mut r = ReferenceCheck { cases: cases.len(), ..Default::default() };
     for (case, out) in cases.iter().zip(&outs) {
         let want = ids(&case["output_ids"]);
+        let gap = gaps(&case["top2_gap"]);
         let got = &out.outputs[0].token_ids;
         match got.iter().zip(&want).position(|(a, b)| a != b) {
-            None => exact += 1,
+            None => r.exact += 1,
             Some(i) => {
-                let gap = case["top2_gap"][i].as_f64().unwrap_or(0.0);
-                if gap < 0.1 {
-                    tie += 1;
+                let g = gap.get(i).copied().unwrap_or(0.0);
+                if g < NEAR_TIE {
+                    r.near_tie += 1;
                 } else {
-                    bad += 1;
+                    r.diverged += 1;
                 }
-                report += &format!("  {:?}: diverges at step {i} (top-2 gap {gap:.3})\n", case["prompt"].as_str().unwrap_or(""));
+                r.report += &format!("  {:?}: diverges at step {i} (top-2 gap {g:.3})\n", case["prompt"].as_str().unwrap_or(""));
             }
         }
     }
-    report = format!("reference: {exact} exact, {tie} diverge at a near-tie, {bad} diverge, of {}\n{report}", cases.len());
-    Ok((report, bad == 0))
+    // Teacher forcing: every prefix of the reference continuation, one greedy token each. The
+    // prefix cache makes each of these a short prefill.
+    let mut forced = Vec::new();
+    let mut expect = Vec::new();
+    for case in cases {
+        let (prompt, want, gap) = (ids(&case["prompt_ids"]), ids(&case["output_ids"]), gaps(&case["top2_gap"]));
+        for i in 0..want.len().min(gap.len()) {
+            if gap[i] >= NEAR_TIE {
+                let mut p = prompt.clone();
+                p.extend_from_slice(&want[..i]);
+                forced.push(PromptInput::Tokens(p));
+                expect.push(want[i]);
+            }
+        }
+    }
+    let outs = llm.generate_inputs(forced, &[greedy(1)], false)?;
+    r.forced_clear_steps = expect.len();
+    r.forced_clear_agree = outs.iter().zip(&expect).filter(|(o, &w)| o.outputs[0].token_ids.first() == Some(&w)).count();
+    r.report = format!(
+        "reference: {} cases: {} exact, {} first differ at a near-tie (< {NEAR_TIE}), {} differ at a clear choice; \
+         teacher-forced: {}/{} clear steps agree\n{}",
+        r.cases, r.exact, r.near_tie, r.diverged, r.forced_clear_agree, r.forced_clear_steps, r.report
+    );
+    Ok(r)
 }

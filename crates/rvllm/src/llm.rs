@@ -387,7 +387,7 @@ impl LLM {
                 prompts.len()
             );
         }
-        let mut ids = Vec::with_capacity(prompts.len());
+        let mut ids: Vec<String> = Vec::with_capacity(prompts.len());
         for (i, prompt) in prompts.into_iter().enumerate() {
             let p = &params[if params.len() == 1 { 0 } else { i }];
             let id = self.next_request_id();

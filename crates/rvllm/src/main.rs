@@ -318,9 +318,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::CheckReference { engine, reference } => {
             let mut llm = LLM::new(engine.args())?;
-            let (report, ok) = rvllm::devcheck::check_reference(&mut llm, &reference)?;
-            println!("{report}");
-            if !ok {
+            let check = rvllm::devcheck::check_reference(&mut llm, &reference)?;
+            println!("{}", check.report);
+            if !check.ok() {
                 anyhow::bail!("greedy continuations diverge from the reference beyond near-ties");
             }
         }

@@ -364,8 +364,14 @@ impl Backend for CpuBackend {
             check("rope_and_cache", s < slots, || {
                 format!("slot {s} outside the cache ({slots} slots)")
             })?;
-            kc[s * stride..(s + 1) * stride].copy_from_slice(&k.data[t * stride..(t + 1) * stride]);
-            vc[s * stride..(s + 1) * stride].copy_from_slice(&v.data[t * stride..(t + 1) * stride]);
+            // Cached K/V hold f16 precision, as GPU caches (and llama.cpp's) do.
+            let round = |x: &f32| half::f16::from_f32(*x).to_f32();
+            for (d, x) in kc[s * stride..(s + 1) * stride].iter_mut().zip(&k.data[t * stride..(t + 1) * stride]) {
+                *d = round(x);
+            }
+            for (d, x) in vc[s * stride..(s + 1) * stride].iter_mut().zip(&v.data[t * stride..(t + 1) * stride]) {
+                *d = round(x);
+            }
         }
         Ok(())
     }

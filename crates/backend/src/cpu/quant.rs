@@ -81,8 +81,9 @@ fn quantize_block_scalar(x: &[f32], out: &mut BlockQ8) {
         *q = r as i8;
         sum += r;
     }
-    out.d = d;
-    out.s = d * sum as f32;
+    // Scales are rounded to f16 as GGML stores them, so results track llama.cpp's.
+    out.d = half::f16::from_f32(d).to_f32();
+    out.s = half::f16::from_f32(d * sum as f32).to_f32();
 }
 
 /// Quantizes `x` (a whole number of 32-blocks) into `out`, portable scalar code.

@@ -84,8 +84,9 @@ mod x86 {
             let b = _mm256_packs_epi32(q[2], q[3]);
             let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), perm);
             _mm256_storeu_si256(o.qs.as_mut_ptr() as *mut __m256i, bytes);
-            o.d = d;
-            o.s = d * sum as f32;
+            // Scales are rounded to f16 as GGML stores them, so results track llama.cpp's.
+            o.d = half::f16::from_f32(d).to_f32();
+            o.s = half::f16::from_f32(d * sum as f32).to_f32();
         }
     }
 

@@ -28,7 +28,19 @@ impl CpuWeight {
             op: "load_weight",
             detail,
         })?;
+        // RVLLM_CPU_DEQUANTIZE=1 keeps every weight as f32: exact but ~6x more memory traffic;
+        // used to tell quantized-kernel error from model error.
+        let dequantize_all = std::env::var_os("RVLLM_CPU_DEQUANTIZE").is_some_and(|v| v == "1");
         Ok(match w.dtype {
+            _ if dequantize_all => {
+                let mut data = vec![0f32; w.rows * w.cols];
+                crate::cpu::quant::dequantize(w.dtype, w.bytes, &mut data);
+                CpuWeight::F32 {
+                    rows: w.rows,
+                    cols: w.cols,
+                    data,
+                }
+            }
             WeightDtype::F32 | WeightDtype::F16 | WeightDtype::BF16 => {
                 let mut data = vec![0f32; w.rows * w.cols];
                 crate::cpu::quant::dequantize(w.dtype, w.bytes, &mut data);
