@@ -354,9 +354,18 @@ fn publish(host: &mut dyn EngineHost, metrics: &Mutex<Metrics>, num_aborted: usi
     let Ok(mut m) = metrics.lock() else {
         return;
     };
-    m.num_running = s.running.len();
-    m.num_waiting = s.waiting.len();
-    m.num_swapped = s.swapped.len();
+    // Requests, not sequences (an n > 1 request runs n sequences), as vLLM counts.
+    let requests = |ids: &mut dyn Iterator<Item = &u64>| {
+        let mut keys: Vec<u64> = ids
+            .filter_map(|id| s.seqs.get(id).map(|q| q.request_key))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len()
+    };
+    m.num_running = requests(&mut s.running.iter());
+    m.num_waiting = requests(&mut s.waiting.iter());
+    m.num_swapped = requests(&mut s.swapped.iter());
     m.kv_usage = s.blocks.usage();
     m.prefix_queries = s.blocks.prefix_queries;
     m.prefix_hits = s.blocks.prefix_hits;

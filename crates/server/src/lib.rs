@@ -24,7 +24,6 @@ use anyhow::{Context, Result};
 use rvllm_engine::LlmEngine;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,14 +159,18 @@ async fn run_http(flags: ServerFlags, state: Arc<AppState>) -> Result<()> {
         state.model_names[0]
     );
     let app = router(state.clone());
-    let stopping = Arc::new(AtomicBool::new(false));
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let stop_flag = stopping.clone();
     let shutdown = async move {
         wait_for_signal().await;
-        stop_flag.store(true, Ordering::SeqCst);
-        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        tracing::info!(
+            "shutting down: no new connections, draining in-flight requests (a second signal exits at once)"
+        );
         let _ = drain_tx.send(());
+        tokio::spawn(async {
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(130);
+        });
     };
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let timeout = Duration::from_secs_f64(flags.shutdown_timeout.max(0.0));

@@ -142,17 +142,17 @@ impl Metrics {
         };
         gauge(
             "num_requests_running",
-            "Number of sequences in the running batch.",
+            "Number of requests in the running batch.",
             self.num_running as f64,
         );
         gauge(
             "num_requests_waiting",
-            "Number of sequences waiting to be scheduled.",
+            "Number of requests waiting to be scheduled.",
             self.num_waiting as f64,
         );
         gauge(
             "num_requests_swapped",
-            "Number of sequences swapped out to host memory.",
+            "Number of requests swapped out to host memory.",
             self.num_swapped as f64,
         );
         gauge(
