@@ -179,10 +179,31 @@ async fn first_model(authority: &str, prefix: &str, api_key: Option<&str>) -> Re
         .context("/v1/models lists no model")
 }
 
+/// Text of random token ids, from the server's /detokenize (chat prompts are text).
+async fn detokenize(t: &Target, prefix: &str, ids: &[u32]) -> Result<String> {
+    let body = json!({ "tokens": ids }).to_string();
+    let path = format!("{prefix}/detokenize");
+    let resp = http(
+        &t.authority,
+        "POST",
+        &path,
+        Some(body),
+        t.api_key.as_deref(),
+    )
+    .await?;
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).context("parsing /detokenize")?;
+    v["prompt"]
+        .as_str()
+        .map(str::to_string)
+        .context("/detokenize returned no prompt")
+}
+
 /// Sends one streamed request and times its chunks.
 async fn one_request(
     t: &Target,
     prompt: Vec<u32>,
+    text: Option<String>,
     output_len: usize,
     args: &BenchServeArgs,
 ) -> RequestResult {
@@ -199,10 +220,8 @@ async fn one_request(
         "ignore_eos": args.ignore_eos,
     });
     if t.chat {
-        // Chat takes text: the server detokenizes nothing here, so send the ids as a
-        // space-separated string of numbers (its length in tokens is not exact).
-        let text: Vec<String> = prompt.iter().map(|x| x.to_string()).collect();
-        body["messages"] = json!([{"role": "user", "content": text.join(" ")}]);
+        // Chat takes text (the chat template adds a few tokens around it).
+        body["messages"] = json!([{"role": "user", "content": text.unwrap_or_default()}]);
     } else {
         body["prompt"] = json!(prompt);
     }
@@ -416,15 +435,24 @@ async fn run_async(args: BenchServeArgs, rate: f64) -> Result<()> {
         api_key: args.api_key.clone(),
     });
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let prompts = random_prompts(&args, &mut rng);
-    if prompts.is_empty() {
+    let ids = random_prompts(&args, &mut rng);
+    if ids.is_empty() {
         bail!("--num-prompts must be at least 1");
+    }
+    let mut prompts = Vec::with_capacity(ids.len());
+    for (p, o) in ids {
+        let text = if chat {
+            Some(detokenize(&target, &prefix, &p).await?)
+        } else {
+            None
+        };
+        prompts.push((p, text, o));
     }
     let args = Arc::new(args);
     if !args.skip_warmup {
         println!("Starting initial single prompt test run...");
-        let (p, o) = prompts[0].clone();
-        let r = one_request(&target, p, o, &args).await;
+        let (p, text, o) = prompts[0].clone();
+        let r = one_request(&target, p, text, o, &args).await;
         if !r.success {
             bail!("initial test run failed: {}", r.error);
         }
@@ -448,7 +476,7 @@ async fn run_async(args: BenchServeArgs, rate: f64) -> Result<()> {
         .map(|c| Arc::new(Semaphore::new(c.max(1))));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(prompts.len());
-    for (i, (p, o)) in prompts.into_iter().enumerate() {
+    for (i, (p, text, o)) in prompts.into_iter().enumerate() {
         if i > 0 && rate.is_finite() {
             // Gamma(burstiness, 1/(rate·burstiness)) gaps; burstiness 1 is Poisson.
             let gap = gamma(args.burstiness, &mut rng) / (rate * args.burstiness);
@@ -460,7 +488,7 @@ async fn run_async(args: BenchServeArgs, rate: f64) -> Result<()> {
                 Some(s) => s.clone().acquire_owned().await.ok(),
                 None => None,
             };
-            one_request(&t, p, o, &a).await
+            one_request(&t, p, text, o, &a).await
         }));
     }
     let mut results = Vec::with_capacity(tasks.len());
