@@ -12,7 +12,7 @@ import openai
 import pytest
 import requests
 
-from conftest import MAX_MODEL_LEN, Server
+from server_fixtures import MAX_MODEL_LEN, Server, client, server  # noqa: F401 (fixtures)
 
 PROMPT = "The capital of France is"
 CHAT = [

@@ -267,3 +267,32 @@ extern "C" __global__ void rope_and_cache(bf16* __restrict__ q, bf16* __restrict
         for (int c = threadIdx.x; c < n; c += blockDim.x) vc[c] = vr[c];
     }
 }
+
+// Index of the largest value of each row (ties: the lowest index), for greedy sampling without
+// copying logits to the host. One block of 256 threads per row.
+extern "C" __global__ void argmax_rows_bf16(u32* __restrict__ out, const bf16* __restrict__ x, int cols) {
+    const bf16* row = x + (u64)blockIdx.x * cols;
+    float best = -INFINITY;
+    int idx = 0x7fffffff;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = __bfloat162float(row[c]);
+        if (v > best || (v == best && c < idx)) { best = v; idx = c; }
+    }
+    __shared__ float sv[256];
+    __shared__ int si[256];
+    sv[threadIdx.x] = best;
+    si[threadIdx.x] = idx;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = sv[threadIdx.x + s];
+            int oi = si[threadIdx.x + s];
+            if (ov > sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < si[threadIdx.x])) {
+                sv[threadIdx.x] = ov;
+                si[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = (u32)(si[0] == 0x7fffffff ? 0 : si[0]);
+}

@@ -77,6 +77,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Copies a tensor to the host as f32 (used for logits).
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// Index of the largest value of each row (lowest index on ties): greedy sampling without
+    /// moving whole logit rows to the host.
+    fn argmax_rows(&self, t: &Self::Tensor) -> Result<Vec<u32>> {
+        let (_, cols) = self.shape(t);
+        Ok(argmax_rows_host(&self.to_host(t)?, cols))
+    }
 
     // ---- ops ----
     /// `out[t] = table[token_ids[t]]`.
@@ -148,4 +154,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Rows of `x` the batch wants logits for.
     fn num_logit_rows(&self, batch: &Self::Batch) -> usize;
     fn num_tokens(&self, batch: &Self::Batch) -> usize;
+}
+
+/// Host argmax per row (lowest index on ties).
+pub fn argmax_rows_host(x: &[f32], cols: usize) -> Vec<u32> {
+    x.chunks(cols.max(1))
+        .map(|row| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect()
 }

@@ -3,7 +3,7 @@
 use crate::sampler::{self, SampleRequest};
 use rayon::prelude::*;
 use rvllm_backend::{Backend, BatchLayout};
-use rvllm_engine::{Executor, SampledToken, SchedulerOutput};
+use rvllm_engine::{Executor, SampleInfo, SampledToken, SchedulerOutput};
 use rvllm_model::LlamaModel;
 use std::collections::HashMap;
 
@@ -75,6 +75,21 @@ impl<B: Backend> ModelRunner<B> {
     }
 }
 
+/// A row whose token is simply the argmax of the raw logits: no logprobs, penalties, biases,
+/// masks or extra samples. Such rows are decided on the device without copying logits back.
+fn is_plain_greedy(info: &SampleInfo) -> bool {
+    let p = &info.params;
+    p.is_greedy()
+        && info.num_samples == 1
+        && p.logprobs.is_none()
+        && p.repetition_penalty == 1.0
+        && p.presence_penalty == 0.0
+        && p.frequency_penalty == 0.0
+        && p.logit_bias.as_ref().is_none_or(|b| b.is_empty())
+        && p.allowed_token_ids.is_none()
+        && info.output_tokens.len() >= p.min_tokens as usize
+}
+
 impl<B: Backend> Executor for ModelRunner<B> {
     fn execute(&mut self, step: &SchedulerOutput) -> Result<Vec<Vec<SampledToken>>, String> {
         self.move_blocks(step)?;
@@ -90,9 +105,26 @@ impl<B: Backend> Executor for ModelRunner<B> {
             .model
             .forward(&self.backend, &batch, &mut self.kv_cache)
             .map_err(|e| e.to_string())?;
+        let samplers: Vec<_> = step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
+        if samplers.iter().all(|i| is_plain_greedy(i)) {
+            let ids = self
+                .backend
+                .argmax_rows(&logits)
+                .map_err(|e| e.to_string())?;
+            return Ok(ids
+                .into_iter()
+                .map(|token| {
+                    vec![SampledToken {
+                        token,
+                        logprob: f32::NAN,
+                        rank: 0,
+                        top_logprobs: Vec::new(),
+                    }]
+                })
+                .collect());
+        }
         let host = self.backend.to_host(&logits).map_err(|e| e.to_string())?;
         let vocab = self.model.config.vocab_size;
-        let samplers: Vec<_> = step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
         if host.len() != samplers.len() * vocab {
             return Err(format!(
                 "got {} logits for {} rows of {vocab}",

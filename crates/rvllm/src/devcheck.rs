@@ -9,12 +9,20 @@ use rvllm_model::{DummyWeights, LlamaModel, ModelConfig};
 use std::path::Path;
 
 /// Logits of one forward pass over `tokens` (one sequence, fresh cache) on `backend`.
-pub fn dummy_logits<B: Backend>(backend: &B, cfg: &ModelConfig, seed: u64, tokens: &[u32]) -> Result<Vec<f32>> {
+pub fn dummy_logits<B: Backend>(
+    backend: &B,
+    cfg: &ModelConfig,
+    seed: u64,
+    tokens: &[u32],
+) -> Result<Vec<f32>> {
     let model = LlamaModel::load(backend, cfg.clone(), &DummyWeights { seed })?;
     let bs = 16;
     let blocks = tokens.len().div_ceil(bs);
     let mut cache = backend.alloc_kv_cache(&model.kv_cache_spec(blocks, bs))?;
-    let mut layout = BatchLayout { block_size: bs as u32, ..Default::default() };
+    let mut layout = BatchLayout {
+        block_size: bs as u32,
+        ..Default::default()
+    };
     let table: Vec<u32> = (0..blocks as u32).collect();
     layout.push_seq(tokens, 0, &table, true);
     let batch = backend.upload_batch(&layout)?;
@@ -63,20 +71,41 @@ impl ReferenceCheck {
 
 /// Greedy continuations of the reference prompts on this LLM, free-running and teacher-forced.
 pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<ReferenceCheck> {
-    let text = std::fs::read_to_string(reference).with_context(|| format!("reading {}", reference.display()))?;
+    let text = std::fs::read_to_string(reference)
+        .with_context(|| format!("reading {}", reference.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)?;
     let cases = json["cases"].as_array().context("no cases")?;
     let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u32)
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let gaps = |v: &serde_json::Value| -> Vec<f64> {
-        v.as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0)).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0)).collect())
+            .unwrap_or_default()
     };
     let steps = json["steps"].as_u64().unwrap_or(64) as u32;
-    let greedy = |n| SamplingParams { temperature: 0.0, max_tokens: Some(n), ignore_eos: true, ..Default::default() };
-    let prompts: Vec<PromptInput> = cases.iter().map(|c| PromptInput::Tokens(ids(&c["prompt_ids"]))).collect();
+    let greedy = |n| SamplingParams {
+        temperature: 0.0,
+        max_tokens: Some(n),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompts: Vec<PromptInput> = cases
+        .iter()
+        .map(|c| PromptInput::Tokens(ids(&c["prompt_ids"])))
+        .collect();
     let outs = llm.generate_inputs(prompts, &[greedy(steps)], false)?;
-    let mut r = ReferenceCheck { cases: cases.len(), ..Default::default() };
+    let mut r = ReferenceCheck {
+        cases: cases.len(),
+        ..Default::default()
+    };
     for (case, out) in cases.iter().zip(&outs) {
         let want = ids(&case["output_ids"]);
         let gap = gaps(&case["top2_gap"]);
@@ -90,7 +119,10 @@ pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<ReferenceCheck
                 } else {
                     r.diverged += 1;
                 }
-                r.report += &format!("  {:?}: diverges at step {i} (top-2 gap {g:.3})\n", case["prompt"].as_str().unwrap_or(""));
+                r.report += &format!(
+                    "  {:?}: diverges at step {i} (top-2 gap {g:.3})\n",
+                    case["prompt"].as_str().unwrap_or("")
+                );
             }
         }
     }
@@ -99,7 +131,11 @@ pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<ReferenceCheck
     let mut forced = Vec::new();
     let mut expect = Vec::new();
     for case in cases {
-        let (prompt, want, gap) = (ids(&case["prompt_ids"]), ids(&case["output_ids"]), gaps(&case["top2_gap"]));
+        let (prompt, want, gap) = (
+            ids(&case["prompt_ids"]),
+            ids(&case["output_ids"]),
+            gaps(&case["top2_gap"]),
+        );
         for i in 0..want.len().min(gap.len()) {
             if gap[i] >= NEAR_TIE {
                 let mut p = prompt.clone();
@@ -111,7 +147,11 @@ pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<ReferenceCheck
     }
     let outs = llm.generate_inputs(forced, &[greedy(1)], false)?;
     r.forced_clear_steps = expect.len();
-    r.forced_clear_agree = outs.iter().zip(&expect).filter(|(o, &w)| o.outputs[0].token_ids.first() == Some(&w)).count();
+    r.forced_clear_agree = outs
+        .iter()
+        .zip(&expect)
+        .filter(|(o, &w)| o.outputs[0].token_ids.first() == Some(&w))
+        .count();
     r.report = format!(
         "reference: {} cases: {} exact, {} first differ at a near-tie (< {NEAR_TIE}), {} differ at a clear choice; \
          teacher-forced: {}/{} clear steps agree\n{}",

@@ -325,16 +325,27 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         #[cfg(feature = "cuda")]
-        Command::CompareLogits { config, prompt_len, seed } => {
+        Command::CompareLogits {
+            config,
+            prompt_len,
+            seed,
+        } => {
             let text = std::fs::read_to_string(config.join("config.json"))?;
             let cfg = rvllm_model::ModelConfig::from_hf_json(&serde_json::from_str(&text)?)?;
-            let tokens: Vec<u32> = (0..prompt_len as u32).map(|i| 1000 + i * 37 % 20000).collect();
+            let tokens: Vec<u32> = (0..prompt_len as u32)
+                .map(|i| 1000 + i * 37 % 20000)
+                .collect();
             let t = std::time::Instant::now();
             let gpu = rvllm_backend::cuda::CudaBackend::new(0)?;
             let g = rvllm::devcheck::dummy_logits(&gpu, &cfg, seed, &tokens)?;
             drop(gpu);
             println!("gpu forward done in {:.1}s", t.elapsed().as_secs_f64());
-            let c = rvllm::devcheck::dummy_logits(&rvllm_backend::cpu::CpuBackend::new(), &cfg, seed, &tokens)?;
+            let c = rvllm::devcheck::dummy_logits(
+                &rvllm_backend::cpu::CpuBackend::new(),
+                &cfg,
+                seed,
+                &tokens,
+            )?;
             let (rel, max) = rvllm::devcheck::rel_error(&g, &c);
             println!("compare-logits: {} logits, relative L2 error {rel:.3e}, max abs diff {max:.3e} (bound 2e-2)", g.len());
             if !(rel < 2e-2) {

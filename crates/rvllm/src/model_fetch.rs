@@ -57,7 +57,15 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// Returns the default model's path, fetching it first if it is not in the cache.
 pub fn ensure_default_model() -> Result<PathBuf> {
-    let dest = default_model_path();
+    ensure_model_at(default_model_path())
+}
+
+/// Like [`ensure_default_model`], with the model stored in `dir` (vLLM's `download_dir`).
+pub fn ensure_model_in(dir: &Path) -> Result<PathBuf> {
+    ensure_model_at(dir.join(DEFAULT_MODEL_FILE))
+}
+
+fn ensure_model_at(dest: PathBuf) -> Result<PathBuf> {
     if dest.is_file() {
         return Ok(dest);
     }

@@ -9,13 +9,28 @@ use rvllm::SamplingParams;
 #[test]
 fn greedy_continuations_match_llama_cpp() {
     let mut llm = common::llm(|_| {});
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/reference/greedy_continuations.json");
-    let check = rvllm::devcheck::check_reference(&mut llm, std::path::Path::new(path)).expect("check");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/reference/greedy_continuations.json"
+    );
+    let check =
+        rvllm::devcheck::check_reference(&mut llm, std::path::Path::new(path)).expect("check");
     eprintln!("{}", check.report);
     assert!(check.cases >= 20);
-    assert_eq!(check.diverged, 0, "a continuation left llama.cpp's at a clear choice:\n{}", check.report);
-    assert!(check.forced_clear_steps > 1000, "too few clear steps to mean anything");
-    assert_eq!(check.forced_clear_agree, check.forced_clear_steps, "{}", check.report);
+    assert_eq!(
+        check.diverged, 0,
+        "a continuation left llama.cpp's at a clear choice:\n{}",
+        check.report
+    );
+    assert!(
+        check.forced_clear_steps > 1000,
+        "too few clear steps to mean anything"
+    );
+    assert_eq!(
+        check.forced_clear_agree, check.forced_clear_steps,
+        "{}",
+        check.report
+    );
 }
 
 #[test]

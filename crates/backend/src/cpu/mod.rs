@@ -366,10 +366,16 @@ impl Backend for CpuBackend {
             })?;
             // Cached K/V hold f16 precision, as GPU caches (and llama.cpp's) do.
             let round = |x: &f32| half::f16::from_f32(*x).to_f32();
-            for (d, x) in kc[s * stride..(s + 1) * stride].iter_mut().zip(&k.data[t * stride..(t + 1) * stride]) {
+            for (d, x) in kc[s * stride..(s + 1) * stride]
+                .iter_mut()
+                .zip(&k.data[t * stride..(t + 1) * stride])
+            {
                 *d = round(x);
             }
-            for (d, x) in vc[s * stride..(s + 1) * stride].iter_mut().zip(&v.data[t * stride..(t + 1) * stride]) {
+            for (d, x) in vc[s * stride..(s + 1) * stride]
+                .iter_mut()
+                .zip(&v.data[t * stride..(t + 1) * stride])
+            {
                 *d = round(x);
             }
         }

@@ -261,6 +261,7 @@ fn kernel_names() -> Vec<String> {
         "silu_mul_bf16",
         "rope_and_cache",
         "paged_decode_reduce",
+        "argmax_rows_bf16",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -1093,6 +1094,29 @@ impl Backend for CudaBackend {
 
     fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
         self.buf_to_host(&t.buf, t.rows * t.cols)
+    }
+
+    fn argmax_rows(&self, t: &CudaTensor) -> Result<Vec<u32>> {
+        if !matches!(t.buf, DevBuf::Bf16(_)) {
+            let host = self.to_host(t)?;
+            return Ok(crate::ops::argmax_rows_host(&host, t.cols));
+        }
+        let xp = self.bf16_ptr("argmax_rows", &t.buf)?;
+        let out = self.alloc_raw::<u32>(t.rows)?;
+        self.launch(
+            "argmax_rows_bf16",
+            (t.rows as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(raw_ptr(&out, &self.stream)),
+                Arg::P(xp),
+                Arg::I(t.cols as i32),
+            ],
+        )?;
+        let mut v = vec![0u32; t.rows];
+        self.dtoh(&mut v, raw_ptr(&out, &self.stream))?;
+        Ok(v)
     }
 
     fn shape(&self, t: &CudaTensor) -> (usize, usize) {
