@@ -61,6 +61,7 @@ class Server:
         ]
         env = dict(os.environ)
         env.pop("VLLM_API_KEY", None)
+        self.terminated = False
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.wait_healthy()
 
@@ -78,7 +79,8 @@ class Server:
         raise RuntimeError(f"rvllm serve not healthy after {timeout}s:\n{self.logs()}")
 
     def logs(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def metrics(self) -> dict:
@@ -93,9 +95,15 @@ class Server:
             out.setdefault(name, float(value))
         return out
 
-    def stop(self, timeout=60.0) -> int:
-        if self.proc.poll() is None:
+    def terminate(self):
+        """SIGTERM, once (a second signal makes the server exit without draining)."""
+        if not self.terminated and self.proc.poll() is None:
+            self.terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout=60.0) -> int:
+        self.terminate()
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -2,7 +2,6 @@
 VLLMOpenAI, and raw HTTP for errors, metrics, disconnects and shutdown."""
 
 import json
-import signal
 import socket
 import threading
 import time
@@ -390,7 +389,7 @@ def test_client_disconnect_frees_kv(server):
 
 
 def test_api_key():
-    s = Server(["--api-key", "sekret"], log_name="apikey")
+    s = Server(["--api-key", "sekret", "--served-model-name", "smol", "smol-alias"], log_name="apikey")
     try:
         bad = openai.OpenAI(base_url=s.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
@@ -401,7 +400,12 @@ def test_api_key():
         r = requests.post(s.url + "/v1/completions", json={"prompt": "hi"}, timeout=10)
         assert r.status_code == 401
         good = openai.OpenAI(base_url=s.url + "/v1", api_key="sekret", max_retries=0)
-        assert good.completions.create(model=s.model, prompt="hi", max_tokens=2).usage.completion_tokens > 0
+        assert [m.id for m in good.models.list().data] == ["smol", "smol-alias"]
+        r = good.completions.create(model="smol-alias", prompt="hi", max_tokens=2)
+        assert r.usage.completion_tokens > 0
+        assert r.model == "smol-alias"
+        with pytest.raises(openai.NotFoundError):
+            good.completions.create(model=s.model, prompt="hi", max_tokens=2)
         assert requests.get(s.url + "/health", timeout=10).status_code == 200
         assert requests.get(s.url + "/metrics", timeout=10).status_code == 200
     finally:
@@ -424,7 +428,7 @@ def test_sigterm_drains_and_exits_0():
     deadline = time.time() + 30
     while time.time() < deadline and s.metrics()["rvllm:num_requests_running"] < 1:
         time.sleep(0.05)
-    s.proc.send_signal(signal.SIGTERM)
+    s.terminate()
     t.join(timeout=120)
     code = s.stop()
     assert code == 0, s.logs()
