@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: fetches the default model if needed, then runs every test of the workspace.
-# GPU tests skip themselves on machines without a GPU (they run on the device with scripts/gpu-check.sh).
+# The test command: fetches the default model if needed, then runs every test: fmt, clippy, the
+# Rust workspace tests, and the Python tests (offline API + LangChain; HTTP server with the real
+# clients). GPU tests skip themselves without a GPU (on the device: scripts/gpu-check.sh).
+# RVLLM_TEST_RUST_ONLY=1 skips the Python parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin rvllm
@@ -8,3 +10,7 @@ cargo build --release --bin rvllm
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace "$@"
+if [ "${RVLLM_TEST_RUST_ONLY:-0}" != 1 ]; then
+  ./scripts/test-python-offline.sh
+  if [ -x scripts/test-python.sh ]; then ./scripts/test-python.sh; fi
+fi

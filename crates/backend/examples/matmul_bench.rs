@@ -3,7 +3,14 @@
 //! Single matrices (GB/s of weight bytes streamed, GFLOP/s), then the matmuls of one
 //! SmolLM2-135M Q4_1 decode step (30 layers + the Q8_0 tied lm_head; all weights distinct, so
 //! the weight stream comes from DRAM as in a real model). Threads: rayon's global pool
-//! (`RAYON_NUM_THREADS`, default = cores). Each number is the best of several repetitions.
+//! (`RAYON_NUM_THREADS`, default = cores).
+//!
+//! Every case is called repeatedly; the best call and the median call are reported. On a
+//! machine shared with other work the best call is the meaningful "this code on an idle
+//! core" number, the median shows what the contention costs. Note that repeated calls on one
+//! single matrix find it in cache when it fits (only the decode step streams from DRAM).
+//!
+//! `matmul_bench step`: only the decode step. `matmul_bench kern`: a few t=64 kernels only.
 
 use half::f16;
 use rand::rngs::StdRng;
@@ -15,6 +22,18 @@ use std::time::{Duration, Instant};
 
 fn weight(dtype: WeightDtype, n: usize, k: usize, rng: &mut StdRng) -> CpuWeight {
     let bb = dtype.block_bytes();
+    if dtype == WeightDtype::F32 {
+        let bytes: Vec<u8> = (0..n * k)
+            .flat_map(|_| rng.random_range(-1f32..1.0).to_le_bytes())
+            .collect();
+        return CpuWeight::from_host(&HostWeight {
+            rows: n,
+            cols: k,
+            dtype,
+            bytes: &bytes,
+        })
+        .unwrap();
+    }
     let mut bytes: Vec<u8> = (0..n * k / 32 * bb).map(|_| rng.random()).collect();
     for blk in bytes.chunks_exact_mut(bb) {
         let d = f16::from_f32(rng.random_range(0.002f32..0.02)).to_le_bytes();
@@ -32,92 +51,102 @@ fn weight(dtype: WeightDtype, n: usize, k: usize, rng: &mut StdRng) -> CpuWeight
     .unwrap()
 }
 
-/// CPU seconds (user + system) used by this process so far (Linux; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the ")" that ends the command name; utime and stime are 14th and 15th.
-    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
-    ticks / 100.0
+/// (best, median) seconds per call of `f`, over at least `calls` calls and `min` time.
+fn time_calls(mut f: impl FnMut(), calls: usize, min: Duration) -> (f64, f64) {
+    f();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < calls || start.elapsed() < min {
+        let t0 = Instant::now();
+        f();
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    (times[0], times[times.len() / 2])
 }
 
-/// Best wall seconds per call of `f` over `reps` rounds of at least `min` each, and the CPU
-/// seconds per call over all rounds (on a shared machine the wall time includes waiting for
-/// cores that other processes hold; CPU time does not).
-fn best(mut f: impl FnMut(), reps: usize, min: Duration) -> (f64, f64) {
-    f();
-    let mut best = f64::INFINITY;
-    let (cpu0, mut total_calls) = (cpu_seconds(), 0u32);
-    for _ in 0..reps {
-        let (start, mut calls) = (Instant::now(), 0u32);
-        while start.elapsed() < min || calls == 0 {
-            f();
-            calls += 1;
-        }
-        total_calls += calls;
-        best = best.min(start.elapsed().as_secs_f64() / calls as f64);
-    }
-    (best, (cpu_seconds() - cpu0) / total_calls as f64)
+fn rand_x(len: usize, rng: &mut StdRng) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1f32..1.0)).collect()
 }
 
 fn main() {
     let mut rng = StdRng::seed_from_u64(1);
+    let args: Vec<String> = std::env::args().collect();
+    let mode = |m: &str| args.iter().any(|a| a == m);
     println!("rayon threads: {}", rayon::current_num_threads());
-    println!(
-        "{:<22} {:>4} {:>10} {:>9} {:>9} {:>12}",
-        "weight", "t", "us/call", "GB/s", "GFLOP/s", "GFLOP/cpu-s"
-    );
-    let cases = [
-        (WeightDtype::Q4_1, 1536, 576),
-        (WeightDtype::Q4_1, 576, 1536),
-        (WeightDtype::Q4_1, 49152, 576),
-        (WeightDtype::Q8_0, 49152, 576),
-    ];
-    for (dtype, n, k) in cases {
+
+    let cases: Vec<(WeightDtype, usize, usize, Vec<usize>)> = if mode("kern") {
+        vec![
+            (WeightDtype::Q4_1, 1536, 576, vec![64]),
+            (WeightDtype::Q4_0, 1536, 576, vec![64]),
+            (WeightDtype::Q8_0, 1536, 576, vec![64]),
+            (WeightDtype::Q4_1, 576, 1536, vec![64]),
+            (WeightDtype::F32, 1536, 576, vec![1, 64]),
+        ]
+    } else if mode("step") {
+        vec![]
+    } else {
+        vec![
+            (WeightDtype::Q4_1, 1536, 576, vec![1, 16, 256]),
+            (WeightDtype::Q4_1, 576, 1536, vec![1, 16, 256]),
+            (WeightDtype::Q4_1, 49152, 576, vec![1, 16, 256]),
+            (WeightDtype::Q8_0, 49152, 576, vec![1, 16, 256]),
+        ]
+    };
+    if !cases.is_empty() {
+        println!(
+            "{:<18} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            "weight", "t", "best us", "median us", "GB/s", "GFLOP/s", "(median)"
+        );
+    }
+    for (dtype, n, k, ts) in cases {
         let w = weight(dtype, n, k, &mut rng);
-        let wbytes = (n * k / 32 * dtype.block_bytes()) as f64;
-        for t in [1, 16, 256] {
-            let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-1f32..1.0)).collect();
+        let wbytes = (dtype.row_bytes(k).unwrap() * n) as f64;
+        for t in ts {
+            let x = rand_x(t * k, &mut rng);
             let mut out = vec![0f32; t * n];
-            let (s, cpu) = best(
-                || matmul(&x, t, &w, &mut out),
-                5,
-                Duration::from_millis(200),
-            );
             let flop = 2.0 * (t * n * k) as f64;
+            let (b, m) = time_calls(
+                || matmul(&x, t, &w, &mut out),
+                30,
+                Duration::from_millis(300),
+            );
             println!(
-                "{:<22} {:>4} {:>10.1} {:>9.2} {:>9.1} {:>12.1}",
-                format!("{dtype:?} [{n}x{k}]"),
+                "{:<18} {:>5} {:>10.1} {:>10.1} {:>8.2} {:>8.1} {:>8.1}",
+                format!("{dtype:?} {n}x{k}"),
                 t,
-                s * 1e6,
-                wbytes / s / 1e9,
-                flop / s / 1e9,
-                flop / cpu / 1e9
+                b * 1e6,
+                m * 1e6,
+                wbytes / b / 1e9,
+                flop / b / 1e9,
+                flop / m / 1e9
             );
             if t == 16 {
-                let (s1, _) = best(
+                let (b1, m1) = time_calls(
                     || {
                         for r in 0..t {
                             matmul(&x[r * k..(r + 1) * k], 1, &w, &mut out[r * n..(r + 1) * n]);
                         }
                     },
-                    3,
-                    Duration::from_millis(200),
+                    10,
+                    Duration::from_millis(300),
                 );
                 println!(
-                    "{:<22} {:>4} {:>10.1} {:>9} {:>9.1}   (16 separate GEMVs: {:.1}x slower)",
+                    "{:<18} {:>5} {:>10.1} {:>10.1} {:>8} {:>8.1} {:>8.1}   16 GEMVs: {:.1}x the batched time",
                     "",
                     "16x1",
-                    s1 * 1e6,
+                    b1 * 1e6,
+                    m1 * 1e6,
                     "",
-                    2.0 * (t * n * k) as f64 / s1 / 1e9,
-                    s1 / s
+                    flop / b1 / 1e9,
+                    flop / m1 / 1e9,
+                    b1 / b
                 );
             }
         }
+    }
+    if mode("kern") {
+        return;
     }
 
     // One SmolLM2-135M decode step's matmuls: per layer q, k, v, o, gate, up, down.
@@ -143,25 +172,34 @@ fn main() {
         .map(|w| w.rows() * w.cols() / 32 * 20)
         .sum::<usize>()
         + vocab * hidden / 32 * 34;
-    for t in [1, 16] {
-        let x: Vec<f32> = (0..t * ffn).map(|_| rng.random_range(-1f32..1.0)).collect();
+    println!(
+        "SmolLM2-135M decode step: {} matmuls, {:.1} MB of weights",
+        model.len() + 1,
+        total_bytes as f64 / 1e6
+    );
+    let steps: &[usize] = if mode("step") { &[1] } else { &[1, 16] };
+    for &t in steps {
+        let x = rand_x(t * ffn, &mut rng);
         let mut out = vec![0f32; t * vocab];
-        let (s, _) = best(
-            || {
-                for w in &model {
-                    matmul(&x[..t * w.cols()], t, w, &mut out[..t * w.rows()]);
-                }
-                matmul(&x[..t * hidden], t, &lm_head, &mut out[..t * vocab]);
-            },
-            5,
-            Duration::from_millis(500),
-        );
-        println!(
-            "SmolLM2-135M step, t={t:>2}: {:.2} ms, {:.1} tok/s from matmuls alone, {:.2} GB/s ({:.1} MB weights)",
-            s * 1e3,
-            t as f64 / s,
-            total_bytes as f64 / s / 1e9,
-            total_bytes as f64 / 1e6
-        );
+        let mut step = || {
+            for w in &model {
+                matmul(&x[..t * w.cols()], t, w, &mut out[..t * w.rows()]);
+            }
+            matmul(&x[..t * hidden], t, &lm_head, &mut out[..t * vocab]);
+        };
+        // Called from outside the pool (each matmul wakes the workers and sleeps until they
+        // finish), and from inside it, as an engine running its step in the pool would.
+        let outside = time_calls(&mut step, 30, Duration::from_secs(1));
+        let inside = rayon::scope(|_| time_calls(&mut step, 30, Duration::from_secs(1)));
+        for ((b, m), how) in [(outside, "from main"), (inside, "in pool")] {
+            println!(
+                "  t={t:>2} {how:<9}: best {:6.2} ms = {:6.1} tok/s, {:5.2} GB/s | median {:6.2} ms = {:6.1} tok/s",
+                b * 1e3,
+                t as f64 / b,
+                total_bytes as f64 / b / 1e9,
+                m * 1e3,
+                t as f64 / m,
+            );
+        }
     }
 }

@@ -28,6 +28,9 @@ pub struct EngineConfig {
     /// A preempted sequence with at least this many computed tokens is swapped to host blocks
     /// (when there is room); shorter ones are recomputed, which costs less than two copies.
     pub swap_min_tokens: usize,
+    /// Seeds the generator that gives requests without a seed their own (vLLM's `seed`):
+    /// the same engine seed and the same requests give the same outputs. None: from entropy.
+    pub seed: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +45,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             policy: SchedulingPolicy::Fcfs,
             swap_min_tokens: 256,
+            seed: None,
         }
     }
 }

@@ -77,6 +77,7 @@ pub struct LlmEngine {
     finished_timings: Vec<RequestTiming>,
     pub num_prompt_tokens_total: u64,
     pub num_generation_tokens_total: u64,
+    seeds: rand::rngs::StdRng,
 }
 
 impl LlmEngine {
@@ -85,7 +86,13 @@ impl LlmEngine {
         executor: Box<dyn Executor>,
         codec: Arc<dyn TextCodec>,
     ) -> Self {
+        use rand::SeedableRng;
+        let seeds = match config.seed {
+            Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
         LlmEngine {
+            seeds,
             scheduler: Scheduler::new(config),
             executor,
             codec,
@@ -180,7 +187,10 @@ impl LlmEngine {
         }
         let key = self.next_key;
         self.next_key += 1;
-        let seed = params.seed.unwrap_or_else(rand::random);
+        let seed = match params.seed {
+            Some(s) => s,
+            None => rand::Rng::random(&mut self.seeds),
+        };
         let params = Arc::new(params);
         let seq = self.new_sequence(key, 0, &ids, seed, spec.priority, &params);
         let seq_id = seq.id;

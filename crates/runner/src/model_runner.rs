@@ -14,6 +14,9 @@ pub struct ModelRunner<B: Backend> {
     block_size: usize,
     /// Host swap space: KV bytes of swapped-out blocks, by host block id.
     swap_space: HashMap<u32, Vec<u8>>,
+    /// The step runs inside this pool, so the ops' parallel loops start from a pool thread and
+    /// the caller sleeps once per step instead of once per op (measured 25-40% of a t=1 matmul).
+    pool: std::sync::Arc<rayon::ThreadPool>,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -31,6 +34,12 @@ impl<B: Backend> ModelRunner<B> {
             kv_cache,
             block_size,
             swap_space: HashMap::new(),
+            pool: std::sync::Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(rayon::current_num_threads())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            ),
         })
     }
 
@@ -92,6 +101,16 @@ fn is_plain_greedy(info: &SampleInfo) -> bool {
 
 impl<B: Backend> Executor for ModelRunner<B> {
     fn execute(&mut self, step: &SchedulerOutput) -> Result<Vec<Vec<SampledToken>>, String> {
+        let pool = self.pool.clone();
+        pool.install(|| self.execute_in_pool(step))
+    }
+}
+
+impl<B: Backend> ModelRunner<B> {
+    fn execute_in_pool(
+        &mut self,
+        step: &SchedulerOutput,
+    ) -> Result<Vec<Vec<SampledToken>>, String> {
         self.move_blocks(step)?;
         if step.seqs.is_empty() {
             return Ok(Vec::new());

@@ -338,6 +338,7 @@ impl LLM {
             max_model_len,
             enable_prefix_caching: args.enable_prefix_caching,
             policy: args.scheduling_policy,
+            seed: Some(args.seed),
             ..Default::default()
         };
         Ok(LLM {

@@ -1,6 +1,6 @@
 //! AVX2 kernels of the CPU matmul (x86_64 only; selected at run time, see [`has_avx2`]).
 //!
-//! Quantized weights are [`PackedQuant`] tiles of 8 interleaved rows: a 32-byte load of quants
+//! Quantized weights are [`PackedQuant`](crate::cpu::quant::PackedQuant) tiles of 8 interleaved rows: a 32-byte load of quants
 //! holds 4 consecutive elements of each of the 8 rows, so `vpmaddubsw` against 4 broadcast
 //! activation bytes yields partial dot products of all 8 rows at once, lane `i` = row `i`.
 //! Partial sums stay in i16 for a whole 32-block (8 × `vpmaddubsw` of nibbles ≤ 15 against
@@ -90,6 +90,19 @@ mod x86 {
         }
     }
 
+    /// Prefetches the `LINES` cache lines `dist` bytes after `p`. The kernels prefetch the
+    /// same block of the *next* tile (`dist` = the tile stride): decode streams weights from
+    /// DRAM, and with several activation rows a tile is re-read from L1 a few times, during
+    /// which the hardware prefetcher alone would leave the memory bus idle. (A prefetch past
+    /// the end of the data is harmless.)
+    #[inline(always)]
+    unsafe fn prefetch_ahead<const LINES: usize>(p: *const u8, dist: usize) {
+        let p = p.wrapping_add(dist) as *const i8;
+        for l in 0..LINES {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l));
+        }
+    }
+
     #[inline(always)]
     unsafe fn bcast4(qs: *const i8, at: usize) -> __m256i {
         _mm256_set1_epi32(std::ptr::read_unaligned(qs.add(at) as *const i32))
@@ -109,10 +122,12 @@ mod x86 {
 
     /// One 8-row Q4_0 (`Q41 = false`) or Q4_1 tile against `R` activation rows.
     /// `tp`: the tile's `nb` tile-blocks; `xp`: row 0 of the activations (rows `nb` blocks
-    /// apart); `out`: output of activation row 0, tile column 0 (rows `ostride` apart).
+    /// apart); `out`: output of activation row 0, tile column 0 (rows `ostride` apart);
+    /// `lanes`: valid rows of the tile.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_q4<const Q41: bool, const R: usize>(
         tp: *const u8,
+        pf: usize,
         nb: usize,
         xp: *const BlockQ8,
         out: *mut f32,
@@ -125,6 +140,7 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..nb {
             let bp = tp.add(b * tbb);
+            prefetch_ahead::<3>(bp, pf);
             let qs = bp.add(hdr);
             let mut s16 = [_mm256_setzero_si256(); R];
             for j in 0..4 {
@@ -139,22 +155,17 @@ mod x86 {
                 }
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(bp as *const __m128i));
-            if Q41 {
-                let mw = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(16) as *const __m128i));
-                for r in 0..R {
-                    let xb = &*xp.add(r * nb + b);
-                    let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r], ones));
-                    let a = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_set1_ps(xb.d)), dw, acc[r]);
-                    acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), a);
-                }
+            // Q4_1: + m·s. Q4_0: d_w·d_x·Σ(u - 8)·q = d_w·d_x·Σu·q - 8·d_w·s.
+            let off = if Q41 {
+                _mm256_cvtph_ps(_mm_loadu_si128(bp.add(16) as *const __m128i))
             } else {
-                for r in 0..R {
-                    let xb = &*xp.add(r * nb + b);
-                    let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r], ones));
-                    // d_x · Σ(u - 8)·q = d_x·Σu·q - 8·s
-                    let v = _mm256_fmadd_ps(f, _mm256_set1_ps(xb.d), _mm256_set1_ps(-8.0 * xb.s));
-                    acc[r] = _mm256_fmadd_ps(v, dw, acc[r]);
-                }
+                _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
+            };
+            for r in 0..R {
+                let xb = &*xp.add(r * nb + b);
+                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[r], ones));
+                let a = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_set1_ps(xb.d)), dw, acc[r]);
+                acc[r] = _mm256_fmadd_ps(off, _mm256_set1_ps(xb.s), a);
             }
         }
         for (r, a) in acc.iter().enumerate() {
@@ -169,6 +180,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_q8<const R: usize>(
         tp: *const u8,
+        pf: usize,
         nb: usize,
         xp: *const BlockQ8,
         out: *mut f32,
@@ -179,6 +191,7 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..nb {
             let bp = tp.add(b * 272);
+            prefetch_ahead::<5>(bp, pf);
             let qs = bp.add(16);
             let mut s32 = [_mm256_setzero_si256(); R];
             for j in 0..8 {
@@ -209,6 +222,7 @@ mod x86 {
         dtype: WeightDtype,
         rows: usize,
         tp: *const u8,
+        pf: usize,
         nb: usize,
         xp: *const BlockQ8,
         out: *mut f32,
@@ -218,10 +232,10 @@ mod x86 {
         macro_rules! go {
             ($f:ident $(, $q:expr)?) => {
                 match rows {
-                    1 => $f::<$($q,)? 1>(tp, nb, xp, out, os, lanes),
-                    2 => $f::<$($q,)? 2>(tp, nb, xp, out, os, lanes),
-                    3 => $f::<$($q,)? 3>(tp, nb, xp, out, os, lanes),
-                    _ => $f::<$($q,)? 4>(tp, nb, xp, out, os, lanes),
+                    1 => $f::<$($q,)? 1>(tp, pf, nb, xp, out, os, lanes),
+                    2 => $f::<$($q,)? 2>(tp, pf, nb, xp, out, os, lanes),
+                    3 => $f::<$($q,)? 3>(tp, pf, nb, xp, out, os, lanes),
+                    _ => $f::<$($q,)? 4>(tp, pf, nb, xp, out, os, lanes),
                 }
             };
         }
@@ -271,7 +285,17 @@ mod x86 {
                     while r < r1 {
                         let rows = (r1 - r).min(ROWS);
                         let xp = xq.as_ptr().add(r * nb);
-                        tile_rows(w.dtype, rows, tp, nb, xp, out.add(r * n + col), n, lanes);
+                        tile_rows(
+                            w.dtype,
+                            rows,
+                            tp,
+                            tbytes,
+                            nb,
+                            xp,
+                            out.add(r * n + col),
+                            n,
+                            lanes,
+                        );
                         r += rows;
                     }
                 }

@@ -20,6 +20,7 @@ pub fn llm(f: impl FnOnce(&mut EngineArgs)) -> LLM {
     let mut args = EngineArgs {
         model: Some(model_path()),
         kv_cache_memory: Some(256 << 20),
+        max_model_len: Some(2048),
         ..Default::default()
     };
     f(&mut args);
