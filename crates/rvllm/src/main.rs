@@ -44,6 +44,17 @@ enum Command {
     Bench(BenchCommand),
     /// Fetch the default model into the cache (if needed) and print its path.
     Fetch,
+    /// Serve the OpenAI-compatible HTTP API (as `vllm serve`): /v1/completions,
+    /// /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics.
+    Serve {
+        /// The model (a GGUF file); the same as --model. Default: SmolLM2-135M-Instruct.
+        #[arg(value_name = "MODEL")]
+        model_tag: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineFlags,
+        #[command(flatten)]
+        server: rvllm_server::ServerFlags,
+    },
     /// Greedy continuations of a reference file (tests/reference/greedy_continuations.json)
     /// on this engine, compared with the reference's tokens.
     CheckReference {
@@ -74,6 +85,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Benchmark a running server (vLLM's `bench serve`: random prompts, Poisson arrivals).
+    Serve(rvllm_server::bench_serve::BenchServeArgs),
     /// Time one batch end to end: time to first token and per-step decode time.
     Latency {
         #[command(flatten)]
@@ -259,6 +272,32 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve {
+            model_tag,
+            mut engine,
+            server,
+        } => {
+            engine.model = model_tag.or(engine.model);
+            let (name, path) = match &engine.model {
+                Some(p) => (p.display().to_string(), p.clone()),
+                None => (
+                    "SmolLM2-135M-Instruct".to_string(),
+                    rvllm::model_fetch::default_model_path(),
+                ),
+            };
+            let args = engine.args();
+            rvllm_server::serve(server, name, move || {
+                let llm = LLM::new(args)?;
+                let tokenizer = llm
+                    .tokenizer()
+                    .map(|t| t.clone() as std::sync::Arc<dyn rvllm_server::ServerTokenizer>);
+                Ok(rvllm_server::Loaded {
+                    host: rvllm_server::host(llm, LLM::engine),
+                    tokenizer,
+                    model_path: path.display().to_string(),
+                })
+            })?;
+        }
         #[cfg(feature = "cuda")]
         Command::GpuCheck { bench } => {
             let mut report = String::new();
@@ -362,6 +401,7 @@ fn run(cli: Cli) -> Result<()> {
             sampling,
         } => chat_loop(engine, system, sampling)?,
         Command::Bench(b) => match b {
+            BenchCommand::Serve(args) => rvllm_server::bench_serve::run(args)?,
             BenchCommand::Latency {
                 engine,
                 input_len,
