@@ -272,7 +272,7 @@ extern "C" __global__ void rope_and_cache(bf16* __restrict__ q, bf16* __restrict
 // copying logits to the host. One block of 256 threads per row.
 extern "C" __global__ void argmax_rows_bf16(u32* __restrict__ out, const bf16* __restrict__ x, int cols) {
     const bf16* row = x + (u64)blockIdx.x * cols;
-    float best = -INFINITY;
+    float best = __int_as_float(0xff800000);  // -inf (NVRTC has no INFINITY macro)
     int idx = 0x7fffffff;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         float v = __bfloat162float(row[c]);
