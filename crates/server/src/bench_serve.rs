@@ -93,6 +93,11 @@ pub struct BenchServeArgs {
     /// Accepted for vLLM compatibility.
     #[arg(long)]
     pub disable_tqdm: bool,
+    /// Send completion prompts as text, made from the random ids by this rvllm server's
+    /// /detokenize (as vLLM's random dataset decodes ids to text): for servers that take only
+    /// text, e.g. llama-cpp-python's. Input lengths are then approximate after re-tokenizing.
+    #[arg(long)]
+    pub text_prompts_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -107,10 +112,13 @@ struct RequestResult {
     error: String,
 }
 
+#[derive(Clone)]
 struct Target {
     authority: String,
     path: String,
     chat: bool,
+    /// Send completion prompts as text.
+    text: bool,
     model: String,
     api_key: Option<String>,
 }
@@ -222,6 +230,8 @@ async fn one_request(
     if t.chat {
         // Chat takes text (the chat template adds a few tokens around it).
         body["messages"] = json!([{"role": "user", "content": text.unwrap_or_default()}]);
+    } else if t.text {
+        body["prompt"] = json!(text.unwrap_or_default());
     } else {
         body["prompt"] = json!(prompt);
     }
@@ -427,7 +437,18 @@ async fn run_async(args: BenchServeArgs, rate: f64) -> Result<()> {
         Some(m) => m.clone(),
         None => first_model(&authority, &prefix, args.api_key.as_deref()).await?,
     };
+    let text_source = match &args.text_prompts_from {
+        Some(url) => {
+            let a = BenchServeArgs {
+                base_url: Some(url.clone()),
+                ..args.clone()
+            };
+            Some(parse_base(&a)?)
+        }
+        None => None,
+    };
     let target = Arc::new(Target {
+        text: text_source.is_some(),
         authority,
         path,
         chat,
@@ -441,7 +462,13 @@ async fn run_async(args: BenchServeArgs, rate: f64) -> Result<()> {
     }
     let mut prompts = Vec::with_capacity(ids.len());
     for (p, o) in ids {
-        let text = if chat {
+        let text = if let Some((auth, pre)) = &text_source {
+            let src = Target {
+                authority: auth.clone(),
+                ..(*target).clone()
+            };
+            Some(detokenize(&src, pre, &p).await?)
+        } else if chat {
             Some(detokenize(&target, &prefix, &p).await?)
         } else {
             None
