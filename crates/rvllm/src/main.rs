@@ -348,7 +348,7 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             let (rel, max) = rvllm::devcheck::rel_error(&g, &c);
             println!("compare-logits: {} logits, relative L2 error {rel:.3e}, max abs diff {max:.3e} (bound 2e-2)", g.len());
-            if !(rel < 2e-2) {
+            if rel.is_nan() || rel >= 2e-2 {
                 anyhow::bail!("GPU logits differ from the CPU f32 reference");
             }
         }

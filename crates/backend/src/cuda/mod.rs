@@ -283,10 +283,7 @@ fn prefill_smem(hd: usize) -> usize {
 
 /// Largest divisor of `n` that is `<= cap`.
 fn divisor_at_most(n: usize, cap: usize) -> usize {
-    (1..=cap.min(n))
-        .rev()
-        .find(|d| n.is_multiple_of(*d))
-        .unwrap_or(1)
+    (1..=cap.min(n)).rev().find(|d| n % *d == 0).unwrap_or(1)
 }
 
 fn dtype_code(d: WeightDtype) -> i32 {
@@ -836,7 +833,7 @@ impl CudaBackend {
         } else {
             "rms_norm_wbf16"
         };
-        let per_thread = if x.cols.is_multiple_of(8) { 8 } else { 1 };
+        let per_thread = if x.cols % 8 == 0 { 8 } else { 1 };
         let threads = (x.cols.div_ceil(per_thread).div_ceil(32) * 32).clamp(64, 1024) as u32;
         self.launch(
             name,
@@ -1284,7 +1281,7 @@ impl Backend for CudaBackend {
                 && k.cols == attn.num_kv_heads * hd
                 && v.cols == k.cols
                 && rope.rotary_dim <= hd
-                && rope.rotary_dim.is_multiple_of(2),
+                && (rope.rotary_dim % 2 == 0),
             || "head geometry mismatch".into(),
         )?;
         check(
@@ -1353,7 +1350,7 @@ impl Backend for CudaBackend {
         check(
             "paged_attention",
             attn.num_kv_heads > 0
-                && attn.num_heads.is_multiple_of(attn.num_kv_heads)
+                && (attn.num_heads % attn.num_kv_heads == 0)
                 && layer < cache.spec.num_layers
                 && cache.spec.num_kv_heads == attn.num_kv_heads
                 && cache.spec.head_dim == hd,
