@@ -399,22 +399,9 @@ fn run_batch(
         }
         ids.push(id);
     }
-    let bar = if own_bar {
-        let b = indicatif::ProgressBar::new(ids.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "Processed prompts: {percent:>3}%|{bar:40}| {pos}/{len} [{elapsed_precise}<{eta_precise}, {msg}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let mut bar = rvllm::progress::PromptProgress::new(ids.len(), own_bar);
     let mut done: HashMap<String, RequestOutput> = HashMap::with_capacity(ids.len());
-    let (mut in_toks, mut out_toks) = (0usize, 0usize);
     let (mut reported, mut last_check) = (0usize, Instant::now());
-    let start = Instant::now();
     while llm.engine().has_unfinished_requests() {
         let step = match llm.engine().step() {
             Ok(s) => s,
@@ -427,15 +414,7 @@ fn run_batch(
         };
         for out in step {
             if out.finished {
-                in_toks += out.prompt_token_ids.len();
-                out_toks += out.outputs.iter().map(|o| o.token_ids.len()).sum::<usize>();
-                let secs = start.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
-                    "est. speed input: {:.2} toks/s, output: {:.2} toks/s",
-                    in_toks as f64 / secs,
-                    out_toks as f64 / secs
-                ));
-                bar.inc(1);
+                bar.finished(&out);
                 done.insert(out.request_id.clone(), out);
             }
         }
@@ -446,7 +425,10 @@ fn run_batch(
                 py.check_signals()?;
                 if let Some(cb) = callback {
                     if done.len() > reported {
-                        cb.call1(py, (done.len() - reported, in_toks, out_toks))?;
+                        cb.call1(
+                            py,
+                            (done.len() - reported, bar.input_tokens, bar.output_tokens),
+                        )?;
                         reported = done.len();
                     }
                 }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod devcheck;
 pub mod llm;
 pub mod model_fetch;
+pub mod progress;
 
 pub use llm::{EngineArgs, LLM};
 pub use rvllm_engine::{

@@ -3,7 +3,6 @@
 use crate::codec::{NoTokenizer, TokenizerCodec};
 use crate::model_fetch;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rvllm_backend::cpu::CpuBackend;
 use rvllm_backend::Backend;
 use rvllm_engine::{
@@ -405,31 +404,12 @@ impl LLM {
             }
             ids.push(id);
         }
-        let bar = if progress {
-            let b = ProgressBar::new(ids.len() as u64);
-            b.set_style(
-                ProgressStyle::with_template("Processed prompts: {percent:>3}%|{bar:40}| {pos}/{len} [{elapsed_precise}<{eta_precise}, {msg}]")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        let start = std::time::Instant::now();
+        let mut bar = crate::progress::PromptProgress::new(ids.len(), progress);
         let mut done = std::collections::HashMap::new();
-        let (mut in_toks, mut out_toks) = (0usize, 0usize);
         while self.engine.has_unfinished_requests() {
             for out in self.engine.step()? {
                 if out.finished {
-                    in_toks += out.prompt_token_ids.len();
-                    out_toks += out.outputs.iter().map(|o| o.token_ids.len()).sum::<usize>();
-                    let secs = start.elapsed().as_secs_f64().max(1e-9);
-                    bar.set_message(format!(
-                        "est. speed input: {:.2} toks/s, output: {:.2} toks/s",
-                        in_toks as f64 / secs,
-                        out_toks as f64 / secs
-                    ));
-                    bar.inc(1);
+                    bar.finished(&out);
                     done.insert(out.request_id.clone(), out);
                 }
             }
