@@ -26,6 +26,9 @@ pub struct BatchLayout {
     /// sequence that samples this step).
     pub logits_rows: Vec<u32>,
     pub block_size: u32,
+    /// Launch geometry (attention partitions) must cover contexts up to this many tokens, not
+    /// just the batch's longest: a batch replayed through a captured graph can grow up to it.
+    pub launch_max_context: u32,
 }
 
 impl BatchLayout {

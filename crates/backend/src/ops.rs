@@ -57,12 +57,19 @@ pub trait Backend: Send + Sync + 'static {
     type KvCache: Send;
     /// A batch layout uploaded to the device.
     type Batch: Send;
+    /// Token ids on the device (the output of a device argmax).
+    type Ids: Send;
+    /// A recorded sequence of device work that can be replayed (a CUDA graph).
+    type Graph: Send;
 
     fn name(&self) -> &'static str;
 
     // ---- memory ----
     fn load_weight(&self, w: &HostWeight<'_>) -> Result<Self::Weight>;
     fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// Sets the logical row count of `t` to `rows`, at most the rows it was allocated with,
+    /// without reallocating: step buffers are allocated once for the largest step and reused.
+    fn set_rows(&self, t: &mut Self::Tensor, rows: usize) -> Result<()>;
     /// A weight of uniform(-1e-3, 1e-3) values from `seed` (vLLM's `load_format=dummy`), made
     /// on the device so big shapes start in seconds.
     fn dummy_weight(&self, rows: usize, cols: usize, seed: u64) -> Result<Self::Weight>;
@@ -74,6 +81,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Writes bytes produced by `read_blocks` back into (possibly other) blocks, for swapping in.
     fn write_blocks(&self, cache: &mut Self::KvCache, blocks: &[u32], data: &[u8]) -> Result<()>;
     fn upload_batch(&self, batch: &BatchLayout) -> Result<Self::Batch>;
+    /// Uploads `batch` into an existing device batch, in place when it fits (a replayed graph
+    /// keeps reading the same buffer).
+    fn upload_batch_into(&self, batch: &BatchLayout, dst: &mut Self::Batch) -> Result<()> {
+        *dst = self.upload_batch(batch)?;
+        Ok(())
+    }
     /// Copies a tensor to the host as f32 (used for logits).
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
@@ -82,6 +95,34 @@ pub trait Backend: Send + Sync + 'static {
     fn argmax_rows(&self, t: &Self::Tensor) -> Result<Vec<u32>> {
         let (_, cols) = self.shape(t);
         Ok(argmax_rows_host(&self.to_host(t)?, cols))
+    }
+
+    /// A device buffer for `n` token ids.
+    fn alloc_ids(&self, n: usize) -> Result<Self::Ids>;
+    /// `ids[r] = argmax(t[r])` for every row, enqueued on the device (no synchronization).
+    fn argmax_rows_into(&self, t: &Self::Tensor, ids: &mut Self::Ids) -> Result<()>;
+    /// The first `n` ids, after all enqueued work finished.
+    fn ids_to_host(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>>;
+
+    // ---- graphs ----
+    /// Records the device work `f` enqueues into a graph instead of running it. `Ok(None)` when
+    /// the backend has no graphs (then `f` is not called). Everything `f` touches must keep its
+    /// address until the graph is dropped.
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>> {
+        let _ = f;
+        Ok(None)
+    }
+    /// Enqueues a captured graph.
+    fn replay(&self, g: &Self::Graph) -> Result<()> {
+        let _ = g;
+        Err(crate::BackendError::Device(
+            "this backend has no graphs".into(),
+        ))
+    }
+    /// Changes whenever the backend reallocated an internal buffer that captured graphs may
+    /// reference: graphs captured under another value must be dropped, not replayed.
+    fn buffer_epoch(&self) -> u64 {
+        0
     }
 
     // ---- ops ----

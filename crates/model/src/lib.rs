@@ -11,7 +11,7 @@ pub mod weights;
 
 pub use config::{ModelConfig, NormKind};
 pub use error::ModelError;
-pub use llama::LlamaModel;
+pub use llama::{ForwardBuffers, LlamaModel};
 pub use weights::{DummyWeights, GgufWeights, WeightSource};
 
 pub type Result<T> = std::result::Result<T, ModelError>;

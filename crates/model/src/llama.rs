@@ -83,58 +83,151 @@ impl<B: Backend> LlamaModel<B> {
         }
     }
 
-    /// One forward pass over a mixed batch; returns logits `[batch.logits_rows.len(), vocab]`.
-    pub fn forward(&self, b: &B, batch: &B::Batch, cache: &mut B::KvCache) -> Result<B::Tensor> {
+    /// Step buffers for batches of up to `max_tokens` tokens and `max_rows` logit rows.
+    pub fn alloc_buffers(
+        &self,
+        b: &B,
+        max_tokens: usize,
+        max_rows: usize,
+    ) -> Result<ForwardBuffers<B>> {
         let c = &self.config;
-        let t = b.num_tokens(batch);
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let t = max_tokens.max(1);
+        let r = max_rows.max(1);
+        Ok(ForwardBuffers {
+            max_tokens: t,
+            max_rows: r,
+            residual: b.alloc(t, h)?,
+            normed: b.alloc(t, h)?,
+            q: b.alloc(t, q_dim)?,
+            k: b.alloc(t, kv_dim)?,
+            v: b.alloc(t, kv_dim)?,
+            attn_out: b.alloc(t, q_dim)?,
+            proj: b.alloc(t, h)?,
+            gate: b.alloc(t, f)?,
+            up: b.alloc(t, f)?,
+            act: b.alloc(t, f)?,
+            last: b.alloc(r, h)?,
+            last_normed: b.alloc(r, h)?,
+            logits: b.alloc(r, c.vocab_size)?,
+        })
+    }
+
+    /// One forward pass over a mixed batch with buffers of its own; returns logits
+    /// `[batch.logits_rows.len(), vocab]`.
+    pub fn forward(&self, b: &B, batch: &B::Batch, cache: &mut B::KvCache) -> Result<B::Tensor> {
+        let mut bufs = self.alloc_buffers(b, b.num_tokens(batch), b.num_logit_rows(batch))?;
+        self.forward_into(b, batch, cache, &mut bufs)?;
+        Ok(bufs.logits)
+    }
+
+    /// One forward pass over a mixed batch in preallocated buffers (no allocation: the device
+    /// work can be captured into a graph); returns the logits, `bufs.logits`.
+    pub fn forward_into<'a>(
+        &self,
+        b: &B,
+        batch: &B::Batch,
+        cache: &mut B::KvCache,
+        bufs: &'a mut ForwardBuffers<B>,
+    ) -> Result<&'a B::Tensor> {
+        let c = &self.config;
+        let t = b.num_tokens(batch);
+        let rows = b.num_logit_rows(batch);
+        if t > bufs.max_tokens || rows > bufs.max_rows {
+            return Err(rvllm_backend::BackendError::Shape {
+                op: "forward",
+                detail: format!(
+                    "a step of {t} tokens / {rows} logit rows exceeds its buffers ({} / {})",
+                    bufs.max_tokens, bufs.max_rows
+                ),
+            }
+            .into());
+        }
         let eps = c.norm_eps;
+        let ForwardBuffers {
+            residual,
+            normed,
+            q,
+            k,
+            v,
+            attn_out,
+            proj,
+            gate,
+            up,
+            act,
+            last,
+            last_normed,
+            logits,
+            ..
+        } = bufs;
+        for x in [
+            &mut *residual,
+            &mut *normed,
+            &mut *q,
+            &mut *k,
+            &mut *v,
+            &mut *attn_out,
+            &mut *proj,
+            &mut *gate,
+            &mut *up,
+            &mut *act,
+        ] {
+            b.set_rows(x, t)?;
+        }
+        for x in [&mut *last, &mut *last_normed, &mut *logits] {
+            b.set_rows(x, rows)?;
+        }
 
-        let mut residual = b.alloc(t, h)?;
-        b.embed(&self.embed, batch, &mut residual)?;
-        let mut normed = b.alloc(t, h)?;
-        let mut q = b.alloc(t, q_dim)?;
-        let mut k = b.alloc(t, kv_dim)?;
-        let mut v = b.alloc(t, kv_dim)?;
-        let mut attn_out = b.alloc(t, q_dim)?;
-        let mut proj = b.alloc(t, h)?;
-        let mut gate = b.alloc(t, f)?;
-        let mut up = b.alloc(t, f)?;
-        let mut act = b.alloc(t, f)?;
-
+        b.embed(&self.embed, batch, residual)?;
         for (i, l) in self.layers.iter().enumerate() {
             if i == 0 {
-                b.rms_norm(&residual, &l.attn_norm, eps, &mut normed)?;
+                b.rms_norm(residual, &l.attn_norm, eps, normed)?;
             } else {
                 // The previous layer's MLP output joins the residual stream here.
-                b.add_rms_norm(&mut residual, &proj, &l.attn_norm, eps, &mut normed)?;
+                b.add_rms_norm(residual, proj, &l.attn_norm, eps, normed)?;
             }
-            b.matmul(&normed, &l.wq, &mut q)?;
-            b.matmul(&normed, &l.wk, &mut k)?;
-            b.matmul(&normed, &l.wv, &mut v)?;
-            b.rope_and_cache(&mut q, &mut k, &v, &self.rope, &self.attn, batch, cache, i)?;
-            b.paged_attention(&q, &self.attn, batch, cache, i, &mut attn_out)?;
-            b.matmul(&attn_out, &l.wo, &mut proj)?;
-            b.add_rms_norm(&mut residual, &proj, &l.ffn_norm, eps, &mut normed)?;
-            b.matmul(&normed, &l.w_gate, &mut gate)?;
-            b.matmul(&normed, &l.w_up, &mut up)?;
-            b.silu_mul(&gate, &up, &mut act)?;
-            b.matmul(&act, &l.w_down, &mut proj)?;
+            b.matmul(normed, &l.wq, q)?;
+            b.matmul(normed, &l.wk, k)?;
+            b.matmul(normed, &l.wv, v)?;
+            b.rope_and_cache(q, k, v, &self.rope, &self.attn, batch, cache, i)?;
+            b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
+            b.matmul(attn_out, &l.wo, proj)?;
+            b.add_rms_norm(residual, proj, &l.ffn_norm, eps, normed)?;
+            b.matmul(normed, &l.w_gate, gate)?;
+            b.matmul(normed, &l.w_up, up)?;
+            b.silu_mul(gate, up, act)?;
+            b.matmul(act, &l.w_down, proj)?;
         }
         // Only the rows that sample need the final norm and the (large) vocabulary projection.
-        let rows = b.num_logit_rows(batch);
-        b.add(&mut residual, &proj)?;
-        let mut last = b.alloc(rows, h)?;
-        b.gather_logit_rows(&residual, batch, &mut last)?;
-        let mut last_normed = b.alloc(rows, h)?;
-        b.rms_norm(&last, &self.final_norm, eps, &mut last_normed)?;
-        let mut logits = b.alloc(rows, c.vocab_size)?;
+        b.add(residual, proj)?;
+        b.gather_logit_rows(residual, batch, last)?;
+        b.rms_norm(last, &self.final_norm, eps, last_normed)?;
         b.matmul(
-            &last_normed,
+            last_normed,
             self.lm_head.as_ref().unwrap_or(&self.embed),
-            &mut logits,
+            logits,
         )?;
         Ok(logits)
     }
+}
+
+/// The activations of one step, allocated once (for the largest step) and reused by every step,
+/// so steps do not allocate and a decode step can be replayed from a captured graph.
+pub struct ForwardBuffers<B: Backend> {
+    pub max_tokens: usize,
+    pub max_rows: usize,
+    residual: B::Tensor,
+    normed: B::Tensor,
+    q: B::Tensor,
+    k: B::Tensor,
+    v: B::Tensor,
+    attn_out: B::Tensor,
+    proj: B::Tensor,
+    gate: B::Tensor,
+    up: B::Tensor,
+    act: B::Tensor,
+    last: B::Tensor,
+    last_normed: B::Tensor,
+    pub logits: B::Tensor,
 }

@@ -4,7 +4,9 @@
 //! weights, the paged KV cache and the host swap space, and implements the engine's
 //! [`rvllm_engine::Executor`].
 
+pub mod decode_graphs;
 pub mod model_runner;
 pub mod sampler;
+pub mod step_profile;
 
-pub use model_runner::ModelRunner;
+pub use model_runner::{ModelRunner, RunnerOptions};

@@ -1,17 +1,48 @@
 //! One step on one device: swaps and copies of KV blocks, the forward pass, sampling.
 
+use crate::decode_graphs::{BucketState, DecodeGraphs};
 use crate::sampler::{self, SampleRequest};
+use crate::step_profile::StepProfile;
 use rayon::prelude::*;
 use rvllm_backend::{Backend, BatchLayout};
 use rvllm_engine::{Executor, SampleInfo, SampledToken, SchedulerOutput};
-use rvllm_model::LlamaModel;
+use rvllm_model::{ForwardBuffers, LlamaModel};
 use std::collections::HashMap;
+
+/// Step limits the runner sizes its buffers for (the engine's scheduler limits).
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerOptions {
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    pub max_model_len: usize,
+    /// No CUDA graphs: every step is enqueued op by op (vLLM's `enforce_eager`).
+    pub enforce_eager: bool,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            max_num_batched_tokens: 2048,
+            max_num_seqs: 256,
+            max_model_len: 2048,
+            enforce_eager: false,
+        }
+    }
+}
 
 pub struct ModelRunner<B: Backend> {
     pub backend: B,
     pub model: LlamaModel<B>,
     kv_cache: B::KvCache,
     block_size: usize,
+    /// Activations of the largest step, reused by every step.
+    bufs: ForwardBuffers<B>,
+    /// The device batch of eager steps, reused.
+    batch: Option<B::Batch>,
+    /// Device argmax output, one id per logit row.
+    ids: B::Ids,
+    graphs: DecodeGraphs<B>,
+    profile: StepProfile,
     /// Host swap space: KV bytes of swapped-out blocks, by host block id.
     swap_space: HashMap<u32, Vec<u8>>,
     /// The step runs inside this pool, so the ops' parallel loops start from a pool thread and
@@ -25,14 +56,33 @@ impl<B: Backend> ModelRunner<B> {
         model: LlamaModel<B>,
         num_blocks: usize,
         block_size: usize,
+        opts: RunnerOptions,
+        bufs: Option<ForwardBuffers<B>>,
     ) -> Result<Self, String> {
+        let bufs = match bufs {
+            Some(b) => b,
+            None => Self::alloc_step_buffers(&backend, &model, &opts)?,
+        };
         let spec = model.kv_cache_spec(num_blocks, block_size);
         let kv_cache = backend.alloc_kv_cache(&spec).map_err(|e| e.to_string())?;
+        let ids = backend
+            .alloc_ids(opts.max_num_seqs.max(1))
+            .map_err(|e| e.to_string())?;
         Ok(ModelRunner {
+            graphs: DecodeGraphs::new(
+                !opts.enforce_eager,
+                opts.max_num_seqs,
+                opts.max_model_len,
+                block_size,
+            ),
             backend,
             model,
             kv_cache,
             block_size,
+            bufs,
+            batch: None,
+            ids,
+            profile: StepProfile::from_env(),
             swap_space: HashMap::new(),
             pool: std::sync::Arc::new(
                 rayon::ThreadPoolBuilder::new()
@@ -41,6 +91,21 @@ impl<B: Backend> ModelRunner<B> {
                     .map_err(|e| e.to_string())?,
             ),
         })
+    }
+
+    /// The step buffers for `opts` (allocate them before sizing the KV cache from free memory).
+    pub fn alloc_step_buffers(
+        backend: &B,
+        model: &LlamaModel<B>,
+        opts: &RunnerOptions,
+    ) -> Result<ForwardBuffers<B>, String> {
+        model
+            .alloc_buffers(
+                backend,
+                opts.max_num_batched_tokens.max(opts.max_num_seqs),
+                opts.max_num_seqs,
+            )
+            .map_err(|e| e.to_string())
     }
 
     /// The flat batch for a step.
@@ -115,34 +180,140 @@ impl<B: Backend> ModelRunner<B> {
         if step.seqs.is_empty() {
             return Ok(Vec::new());
         }
+        self.profile.begin();
         let layout = self.build_batch(step);
-        let batch = self
-            .backend
-            .upload_batch(&layout)
-            .map_err(|e| e.to_string())?;
-        let logits = self
-            .model
-            .forward(&self.backend, &batch, &mut self.kv_cache)
-            .map_err(|e| e.to_string())?;
-        let samplers: Vec<_> = step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
-        if samplers.iter().all(|i| is_plain_greedy(i)) {
-            let ids = self
-                .backend
-                .argmax_rows(&logits)
-                .map_err(|e| e.to_string())?;
-            return Ok(ids
-                .into_iter()
-                .map(|token| {
-                    vec![SampledToken {
-                        token,
-                        logprob: f32::NAN,
-                        rank: 0,
-                        top_logprobs: Vec::new(),
-                    }]
-                })
-                .collect());
+        let samplers: Vec<&SampleInfo> =
+            step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
+        let all_greedy = samplers.iter().all(|i| is_plain_greedy(i));
+        let decode_only = step.seqs.iter().all(|s| s.token_ids.len() == 1);
+        let ntok = layout.num_tokens();
+
+        if all_greedy && decode_only && self.graphs.enabled {
+            if let Some(ids) = self.decode_with_graph(&layout)? {
+                self.profile.end(ntok, true);
+                return Ok(ids.into_iter().map(greedy_token).collect());
+            }
         }
-        let host = self.backend.to_host(&logits).map_err(|e| e.to_string())?;
+
+        let b = &self.backend;
+        let dev_batch = match &mut self.batch {
+            Some(d) => {
+                b.upload_batch_into(&layout, d).map_err(|e| e.to_string())?;
+                d
+            }
+            None => self
+                .batch
+                .insert(b.upload_batch(&layout).map_err(|e| e.to_string())?),
+        };
+        self.profile.uploaded();
+        let max_rows = self.bufs.max_rows;
+        let fits = ntok <= self.bufs.max_tokens && layout.logits_rows.len() <= max_rows;
+        let owned;
+        let logits = if fits {
+            self.model
+                .forward_into(b, dev_batch, &mut self.kv_cache, &mut self.bufs)
+                .map_err(|e| e.to_string())?
+        } else {
+            // Larger than the scheduler limits the buffers were sized for: allocate for it.
+            owned = self
+                .model
+                .forward(b, dev_batch, &mut self.kv_cache)
+                .map_err(|e| e.to_string())?;
+            &owned
+        };
+        self.profile.forwarded();
+        if all_greedy && b.shape(logits).0 <= max_rows {
+            b.argmax_rows_into(logits, &mut self.ids)
+                .map_err(|e| e.to_string())?;
+            let ids = b
+                .ids_to_host(&self.ids, samplers.len())
+                .map_err(|e| e.to_string())?;
+            self.profile.end(ntok, decode_only);
+            return Ok(ids.into_iter().map(greedy_token).collect());
+        }
+        let host = b.to_host(logits).map_err(|e| e.to_string())?;
+        let out = self.sample_on_host(&samplers, &host)?;
+        self.profile.end(ntok, decode_only);
+        Ok(out)
+    }
+
+    /// A pure greedy decode step through the bucket's captured graph. `None` when this step
+    /// cannot use a graph (too many sequences, or the backend has none).
+    fn decode_with_graph(&mut self, layout: &BatchLayout) -> Result<Option<Vec<u32>>, String> {
+        let n = layout.seqs.len();
+        let Some(bucket) = self.graphs.bucket_for(n) else {
+            return Ok(None);
+        };
+        if bucket > self.bufs.max_rows || bucket > self.bufs.max_tokens {
+            return Ok(None);
+        }
+        let Some(padded) = self.graphs.pad(layout, bucket) else {
+            return Ok(None);
+        };
+        let b = &self.backend;
+        let err = |e: rvllm_backend::BackendError| e.to_string();
+        let state = match self.graphs.buckets.entry(bucket) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(BucketState {
+                batch: b.upload_batch(&padded).map_err(err)?,
+                graph: None,
+                epoch: 0,
+                uncapturable: false,
+            }),
+        };
+        b.upload_batch_into(&padded, &mut state.batch).map_err(err)?;
+        self.profile.uploaded();
+        if state.graph.is_some() && state.epoch != b.buffer_epoch() {
+            state.graph = None;
+        }
+        if let Some(g) = &state.graph {
+            b.replay(g).map_err(err)?;
+        } else {
+            // Eagerly first: the result of this step, and any scratch growth happens outside
+            // the capture.
+            let logits = self
+                .model
+                .forward_into(b, &state.batch, &mut self.kv_cache, &mut self.bufs)
+                .map_err(|e| e.to_string())?;
+            b.argmax_rows_into(logits, &mut self.ids).map_err(err)?;
+            if !state.uncapturable {
+                let epoch = b.buffer_epoch();
+                let (model, cache, bufs, ids) =
+                    (&self.model, &mut self.kv_cache, &mut self.bufs, &mut self.ids);
+                let batch = &state.batch;
+                let captured = b.capture(&mut || {
+                    let logits = model
+                        .forward_into(b, batch, cache, bufs)
+                        .map_err(|e| rvllm_backend::BackendError::Device(e.to_string()))?;
+                    b.argmax_rows_into(logits, ids)
+                });
+                match captured {
+                    Ok(Some(g)) if b.buffer_epoch() == epoch => {
+                        state.graph = Some(g);
+                        state.epoch = epoch;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        // The backend has no graphs: stop trying.
+                        self.graphs.enabled = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!("decode batch {bucket}: graph capture failed, running eagerly: {e}");
+                        state.uncapturable = true;
+                    }
+                }
+            }
+        }
+        self.profile.forwarded();
+        let ids = b.ids_to_host(&self.ids, n).map_err(err)?;
+        Ok(Some(ids))
+    }
+
+    fn sample_on_host(
+        &self,
+        samplers: &[&SampleInfo],
+        host: &[f32],
+    ) -> Result<Vec<Vec<SampledToken>>, String> {
         let vocab = self.model.config.vocab_size;
         if host.len() != samplers.len() * vocab {
             return Err(format!(
@@ -180,4 +351,13 @@ impl<B: Backend> ModelRunner<B> {
             .collect();
         Ok(out)
     }
+}
+
+fn greedy_token(token: u32) -> Vec<SampledToken> {
+    vec![SampledToken {
+        token,
+        logprob: f32::NAN,
+        rank: 0,
+        top_logprobs: Vec::new(),
+    }]
 }

@@ -11,7 +11,7 @@ use rvllm_engine::{
 };
 use rvllm_gguf::GgufFile;
 use rvllm_model::{DummyWeights, GgufWeights, LlamaModel, ModelConfig};
-use rvllm_runner::ModelRunner;
+use rvllm_runner::{ModelRunner, RunnerOptions};
 use rvllm_tokenizer::{ChatMessage, Tokenizer, TokenizerSpec};
 use std::path::{Path, PathBuf};
 
@@ -49,6 +49,8 @@ pub struct EngineArgs {
     pub skip_tokenizer_init: bool,
     /// CPU threads (0 = all cores).
     pub threads: usize,
+    /// No CUDA graphs for decode steps (vLLM's `enforce_eager`).
+    pub enforce_eager: bool,
 }
 
 impl Default for EngineArgs {
@@ -69,6 +71,7 @@ impl Default for EngineArgs {
             seed: 0,
             skip_tokenizer_init: false,
             threads: 0,
+            enforce_eager: false,
         }
     }
 }
@@ -232,7 +235,22 @@ impl LLM {
     #[cfg(feature = "cuda")]
     fn new_cuda(args: &EngineArgs, path: &Path) -> Result<Self> {
         use rvllm_backend::cuda::CudaBackend;
+        let t0 = std::time::Instant::now();
         let backend = CudaBackend::new(0).context("starting the CUDA backend")?;
+        let info = backend.info();
+        tracing::info!(
+            "CUDA: {} ({} SMs), kernels for {} {} in {:.0} ms; backend up in {:.0} ms",
+            info.name,
+            info.sm_count,
+            info.compile.arch,
+            if info.compile.from_cache {
+                "loaded from the disk cache"
+            } else {
+                "compiled by NVRTC"
+            },
+            info.compile.compile_ms,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         let utilization = args.gpu_memory_utilization;
         Self::build(backend, args, path, 2, move |b: &CudaBackend| {
             let (free, total) = b
@@ -270,6 +288,15 @@ impl LLM {
         let max_num_batched_tokens = args
             .max_num_batched_tokens
             .unwrap_or(max_model_len.max(2048));
+        let runner_opts = RunnerOptions {
+            max_num_batched_tokens,
+            max_num_seqs: args.max_num_seqs,
+            max_model_len,
+            enforce_eager: args.enforce_eager,
+        };
+        // The step buffers exist before free memory is measured, so the KV cache gets the rest.
+        let step_buffers = ModelRunner::alloc_step_buffers(&backend, &model, &runner_opts)
+            .map_err(anyhow::Error::msg)?;
         let block_bytes = model
             .kv_cache_spec(1, args.block_size)
             .bytes_per_block(kv_elem_bytes) as u64;
@@ -280,17 +307,17 @@ impl LLM {
                 free,
                 total,
             } => {
-                // What the model and runtime use now, plus the activations of the largest step
-                // (hidden states, Q/K/V, MLP intermediates and logits in bf16/f32), plus slack for
-                // cuBLAS workspaces and allocator fragmentation.
+                // What the model, the step buffers and the runtime use now, plus what a step
+                // still allocates: the split decode attention's partials (max_num_seqs x heads x
+                // partitions of head_dim + 2 floats), host-sampling copies of the logits, and
+                // slack for graphs and allocator fragmentation.
                 let used = total - free;
-                let t = max_num_batched_tokens as u64;
-                let per_token = 2
-                    * (4 * cfg.hidden_size
-                        + 2 * cfg.num_heads * cfg.head_dim
-                        + 3 * cfg.intermediate_size) as u64;
-                let activations =
-                    t * per_token + (args.max_num_seqs as u64) * cfg.vocab_size as u64 * 4 * 2;
+                let partitions = max_model_len.div_ceil(128) as u64;
+                let activations = (args.max_num_seqs * cfg.num_heads) as u64
+                    * partitions.min(8)
+                    * (cfg.head_dim as u64 + 2)
+                    * 4
+                    + (args.max_num_seqs as u64) * cfg.vocab_size as u64 * 4;
                 let allowed = (total as f64 * utilization) as u64;
                 let kv = allowed.saturating_sub(used + activations + (256 << 20));
                 tracing::info!(
@@ -319,7 +346,14 @@ impl LLM {
             args.block_size,
             (num_blocks as u64 * block_bytes) as f64 / GIB
         );
-        let runner = ModelRunner::new(backend, model, num_blocks, args.block_size)
+        let runner = ModelRunner::new(
+            backend,
+            model,
+            num_blocks,
+            args.block_size,
+            runner_opts,
+            Some(step_buffers),
+        )
             .map_err(anyhow::Error::msg)?;
         let codec: Arc<dyn TextCodec> = match &tokenizer {
             Some(t) => Arc::new(TokenizerCodec(t.clone())),

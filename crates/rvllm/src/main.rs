@@ -159,6 +159,9 @@ struct EngineFlags {
     /// CPU threads (default: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Run every step op by op: no CUDA graphs for decode steps.
+    #[arg(long)]
+    enforce_eager: bool,
 }
 
 impl EngineFlags {
@@ -183,6 +186,7 @@ impl EngineFlags {
                 SchedulingPolicy::Fcfs
             },
             seed: self.seed,
+            enforce_eager: self.enforce_eager,
             skip_tokenizer_init: false,
             threads: self.threads,
         }

@@ -82,6 +82,8 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
     type Batch = BatchLayout;
+    type Ids = Vec<u32>;
+    type Graph = ();
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -185,6 +187,41 @@ impl Backend for CpuBackend {
 
     fn upload_batch(&self, batch: &BatchLayout) -> Result<BatchLayout> {
         Ok(batch.clone())
+    }
+
+    fn upload_batch_into(&self, batch: &BatchLayout, dst: &mut BatchLayout) -> Result<()> {
+        dst.clone_from(batch);
+        Ok(())
+    }
+
+    fn set_rows(&self, t: &mut CpuTensor, rows: usize) -> Result<()> {
+        let n = rows * t.cols;
+        if n > t.data.capacity() {
+            return Err(crate::BackendError::Shape {
+                op: "set_rows",
+                detail: format!(
+                    "{rows} rows of {} exceed the {} values allocated",
+                    t.cols,
+                    t.data.capacity()
+                ),
+            });
+        }
+        t.data.resize(n, 0.0);
+        t.rows = rows;
+        Ok(())
+    }
+
+    fn alloc_ids(&self, n: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; n])
+    }
+
+    fn argmax_rows_into(&self, t: &CpuTensor, ids: &mut Vec<u32>) -> Result<()> {
+        *ids = crate::ops::argmax_rows_host(&t.data, t.cols);
+        Ok(())
+    }
+
+    fn ids_to_host(&self, ids: &Vec<u32>, n: usize) -> Result<Vec<u32>> {
+        Ok(ids[..n.min(ids.len())].to_vec())
     }
 
     fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
@@ -360,6 +397,10 @@ impl Backend for CpuBackend {
         let slots = cache.spec.num_blocks * cache.spec.block_size;
         let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
         for (t, &slot) in batch.slot_mapping.iter().enumerate() {
+            if slot == u32::MAX {
+                // A padding row: it has no place in the cache.
+                continue;
+            }
             let s = slot as usize;
             check("rope_and_cache", s < slots, || {
                 format!("slot {s} outside the cache ({slots} slots)")

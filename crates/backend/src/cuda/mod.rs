@@ -78,8 +78,22 @@ fn raw_ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
 pub struct CudaTensor {
     pub rows: usize,
     pub cols: usize,
+    /// Rows the buffer was allocated for (`set_rows` may lower `rows` below it).
+    pub cap_rows: usize,
     pub buf: DevBuf,
 }
+
+/// Token ids on the device.
+pub struct CudaIds {
+    buf: CudaSlice<u32>,
+    len: usize,
+}
+
+/// A captured CUDA graph, replayed on the backend's stream.
+pub struct CudaGraphExec(cudarc::driver::CudaGraph);
+
+// The graph's handles are used only through the backend, from one thread at a time.
+unsafe impl Send for CudaGraphExec {}
 
 /// A weight on the device: matrices as bf16 (quantized and f32/f16 ones converted at load),
 /// 1-D weights (`rows == 1`: norms) as f32.
@@ -198,6 +212,10 @@ pub struct CudaBackend {
     info: DeviceInfo,
     /// Tokens per decode-attention partition; 0 picks it per call (see `decode_partition`).
     pub force_decode_partition: AtomicUsize,
+    /// Bumped when `scratch` is reallocated: graphs that captured its old address are stale.
+    epoch: std::sync::atomic::AtomicU64,
+    /// Set while a graph is being captured: nothing may be allocated then.
+    capturing: std::sync::atomic::AtomicBool,
 }
 
 /// Runs `f`, turning a panic (cudarc panics when a dynamically loaded library or symbol is
@@ -368,6 +386,8 @@ impl CudaBackend {
             scratch: Mutex::new(None),
             info,
             force_decode_partition: AtomicUsize::new(0),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            capturing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -445,6 +465,7 @@ impl CudaBackend {
         Ok(CudaTensor {
             rows,
             cols,
+            cap_rows: rows,
             buf: DevBuf::F32(self.alloc_raw::<f32>(rows * cols)?),
         })
     }
@@ -547,7 +568,7 @@ impl CudaBackend {
 
     /// Uploads `batch` into `dst`, reusing its device buffer when it is big enough (so a captured
     /// CUDA graph that reads `dst` stays valid as long as the buffer does not grow).
-    pub fn upload_batch_into(&self, batch: &BatchLayout, dst: &mut CudaBatch) -> Result<()> {
+    pub fn upload_batch_in_place(&self, batch: &BatchLayout, dst: &mut CudaBatch) -> Result<()> {
         let (offs, max_blocks) = Self::batch_layout(batch);
         check(
             "upload_batch",
@@ -621,7 +642,7 @@ impl CudaBackend {
         dst.num_tokens = batch.num_tokens();
         dst.num_seqs = batch.seqs.len();
         dst.max_blocks = max_blocks;
-        dst.max_context = max_context;
+        dst.max_context = max_context.max(batch.launch_max_context as usize);
         dst.max_query_len = max_query_len;
         dst.num_decode = num_decode;
         dst.num_logits = batch.logits_rows.len();
@@ -639,8 +660,15 @@ impl CudaBackend {
     fn scratch(&self, n: usize) -> Result<u64> {
         let mut s = self.scratch.lock().unwrap();
         if s.as_ref().map(|b| b.len()).unwrap_or(0) < n {
+            if self.capturing.load(Ordering::SeqCst) {
+                return Err(BackendError::Device(
+                    "decode scratch too small while capturing a graph (run the shape eagerly first)"
+                        .into(),
+                ));
+            }
             *s = None;
             *s = Some(self.alloc_raw::<f32>(n.next_power_of_two())?);
+            self.epoch.fetch_add(1, Ordering::SeqCst);
         }
         Ok(raw_ptr(s.as_ref().unwrap(), &self.stream))
     }
@@ -904,6 +932,8 @@ impl Backend for CudaBackend {
     type Weight = CudaWeight;
     type KvCache = CudaKvCache;
     type Batch = CudaBatch;
+    type Ids = CudaIds;
+    type Graph = CudaGraphExec;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -962,6 +992,7 @@ impl Backend for CudaBackend {
         Ok(CudaTensor {
             rows,
             cols,
+            cap_rows: rows,
             buf: DevBuf::Bf16(self.alloc_raw::<bf16>(rows * cols)?),
         })
     }
@@ -1085,8 +1116,81 @@ impl Backend for CudaBackend {
             num_decode: 0,
             num_logits: 0,
         };
-        self.upload_batch_into(batch, &mut b)?;
+        self.upload_batch_in_place(batch, &mut b)?;
         Ok(b)
+    }
+
+    fn upload_batch_into(&self, batch: &BatchLayout, dst: &mut CudaBatch) -> Result<()> {
+        self.upload_batch_in_place(batch, dst)
+    }
+
+    fn set_rows(&self, t: &mut CudaTensor, rows: usize) -> Result<()> {
+        check("set_rows", rows <= t.cap_rows, || {
+            format!("{rows} rows, {} allocated", t.cap_rows)
+        })?;
+        t.rows = rows;
+        Ok(())
+    }
+
+    fn alloc_ids(&self, n: usize) -> Result<CudaIds> {
+        Ok(CudaIds {
+            buf: self.alloc_raw::<u32>(n)?,
+            len: n,
+        })
+    }
+
+    fn argmax_rows_into(&self, t: &CudaTensor, ids: &mut CudaIds) -> Result<()> {
+        check("argmax_rows_into", t.rows <= ids.len, || {
+            format!("{} rows, room for {} ids", t.rows, ids.len)
+        })?;
+        let xp = self.bf16_ptr("argmax_rows_into", &t.buf)?;
+        self.launch(
+            "argmax_rows_bf16",
+            (t.rows as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(raw_ptr(&ids.buf, &self.stream)),
+                Arg::P(xp),
+                Arg::I(t.cols as i32),
+            ],
+        )
+    }
+
+    fn ids_to_host(&self, ids: &CudaIds, n: usize) -> Result<Vec<u32>> {
+        let mut v = vec![0u32; n.min(ids.len)];
+        self.dtoh(&mut v, raw_ptr(&ids.buf, &self.stream))?;
+        Ok(v)
+    }
+
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<CudaGraphExec>> {
+        self.stream
+            .begin_capture(dsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| dev_err("beginning a graph capture", e))?;
+        self.capturing.store(true, Ordering::SeqCst);
+        let body = f();
+        self.capturing.store(false, Ordering::SeqCst);
+        // Always end the capture, also after an error, so the stream leaves capture mode.
+        let ended = self
+            .stream
+            .end_capture(dsys::CUgraphInstantiate_flags(0));
+        body?;
+        let graph = ended.map_err(|e| dev_err("ending a graph capture", e))?;
+        match graph {
+            Some(g) => {
+                g.upload().map_err(|e| dev_err("uploading a graph", e))?;
+                Ok(Some(CudaGraphExec(g)))
+            }
+            None => Err(BackendError::Device("graph capture recorded nothing".into())),
+        }
+    }
+
+    fn replay(&self, g: &CudaGraphExec) -> Result<()> {
+        g.0.launch().map_err(|e| dev_err("launching a graph", e))
+    }
+
+    fn buffer_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
