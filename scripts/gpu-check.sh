@@ -29,7 +29,7 @@ step() { # name, command...
   local rc=$?
   local t1=$(date +%s.%N)
   tail -n 25 "$OUT/$name.log" >>"$SUMMARY"
-  printf -- "-- %s rc=%d %.1fs\n\n" "$name" "$rc" "$(echo "$t1 - $t0" | bc)" | tee -a "$SUMMARY"
+  awk -v n="$name" -v a="$t0" -v b="$t1" -v rc="$rc" 'BEGIN { printf "-- %s rc=%d %.1fs\n\n", n, rc, b - a }' | tee -a "$SUMMARY"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$SUMMARY" 2>&1
 step gpu_ops "$BIN" gpu-check $([ "$MODE" = full ] && echo --bench)

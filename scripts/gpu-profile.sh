@@ -18,7 +18,7 @@ run() { # name, args...
   local rc=$?
   local t1=$(date +%s.%N)
   grep -v "^\s*$" "$OUT/$name.log" | sed 's/\x1b\[[0-9;]*m//g' | grep -E "CUDA:|GPU memory|blocks:|latency|first token|decode:|throughput|requests/s|profile|rror|panic|warn" >>"$S"
-  printf -- "-- rc=%d wall %.2fs\n\n" "$rc" "$(echo "$t1 - $t0" | bc)" >>"$S"
+  awk -v a="$t0" -v b="$t1" -v rc="$rc" 'BEGIN { printf "-- rc=%d wall %.2fs\n\n", rc, b - a }' >>"$S"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >>"$S"
 ls /usr/local/cuda/bin 2>/dev/null | tr '\n' ' ' >>"$S"; echo >>"$S"

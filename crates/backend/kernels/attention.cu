@@ -191,9 +191,6 @@ __device__ __forceinline__ void decode_attn_impl(
     DECODE_KERNEL(HD, 6)                                                                         \
     DECODE_KERNEL(HD, 7)                                                                         \
     DECODE_KERNEL(HD, 8)
-DECODE_ALL_G(64)
-DECODE_ALL_G(128)
-DECODE_ALL_G(256)
 
 // Merges the partitions of each (decode sequence, head). grid (num_seqs, num_heads).
 extern "C" __global__ void paged_decode_reduce(bf16* __restrict__ out, const float* __restrict__ tmp_out,
@@ -384,6 +381,12 @@ __device__ __forceinline__ void prefill_attn_impl(
                               context_len, max_blocks, num_heads, num_kv_heads, block_size,      \
                               scale, G, hchunks, skip_decode);                                   \
     }
+
+// @instantiations: every variant, for the compile test. At run time the loader drops the lines
+// below and compiles only the variants the model uses (kernel name -> macro: see compile.rs).
+DECODE_ALL_G(64)
+DECODE_ALL_G(128)
+DECODE_ALL_G(256)
 PREFILL_KERNEL(64)
 PREFILL_KERNEL(96)
 PREFILL_KERNEL(128)

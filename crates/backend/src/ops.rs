@@ -104,6 +104,13 @@ pub trait Backend: Send + Sync + 'static {
     /// The first `n` ids, after all enqueued work finished.
     fn ids_to_host(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>>;
 
+    /// Readies whatever the attention of `attn` needs (the CUDA backend compiles its kernel
+    /// variants), so the first step does not pay for it.
+    fn prepare(&self, attn: &AttentionSpec) -> Result<()> {
+        let _ = attn;
+        Ok(())
+    }
+
     // ---- graphs ----
     /// Records the device work `f` enqueues into a graph instead of running it. `Ok(None)` when
     /// the backend has no graphs (then `f` is not called). Everything `f` touches must keep its

@@ -72,6 +72,11 @@ impl<B: Backend> LlamaModel<B> {
         })
     }
 
+    /// The attention geometry of every layer.
+    pub fn attention_spec(&self) -> AttentionSpec {
+        self.attn
+    }
+
     /// The KV cache geometry for `num_blocks` blocks of `block_size` tokens.
     pub fn kv_cache_spec(&self, num_blocks: usize, block_size: usize) -> KvCacheSpec {
         KvCacheSpec {

@@ -59,6 +59,9 @@ impl<B: Backend> ModelRunner<B> {
         opts: RunnerOptions,
         bufs: Option<ForwardBuffers<B>>,
     ) -> Result<Self, String> {
+        backend
+            .prepare(&model.attention_spec())
+            .map_err(|e| e.to_string())?;
         let bufs = match bufs {
             Some(b) => b,
             None => Self::alloc_step_buffers(&backend, &model, &opts)?,

@@ -36,7 +36,8 @@ pub struct LatencyReport {
     pub total_s: f64,
 }
 
-/// One batch of `batch` prompts; time to first token and per-step decode time.
+/// One batch of `batch` prompts; time to first token and per-step decode time (steps after
+/// every sequence got its first token).
 pub fn latency_once(
     llm: &mut LLM,
     input_len: usize,
@@ -59,24 +60,33 @@ pub fn latency_once(
         })?;
     }
     let mut first = None;
-    let mut steps_after_first = 0usize;
+    // Decode steps: those after every sequence has its first token (so no prompt chunk shares
+    // the step), as vLLM's per-step decode figures mean.
+    let mut started = std::collections::HashSet::new();
+    let mut decode_start = None;
+    let mut decode_steps = 0usize;
     while engine.has_unfinished_requests() {
         let outs = engine.step()?;
-        if first.is_none()
-            && outs
-                .iter()
-                .any(|o| o.outputs.iter().any(|c| !c.token_ids.is_empty()))
-        {
-            first = Some(t0.elapsed());
-        } else if first.is_some() {
-            steps_after_first += 1;
+        let now = t0.elapsed();
+        if decode_start.is_some() {
+            decode_steps += 1;
+        }
+        for o in &outs {
+            if o.outputs.iter().any(|c| !c.token_ids.is_empty()) {
+                first.get_or_insert(now);
+                started.insert(o.request_id.clone());
+            }
+        }
+        if decode_start.is_none() && started.len() == batch {
+            decode_start = Some(now);
         }
     }
     let total = t0.elapsed();
     let ttft = first.unwrap_or(total);
+    let decode_from = decode_start.unwrap_or(total);
     Ok(LatencyReport {
         ttft_ms: ttft.as_secs_f64() * 1e3,
-        decode_ms_per_step: (total - ttft).as_secs_f64() * 1e3 / steps_after_first.max(1) as f64,
+        decode_ms_per_step: (total - decode_from).as_secs_f64() * 1e3 / decode_steps.max(1) as f64,
         total_s: total.as_secs_f64(),
     })
 }

@@ -18,7 +18,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attention.cu", include_str!("../../kernels/attention.cu")),
 ];
 
-/// The whole program text.
+/// The whole program text, every kernel variant included (the compile test builds this).
 pub fn kernel_source() -> String {
     let mut s = String::new();
     for (name, text) in SOURCES {
@@ -27,6 +27,53 @@ pub fn kernel_source() -> String {
         s.push('\n');
     }
     s
+}
+
+/// Marks the start of a file's template instantiations (compiled on demand, one per module).
+const INSTANTIATIONS: &str = "// @instantiations";
+
+fn without_instantiations(text: &str) -> &str {
+    text.find(INSTANTIATIONS).map_or(text, |i| &text[..i])
+}
+
+/// The kernels every model needs (elementwise ops, the decode reduce), no attention variants.
+pub fn core_source() -> String {
+    let mut s = String::new();
+    for (name, text) in SOURCES {
+        s.push_str(&format!("// ---- {name}\n"));
+        s.push_str(without_instantiations(text));
+        s.push('\n');
+    }
+    s
+}
+
+/// One attention variant: the attention templates plus the macro line that instantiates it.
+pub fn variant_source(instantiation: &str) -> String {
+    let mut s = String::new();
+    for (name, text) in SOURCES {
+        if *name == "elementwise.cu" {
+            continue;
+        }
+        s.push_str(&format!("// ---- {name}\n"));
+        s.push_str(without_instantiations(text));
+        s.push('\n');
+    }
+    s.push_str(instantiation);
+    s.push('\n');
+    s
+}
+
+/// The macro line instantiating kernel `name`, for kernels compiled on demand.
+pub fn instantiation_for(name: &str) -> Option<String> {
+    let num = |s: &str| s.parse::<u32>().ok();
+    if let Some(rest) = name.strip_prefix("paged_decode_h") {
+        let (hd, g) = rest.split_once("_g")?;
+        return Some(format!("DECODE_KERNEL({}, {})", num(hd)?, num(g)?));
+    }
+    if let Some(hd) = name.strip_prefix("paged_prefill_h") {
+        return Some(format!("PREFILL_KERNEL({})", num(hd)?));
+    }
+    None
 }
 
 /// `sm_90a` for Hopper (arch-specific features on), `sm_XY` before it.
@@ -161,8 +208,8 @@ pub struct CompileInfo {
     pub log: String,
 }
 
-/// Loads the kernel module for the context's device, compiling it if it is not cached.
-pub fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Arc<CudaModule>, CompileInfo)> {
+/// Loads the module of `src` for the context's device, compiling it if it is not cached.
+pub fn load_module(ctx: &Arc<CudaContext>, src: &str) -> Result<(Arc<CudaModule>, CompileInfo)> {
     let (major, minor) = ctx
         .compute_capability()
         .map_err(|e| BackendError::Device(format!("compute capability: {e:?}")))?;
@@ -176,7 +223,6 @@ pub fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Arc<CudaModule>, CompileI
         ));
     }
     let opts = compile_options(&arch, &includes);
-    let src = kernel_source();
     let (va, vb) = nvrtc_version();
     let ver = format!("nvrtc {va}.{vb}");
     let key = fnv1a(&[
@@ -205,7 +251,7 @@ pub fn load_kernels(ctx: &Arc<CudaContext>) -> Result<(Arc<CudaModule>, CompileI
         }
     }
     let t0 = std::time::Instant::now();
-    let (cubin, log) = compile_cubin(&src, &opts)?;
+    let (cubin, log) = compile_cubin(src, &opts)?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     if let Some(f) = &file {
         if let Some(dir) = f.parent() {

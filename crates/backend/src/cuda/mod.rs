@@ -12,7 +12,7 @@ pub mod selftest;
 use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
 use crate::{BackendError, BatchLayout, HostWeight, Result, WeightDtype};
 use cudarc::driver::{
-    result as dr, sys as dsys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice,
+    result as dr, sys as dsys, CudaContext, CudaEvent, CudaFunction, CudaSlice,
     CudaStream, DevicePtr, DeviceRepr, PinnedHostSlice,
 };
 use half::bf16;
@@ -202,8 +202,8 @@ pub struct DeviceInfo {
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    _module: Arc<CudaModule>,
-    funcs: HashMap<String, CudaFunction>,
+    /// Loaded kernels: the core module's at start, attention variants as first needed.
+    funcs: Mutex<HashMap<String, CudaFunction>>,
     gemm: Mutex<gemm::Gemm>,
     workspace: CudaSlice<u8>,
     staging: Mutex<Staging>,
@@ -266,33 +266,30 @@ pub fn probe() -> Result<usize> {
     })
 }
 
-fn kernel_names() -> Vec<String> {
-    let mut v: Vec<String> = [
-        "convert_weight_bf16",
-        "convert_weight_f32",
-        "dummy_fill_bf16",
-        "dummy_fill_f32",
-        "gather_rows_bf16",
-        "rms_norm_wf32",
-        "rms_norm_wbf16",
-        "add_bf16",
-        "silu_mul_bf16",
-        "rope_and_cache",
-        "paged_decode_reduce",
-        "argmax_rows_bf16",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for hd in DECODE_HDS {
-        for g in 1..=DECODE_MAX_G {
-            v.push(format!("paged_decode_h{hd}_g{g}"));
-        }
-    }
-    for hd in PREFILL_HDS {
-        v.push(format!("paged_prefill_h{hd}"));
-    }
-    v
+/// Kernels of the core module (attention variants are compiled on demand, see `func`).
+const CORE_KERNELS: [&str; 12] = [
+    "convert_weight_bf16",
+    "convert_weight_f32",
+    "dummy_fill_bf16",
+    "dummy_fill_f32",
+    "gather_rows_bf16",
+    "rms_norm_wf32",
+    "rms_norm_wbf16",
+    "add_bf16",
+    "silu_mul_bf16",
+    "rope_and_cache",
+    "paged_decode_reduce",
+    "argmax_rows_bf16",
+];
+
+fn decode_kernel_name(attn: &AttentionSpec) -> String {
+    let group = attn.num_heads / attn.num_kv_heads.max(1);
+    let g = divisor_at_most(group, DECODE_MAX_G);
+    format!("paged_decode_h{}_g{g}", attn.head_dim)
+}
+
+fn prefill_kernel_name(attn: &AttentionSpec) -> String {
+    format!("paged_prefill_h{}", attn.head_dim)
 }
 
 fn prefill_smem(hd: usize) -> usize {
@@ -341,24 +338,13 @@ impl CudaBackend {
         let max_smem_optin =
             attr(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
                 as usize;
-        let (module, compile) = compile::load_kernels(&ctx)?;
+        let (module, compile) = compile::load_module(&ctx, &compile::core_source())?;
         let mut funcs = HashMap::new();
-        for name in kernel_names() {
+        for name in CORE_KERNELS {
             let f = module
-                .load_function(&name)
+                .load_function(name)
                 .map_err(|e| dev_err(&format!("kernel {name} missing from the module"), e))?;
-            funcs.insert(name, f);
-        }
-        for hd in PREFILL_HDS {
-            let need = prefill_smem(hd);
-            if need > 48 * 1024 && need <= max_smem_optin {
-                funcs[&format!("paged_prefill_h{hd}")]
-                    .set_attribute(
-                        dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        need as i32,
-                    )
-                    .map_err(|e| dev_err("raising the shared memory limit", e))?;
-            }
+            funcs.insert(name.to_string(), f);
         }
         let gemm = gemm::Gemm::new(GEMM_WORKSPACE)?;
         let workspace = unsafe { stream.alloc::<u8>(GEMM_WORKSPACE) }
@@ -378,8 +364,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             ctx,
             stream,
-            _module: module,
-            funcs,
+            funcs: Mutex::new(funcs),
             gemm: Mutex::new(gemm),
             workspace,
             staging: Mutex::new(Staging { host: None, done }),
@@ -421,10 +406,7 @@ impl CudaBackend {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        let f = self
-            .funcs
-            .get(name)
-            .ok_or_else(|| BackendError::Device(format!("no kernel {name}")))?;
+        let f = self.func(name)?;
         let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut params: Vec<*mut std::ffi::c_void> = slots
             .iter_mut()
@@ -444,6 +426,78 @@ impl CudaBackend {
             )
         }
         .map_err(|e| dev_err(&format!("launching {name}"), e))
+    }
+
+    /// Kernel `name`, compiling and loading its attention variant on first use.
+    fn func(&self, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.funcs.lock().unwrap().get(name) {
+            return Ok(f.clone());
+        }
+        let f = self.load_variant(name)?;
+        self.funcs
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Compiles (or loads from the disk cache) the module of one attention variant.
+    fn load_variant(&self, name: &str) -> Result<CudaFunction> {
+        let inst = compile::instantiation_for(name)
+            .ok_or_else(|| BackendError::Device(format!("no kernel {name}")))?;
+        let (module, _) = compile::load_module(&self.ctx, &compile::variant_source(&inst))?;
+        let f = module
+            .load_function(name)
+            .map_err(|e| dev_err(&format!("kernel {name} missing from its module"), e))?;
+        if let Some(hd) = name
+            .strip_prefix("paged_prefill_h")
+            .and_then(|h| h.parse::<usize>().ok())
+        {
+            let need = prefill_smem(hd);
+            if need > 48 * 1024 && need <= self.info.max_smem_optin {
+                f.set_attribute(
+                    dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    need as i32,
+                )
+                .map_err(|e| dev_err("raising the shared memory limit", e))?;
+            }
+        }
+        Ok(f)
+    }
+
+    /// Compiles the attention kernels of `attn` now, in parallel, instead of in the first step.
+    pub fn prepare_attention(&self, attn: &AttentionSpec) -> Result<()> {
+        let mut names = vec![prefill_kernel_name(attn)];
+        if DECODE_HDS.contains(&attn.head_dim) {
+            names.push(decode_kernel_name(attn));
+        }
+        let loaded: Vec<Result<(String, CudaFunction)>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = names
+                .iter()
+                .map(|n| {
+                    sc.spawn(move || {
+                        self.ctx
+                            .bind_to_thread()
+                            .map_err(|e| dev_err("binding the context", e))?;
+                        Ok((n.clone(), self.load_variant(n)?))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(BackendError::Device("kernel compile thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        let mut funcs = self.funcs.lock().unwrap();
+        for r in loaded {
+            let (n, f) = r?;
+            funcs.insert(n, f);
+        }
+        Ok(())
     }
 
     fn grid_for(&self, n: usize, per_block: usize) -> u32 {
@@ -481,6 +535,18 @@ impl CudaBackend {
             self.htod(raw_ptr(s, &self.stream), &host)?;
         }
         Ok(t)
+    }
+
+    /// Overwrites a bf16 tensor with host values (rounded to bf16), in place.
+    pub fn write_tensor(&self, t: &mut CudaTensor, data: &[f32]) -> Result<()> {
+        check("write_tensor", data.len() == t.rows * t.cols, || {
+            format!("{} values for [{}, {}]", data.len(), t.rows, t.cols)
+        })?;
+        let host: Vec<bf16> = data.iter().map(|&v| bf16::from_f32(v)).collect();
+        let p = self.bf16_ptr("write_tensor", &t.buf)?;
+        self.htod(p, &host)?;
+        // `host` is pageable and dropped on return: wait for the copy.
+        self.synchronize()
     }
 
     /// Fills a tensor's bytes with 0xFF (NaN in bf16 and f32): a poison for tests.
@@ -727,7 +793,7 @@ impl CudaBackend {
         let smem = (g * part).max(1024 * g) * 4;
         let s = &self.stream;
         self.launch(
-            &format!("paged_decode_h{hd}_g{g}"),
+            &decode_kernel_name(attn),
             (
                 b.num_seqs as u32,
                 (attn.num_kv_heads * hchunks) as u32,
@@ -806,7 +872,7 @@ impl CudaBackend {
         }
         let s = &self.stream;
         self.launch(
-            &format!("paged_prefill_h{hd}"),
+            &prefill_kernel_name(attn),
             (
                 b.max_query_len.div_ceil(tpc) as u32,
                 b.num_seqs as u32,
@@ -1122,6 +1188,10 @@ impl Backend for CudaBackend {
 
     fn upload_batch_into(&self, batch: &BatchLayout, dst: &mut CudaBatch) -> Result<()> {
         self.upload_batch_in_place(batch, dst)
+    }
+
+    fn prepare(&self, attn: &AttentionSpec) -> Result<()> {
+        self.prepare_attention(attn)
     }
 
     fn set_rows(&self, t: &mut CudaTensor, rows: usize) -> Result<()> {

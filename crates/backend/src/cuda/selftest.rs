@@ -6,7 +6,7 @@
 //! one); every activation is rounded to bf16 before both backends see it, and every GPU output is
 //! poisoned with NaN before the op so unwritten elements fail.
 
-use super::{CudaBackend, CudaKvCache, CudaTensor};
+use super::{CudaBackend, CudaBatch, CudaKvCache, CudaTensor};
 use crate::cpu::{CpuBackend, CpuKvCache, CpuTensor};
 use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
 use crate::{BatchLayout, HostWeight, Result, WeightDtype};
@@ -592,6 +592,158 @@ fn case_rope(
     Ok(())
 }
 
+/// A decode batch of `ctxs` padded to `bucket` rows the way the runner pads graph batches:
+/// block tables `mb` wide, an inert row (slot `u32::MAX`, context 1) per missing sequence.
+fn padded_decode_layout(
+    rng: &mut Rng,
+    ctxs: &[usize],
+    bucket: usize,
+    bs: usize,
+    mb: usize,
+    num_blocks: usize,
+) -> BatchLayout {
+    let tables = block_tables(rng, ctxs, bs, num_blocks);
+    let mut l = BatchLayout {
+        block_size: bs as u32,
+        launch_max_context: (mb * bs) as u32,
+        ..Default::default()
+    };
+    for (i, t) in tables.iter().enumerate() {
+        let mut t = t.clone();
+        t.resize(mb, 0);
+        l.push_seq(&[7 + i as u32], (ctxs[i] - 1) as u32, &t, true);
+    }
+    for i in ctxs.len()..bucket {
+        l.token_ids.push(0);
+        l.positions.push(0);
+        l.slot_mapping.push(u32::MAX);
+        l.logits_rows.push(i as u32);
+        l.seqs.push(crate::SeqLayout {
+            query_start: i as u32,
+            query_len: 1,
+            context_len: 1,
+            block_table: vec![0; mb],
+        });
+    }
+    l
+}
+
+/// A decode step (rope + cache write, paged attention, matmul, argmax) captured once into a
+/// graph, then replayed for batches with other positions, contexts and block tables: each
+/// replay must equal the same ops run eagerly, and the attention must match the CPU.
+fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+    let (heads, kvh, hd, bs, mb, bucket) = (32usize, 8usize, 128usize, 16usize, 64usize, 4usize);
+    let nb = 3 * mb + 2;
+    let spec = KvCacheSpec {
+        num_layers: 1,
+        num_blocks: nb,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let attn = AttentionSpec {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let rope = RopeSpec {
+        style: RopeStyle::Neox,
+        theta: 500000.0,
+        rotary_dim: hd,
+    };
+    let n_out = 512;
+    let w = gpu.dummy_weight(n_out, heads * hd, rng.next_u64())?;
+    let mut gc = gpu.alloc_kv_cache(&spec)?;
+    let mut cc = cpu.alloc_kv_cache(&spec)?;
+    let (mut q, mut k, mut v) = (
+        gpu.alloc(bucket, heads * hd)?,
+        gpu.alloc(bucket, kvh * hd)?,
+        gpu.alloc(bucket, kvh * hd)?,
+    );
+    let mut ao = gpu.alloc(bucket, heads * hd)?;
+    let mut proj = gpu.alloc(bucket, n_out)?;
+    let mut ids = gpu.alloc_ids(bucket)?;
+    let first = padded_decode_layout(rng, &[5, 40, 200], bucket, bs, mb, nb);
+    let mut batch = gpu.upload_batch(&first)?;
+    let step = |gpu: &CudaBackend,
+                    batch: &CudaBatch,
+                    q: &mut CudaTensor,
+                    k: &mut CudaTensor,
+                    v: &CudaTensor,
+                    gc: &mut CudaKvCache,
+                    ao: &mut CudaTensor,
+                    proj: &mut CudaTensor,
+                    ids: &mut super::CudaIds|
+     -> Result<()> {
+        gpu.rope_and_cache(q, k, v, &rope, &attn, batch, gc, 0)?;
+        gpu.paged_attention(q, &attn, batch, gc, 0, ao)?;
+        gpu.matmul(ao, &w, proj)?;
+        gpu.argmax_rows_into(proj, ids)
+    };
+    // Eagerly once (sizes the decode scratch), then capture.
+    step(gpu, &batch, &mut q, &mut k, &v, &mut gc, &mut ao, &mut proj, &mut ids)?;
+    let graph = gpu
+        .capture(&mut || step(gpu, &batch, &mut q, &mut k, &v, &mut gc, &mut ao, &mut proj, &mut ids))?
+        .ok_or_else(|| crate::BackendError::Device("no graph captured".into()))?;
+    for (round, ctxs) in [vec![1usize, 1000, 17], vec![300, 2, 1024]].iter().enumerate() {
+        let layout = padded_decode_layout(rng, ctxs, bucket, bs, mb, nb);
+        let s = gc.spec;
+        let be = s.block_size * s.num_kv_heads * s.head_dim;
+        let cache_vals = bf16_bytes(&rng.bf16_vec(nb * 2 * be, 1.0));
+        let blocks: Vec<u32> = (0..nb as u32).collect();
+        let (qv, kv, vv) = (
+            rng.bf16_vec(bucket * heads * hd, 2.0),
+            rng.bf16_vec(bucket * kvh * hd, 2.0),
+            rng.bf16_vec(bucket * kvh * hd, 2.0),
+        );
+        let mut run = |graphed: bool| -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
+            gpu.write_blocks(&mut gc, &blocks, &cache_vals)?;
+            gpu.write_tensor(&mut q, &qv)?;
+            gpu.write_tensor(&mut k, &kv)?;
+            gpu.write_tensor(&mut v, &vv)?;
+            gpu.poison(&mut ao)?;
+            gpu.upload_batch_into(&layout, &mut batch)?;
+            if graphed {
+                gpu.replay(&graph)?;
+            } else {
+                let mut fresh = gpu.upload_batch(&layout)?;
+                gpu.upload_batch_into(&layout, &mut fresh)?;
+                step(gpu, &fresh, &mut q, &mut k, &v, &mut gc, &mut ao, &mut proj, &mut ids)?;
+            }
+            Ok((gpu.to_host(&ao)?, gpu.to_host(&proj)?, gpu.ids_to_host(&ids, bucket)?))
+        };
+        let (ga, gp, gi) = run(true)?;
+        let (ea, ep, ei) = run(false)?;
+        let real = ctxs.len();
+        let row = heads * hd;
+        c.truth(
+            &format!("graph replay {round} == eager (contexts {ctxs:?})"),
+            ga[..real * row] == ea[..real * row]
+                && gp[..real * n_out] == ep[..real * n_out]
+                && gi[..real] == ei[..real],
+            "attention output, matmul and argmax bitwise equal".into(),
+        );
+        // The same step on the CPU for the attention output of the real rows.
+        let mut cq = cpu_t(bucket, heads * hd, qv.clone());
+        let mut ck = cpu_t(bucket, kvh * hd, kv.clone());
+        let cvv = cpu_t(bucket, kvh * hd, vv.clone());
+        let f32_vals = bytes_bf16_to_f32(&cache_vals);
+        cpu.write_blocks(&mut cc, &blocks, &f32_bytes(&f32_vals))?;
+        let cb = cpu.upload_batch(&layout)?;
+        cpu.rope_and_cache(&mut cq, &mut ck, &cvv, &rope, &attn, &cb, &mut cc, 0)?;
+        let mut co = cpu_zeros(bucket, heads * hd);
+        cpu.paged_attention(&cq, &attn, &cb, &cc, 0, &mut co)?;
+        c.cmp(
+            &format!("graph replay {round} attention vs CPU"),
+            &ga[..real * row],
+            &co.data[..real * row],
+            2e-2,
+        );
+    }
+    Ok(())
+}
+
 /// Attention over a random cache for sequences `(query_len, context_len)`.
 #[allow(clippy::too_many_arguments)]
 fn case_attention(
@@ -821,6 +973,7 @@ pub fn selftest(report: &mut String) -> Result<bool> {
         )
     });
     c.run("matmul", |c| case_matmul(c, &gpu, &cpu, &mut rng));
+    c.run("graph", |c| case_graph(c, &gpu, &cpu, &mut rng));
     let (pass, fail) = (c.pass, c.fail);
     let _ = writeln!(
         c.report,
@@ -918,13 +1071,17 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
 }
 
 fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
+    // Llama-3-8B: q/o, k/v, fused qkv, gate/up, fused gate+up, down, LM head.
     let shapes = [
         (4096usize, 4096usize),
+        (4096, 1024),
+        (4096, 6144),
         (4096, 14336),
+        (4096, 28672),
         (14336, 4096),
         (4096, 128256),
     ];
-    let ts = [1usize, 8, 256, 4096];
+    let ts = [1usize, 8, 32, 128, 256, 4096];
     let _ = writeln!(
         report,
         "cuBLASLt bf16 matmul out[t,n] = x[t,k]·w[n,k]ᵀ (f32 accumulate):"
@@ -1030,6 +1187,23 @@ mod tests {
             }
             Err(e) => panic!("{e}"),
         }
+        // What the backend compiles at run time: the core module and single variants.
+        use super::super::compile::{core_source, instantiation_for, variant_source};
+        let mut srcs = vec![core_source()];
+        for name in ["paged_decode_h128_g4", "paged_prefill_h64"] {
+            let inst = instantiation_for(name).expect("a variant kernel name");
+            srcs.push(variant_source(&inst));
+        }
+        for src in srcs {
+            if let Err(e) = super::super::compile::compile_cubin(&src, &opts) {
+                panic!("{e}");
+            }
+        }
+        assert_eq!(
+            instantiation_for("paged_decode_h64_g3").as_deref(),
+            Some("DECODE_KERNEL(64, 3)")
+        );
+        assert!(instantiation_for("rms_norm_wf32").is_none());
     }
 
     #[test]
