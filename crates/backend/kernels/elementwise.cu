@@ -215,84 +215,140 @@ extern "C" __global__ void silu_mul_bf16(bf16* __restrict__ out, const bf16* __r
 }
 
 // ---------------------------------------------------------------- rope + cache write
-// One block per token. q: [T, heads*hd], k: [T, kv_heads*hd] rotated in place; rotated k and v
-// are written to the cache layer at slot_mapping[t] (0xffffffff = padding, not written).
-extern "C" __global__ void rope_and_cache(bf16* __restrict__ q, bf16* __restrict__ k,
-                                          const bf16* __restrict__ v, const u32* __restrict__ positions,
-                                          const u32* __restrict__ slot_mapping,
-                                          bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
-                                          int heads, int kv_heads, int hd, int rotary_dim, int neox,
-                                          float theta, u64 num_slots) {
+// grid (T, heads + 2 * kv_heads), block max(32, hd / 2): one CTA per (token, head), one thread
+// per rotated pair. Heads [0, heads) are query heads: rotated from q_src into q_dst (q_dst row
+// stride heads * hd; may alias q_src). The next kv_heads are key heads: rotated, written to the
+// cache at slot_mapping[t] (0xffffffff = a padding row, not written) and, if k_dst is not null,
+// back to k_dst (row stride kv_heads * hd). The last kv_heads are value heads: copied to the
+// cache. Source rows have strides q_stride / k_stride / v_stride (a fused QKV projection's rows
+// hold q, k and v side by side).
+extern "C" __global__ void rope_cache(const bf16* q_src, bf16* q_dst, const bf16* k_src,
+                                      bf16* k_dst, const bf16* __restrict__ v_src, u64 q_stride,
+                                      u64 k_stride, u64 v_stride, const u32* __restrict__ positions,
+                                      const u32* __restrict__ slot_mapping,
+                                      bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
+                                      int heads, int kv_heads, int hd, int rotary_dim, int neox,
+                                      float log2_theta, u64 num_slots) {
     const u64 t = blockIdx.x;
-    const float pos = (float)positions[t];
+    const int head = blockIdx.y;
     const u32 slot = slot_mapping[t];
     const bool write = slot != 0xffffffffu && (u64)slot < num_slots;
     const int half = rotary_dim / 2;
-    bf16* qr = q + t * (u64)heads * hd;
-    bf16* kr = k + t * (u64)kv_heads * hd;
-    const bf16* vr = v + t * (u64)kv_heads * hd;
-    bf16* kc = k_cache + (u64)slot * kv_heads * hd;
-    bf16* vc = v_cache + (u64)slot * kv_heads * hd;
-
-    for (int idx = threadIdx.x; idx < (heads + kv_heads) * half; idx += blockDim.x) {
-        const bool is_q = idx < heads * half;
-        const int j = is_q ? idx : idx - heads * half;
-        const int h = j / half, i = j % half;
-        const float inv_freq = powf(theta, (-2.0f * (float)i) / (float)rotary_dim);
+    if (head >= heads + kv_heads) {  // a value head: copy into the cache
+        if (!write) return;
+        const int h = head - heads - kv_heads;
+        const bf16* src = v_src + t * v_stride + (u64)h * hd;
+        bf16* dst = v_cache + (u64)slot * kv_heads * hd + (u64)h * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) dst[d] = src[d];
+        return;
+    }
+    const bool is_q = head < heads;
+    const int h = is_q ? head : head - heads;
+    const bf16* src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
+    bf16* dst = is_q ? q_dst + t * (u64)heads * hd + (u64)h * hd
+                     : (k_dst ? k_dst + t * (u64)kv_heads * hd + (u64)h * hd : nullptr);
+    bf16* kc = (!is_q && write) ? k_cache + (u64)slot * kv_heads * hd + (u64)h * hd : nullptr;
+    const float pos = (float)positions[t];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float inv_freq = exp2f(-log2_theta * (2.0f * (float)i) / (float)rotary_dim);
         float s, c;
         sincosf(pos * inv_freq, &s, &c);
         const int a = neox ? i : 2 * i;
         const int b = neox ? i + half : 2 * i + 1;
-        bf16* base = (is_q ? qr : kr) + h * hd;
-        const float x0 = __bfloat162float(base[a]), x1 = __bfloat162float(base[b]);
+        const float x0 = __bfloat162float(src[a]), x1 = __bfloat162float(src[b]);
         const bf16 y0 = __float2bfloat16_rn(x0 * c - x1 * s);
         const bf16 y1 = __float2bfloat16_rn(x0 * s + x1 * c);
-        base[a] = y0;
-        base[b] = y1;
-        if (!is_q && write) {
-            kc[h * hd + a] = y0;
-            kc[h * hd + b] = y1;
+        // Every read of this thread's pair happens before its writes (dst may alias src).
+        if (dst) {
+            dst[a] = y0;
+            dst[b] = y1;
+        }
+        if (kc) {
+            kc[a] = y0;
+            kc[b] = y1;
         }
     }
-    if (!write) return;
-    const int rest = hd - rotary_dim;
-    for (int idx = threadIdx.x; idx < kv_heads * rest; idx += blockDim.x) {
-        const int h = idx / rest, d = rotary_dim + idx % rest;
-        kc[h * hd + d] = kr[h * hd + d];
+    // Dimensions past rotary_dim pass through unrotated.
+    for (int d = rotary_dim + threadIdx.x; d < hd; d += blockDim.x) {
+        const bf16 x = src[d];
+        if (dst) dst[d] = x;
+        if (kc) kc[d] = x;
     }
-    const int n = kv_heads * hd;
-    if ((n & 7) == 0) {
-        for (int c = threadIdx.x; c < n / 8; c += blockDim.x) ((bf16x8*)vc)[c] = ((const bf16x8*)vr)[c];
+}
+
+// out [T, f] = silu(gu[:, :f]) * gu[:, f:] for a fused gate/up projection gu [T, 2f].
+extern "C" __global__ void silu_mul_fused_bf16(bf16* __restrict__ out, const bf16* __restrict__ gu,
+                                               u64 rows, u64 f) {
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if ((f & 7) == 0) {
+        const u64 per_row = f / 8;
+        for (; i < rows * per_row; i += stride) {
+            const u64 r = i / per_row, c = i % per_row;
+            float g[8], u[8];
+            bf16x8_to_f32(((const bf16x8*)(gu + r * 2 * f))[c], g);
+            bf16x8_to_f32(((const bf16x8*)(gu + r * 2 * f + f))[c], u);
+#pragma unroll
+            for (int e = 0; e < 8; e++) g[e] = silu(g[e]) * u[e];
+            ((bf16x8*)(out + r * f))[c] = f32_to_bf16x8(g);
+        }
     } else {
-        for (int c = threadIdx.x; c < n; c += blockDim.x) vc[c] = vr[c];
+        for (; i < rows * f; i += stride) {
+            const u64 r = i / f, c = i % f;
+            out[i] = __float2bfloat16_rn(silu(__bfloat162float(gu[r * 2 * f + c])) *
+                                         __bfloat162float(gu[r * 2 * f + f + c]));
+        }
     }
 }
 
 // Index of the largest value of each row (ties: the lowest index), for greedy sampling without
-// copying logits to the host. One block of 256 threads per row.
+// copying logits to the host. One block of 1024 threads per row, 16-byte loads when possible.
+__device__ __forceinline__ void argmax_take(float v, int c, float& best, int& idx) {
+    if (v > best || (v == best && c < idx)) {
+        best = v;
+        idx = c;
+    }
+}
+
 extern "C" __global__ void argmax_rows_bf16(u32* __restrict__ out, const bf16* __restrict__ x, int cols) {
     const bf16* row = x + (u64)blockIdx.x * cols;
-    float best = __int_as_float(0xff800000);  // -inf (NVRTC has no INFINITY macro)
+    float best = -RV_INF;
     int idx = 0x7fffffff;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = __bfloat162float(row[c]);
-        if (v > best || (v == best && c < idx)) { best = v; idx = c; }
-    }
-    __shared__ float sv[256];
-    __shared__ int si[256];
-    sv[threadIdx.x] = best;
-    si[threadIdx.x] = idx;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            float ov = sv[threadIdx.x + s];
-            int oi = si[threadIdx.x + s];
-            if (ov > sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < si[threadIdx.x])) {
-                sv[threadIdx.x] = ov;
-                si[threadIdx.x] = oi;
-            }
+    if ((cols & 7) == 0) {
+        for (int c8 = threadIdx.x; c8 < cols / 8; c8 += blockDim.x) {
+            float f[8];
+            bf16x8_to_f32(((const bf16x8*)row)[c8], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) argmax_take(f[e], c8 * 8 + e, best, idx);
         }
-        __syncthreads();
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x)
+            argmax_take(__bfloat162float(row[c]), c, best, idx);
     }
-    if (threadIdx.x == 0) out[blockIdx.x] = (u32)(si[0] == 0x7fffffff ? 0 : si[0]);
+    // Warp, then block reduction of (value, index).
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        argmax_take(ov, oi, best, idx);
+    }
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) {
+        sv[warp] = best;
+        si[warp] = idx;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        best = lane < nw ? sv[lane] : -RV_INF;
+        idx = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            argmax_take(ov, oi, best, idx);
+        }
+        if (lane == 0) out[blockIdx.x] = (u32)(idx == 0x7fffffff ? 0 : idx);
+    }
 }

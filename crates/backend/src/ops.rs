@@ -182,6 +182,39 @@ pub trait Backend: Send + Sync + 'static {
         cache: &mut Self::KvCache,
         layer: usize,
     ) -> Result<()>;
+    /// One weight holding `parts` stacked by rows (a fused projection), or `None` when the
+    /// backend keeps them apart (then the model uses the separate ops).
+    fn concat_rows(&self, parts: &[&Self::Weight]) -> Result<Option<Self::Weight>> {
+        let _ = parts;
+        Ok(None)
+    }
+    /// `out = silu(gu[:, :f]) * gu[:, f:]` for a fused gate/up projection `gu: [T, 2f]`.
+    fn silu_mul_fused(&self, gu: &Self::Tensor, out: &mut Self::Tensor) -> Result<()> {
+        let _ = (gu, out);
+        Err(crate::BackendError::Device(format!(
+            "{} has no fused projections",
+            self.name()
+        )))
+    }
+    /// `rope_and_cache` for a fused projection `qkv: [T, (heads + 2*kv_heads)*hd]` (rows hold q,
+    /// k, v): rotated queries go to `q_out`, rotated keys and the values only to the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_qkv_and_cache(
+        &self,
+        qkv: &Self::Tensor,
+        q_out: &mut Self::Tensor,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &Self::Batch,
+        cache: &mut Self::KvCache,
+        layer: usize,
+    ) -> Result<()> {
+        let _ = (qkv, q_out, rope, attn, batch, cache, layer);
+        Err(crate::BackendError::Device(format!(
+            "{} has no fused projections",
+            self.name()
+        )))
+    }
     /// Causal attention of each sequence's new queries over its whole cached context.
     fn paged_attention(
         &self,

@@ -4,15 +4,25 @@
 use crate::{ModelConfig, Result, WeightSource};
 use rvllm_backend::{AttentionSpec, Backend, KvCacheSpec, RopeSpec};
 
+/// Q, K and V projections: one stacked weight where the backend fuses them (one GEMM, one
+/// launch instead of three small ones), else apart.
+enum QkvWeights<W> {
+    Fused(W),
+    Split { q: W, k: W, v: W },
+}
+
+/// Gate and up projections, fused the same way.
+enum GateUpWeights<W> {
+    Fused(W),
+    Split { gate: W, up: W },
+}
+
 struct LlamaLayer<B: Backend> {
     attn_norm: B::Weight,
-    wq: B::Weight,
-    wk: B::Weight,
-    wv: B::Weight,
+    qkv: QkvWeights<B::Weight>,
     wo: B::Weight,
     ffn_norm: B::Weight,
-    w_gate: B::Weight,
-    w_up: B::Weight,
+    gate_up: GateUpWeights<B::Weight>,
     w_down: B::Weight,
 }
 
@@ -35,15 +45,26 @@ impl<B: Backend> LlamaModel<B> {
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let w = |n: &str, r, cols| src.load(backend, &format!("blk.{i}.{n}.weight"), r, cols);
+            let (wq, wk, wv) = (w("attn_q", q, h)?, w("attn_k", kv, h)?, w("attn_v", kv, h)?);
+            let qkv = match backend.concat_rows(&[&wq, &wk, &wv])? {
+                Some(fused) => QkvWeights::Fused(fused),
+                None => QkvWeights::Split {
+                    q: wq,
+                    k: wk,
+                    v: wv,
+                },
+            };
+            let (wg, wu) = (w("ffn_gate", f, h)?, w("ffn_up", f, h)?);
+            let gate_up = match backend.concat_rows(&[&wg, &wu])? {
+                Some(fused) => GateUpWeights::Fused(fused),
+                None => GateUpWeights::Split { gate: wg, up: wu },
+            };
             layers.push(LlamaLayer {
                 attn_norm: w("attn_norm", 1, h)?,
-                wq: w("attn_q", q, h)?,
-                wk: w("attn_k", kv, h)?,
-                wv: w("attn_v", kv, h)?,
+                qkv,
                 wo: w("attn_output", h, q)?,
                 ffn_norm: w("ffn_norm", 1, h)?,
-                w_gate: w("ffn_gate", f, h)?,
-                w_up: w("ffn_up", f, h)?,
+                gate_up,
                 w_down: w("ffn_down", h, f)?,
             });
         }
@@ -100,18 +121,31 @@ impl<B: Backend> LlamaModel<B> {
         let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let t = max_tokens.max(1);
         let r = max_rows.max(1);
+        let fused_qkv = matches!(
+            self.layers.first().map(|l| &l.qkv),
+            Some(QkvWeights::Fused(_))
+        );
+        let fused_gu = matches!(
+            self.layers.first().map(|l| &l.gate_up),
+            Some(GateUpWeights::Fused(_))
+        );
+        let opt = |on: bool, cols: usize| -> Result<Option<B::Tensor>> {
+            Ok(if on { Some(b.alloc(t, cols)?) } else { None })
+        };
         Ok(ForwardBuffers {
             max_tokens: t,
             max_rows: r,
             residual: b.alloc(t, h)?,
             normed: b.alloc(t, h)?,
             q: b.alloc(t, q_dim)?,
-            k: b.alloc(t, kv_dim)?,
-            v: b.alloc(t, kv_dim)?,
+            k: opt(!fused_qkv, kv_dim)?,
+            v: opt(!fused_qkv, kv_dim)?,
+            qkv: opt(fused_qkv, q_dim + 2 * kv_dim)?,
             attn_out: b.alloc(t, q_dim)?,
             proj: b.alloc(t, h)?,
-            gate: b.alloc(t, f)?,
-            up: b.alloc(t, f)?,
+            gate: opt(!fused_gu, f)?,
+            up: opt(!fused_gu, f)?,
+            gate_up: opt(fused_gu, 2 * f)?,
             act: b.alloc(t, f)?,
             last: b.alloc(r, h)?,
             last_normed: b.alloc(r, h)?,
@@ -156,10 +190,12 @@ impl<B: Backend> LlamaModel<B> {
             q,
             k,
             v,
+            qkv,
             attn_out,
             proj,
             gate,
             up,
+            gate_up,
             act,
             last,
             last_normed,
@@ -170,19 +206,34 @@ impl<B: Backend> LlamaModel<B> {
             &mut *residual,
             &mut *normed,
             &mut *q,
-            &mut *k,
-            &mut *v,
             &mut *attn_out,
             &mut *proj,
-            &mut *gate,
-            &mut *up,
             &mut *act,
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            [
+                &mut *k,
+                &mut *v,
+                &mut *qkv,
+                &mut *gate,
+                &mut *up,
+                &mut *gate_up,
+            ]
+            .into_iter()
+            .filter_map(|o| o.as_mut()),
+        ) {
             b.set_rows(x, t)?;
         }
         for x in [&mut *last, &mut *last_normed, &mut *logits] {
             b.set_rows(x, rows)?;
         }
+        let missing = || {
+            crate::ModelError::from(rvllm_backend::BackendError::Shape {
+                op: "forward",
+                detail: "step buffers do not match the model's projections".into(),
+            })
+        };
 
         b.embed(&self.embed, batch, residual)?;
         for (i, l) in self.layers.iter().enumerate() {
@@ -192,16 +243,46 @@ impl<B: Backend> LlamaModel<B> {
                 // The previous layer's MLP output joins the residual stream here.
                 b.add_rms_norm(residual, proj, &l.attn_norm, eps, normed)?;
             }
-            b.matmul(normed, &l.wq, q)?;
-            b.matmul(normed, &l.wk, k)?;
-            b.matmul(normed, &l.wv, v)?;
-            b.rope_and_cache(q, k, v, &self.rope, &self.attn, batch, cache, i)?;
+            match &l.qkv {
+                QkvWeights::Fused(w) => {
+                    let qkv = qkv.as_mut().ok_or_else(missing)?;
+                    b.matmul(normed, w, qkv)?;
+                    b.rope_qkv_and_cache(qkv, q, &self.rope, &self.attn, batch, cache, i)?;
+                }
+                QkvWeights::Split {
+                    q: wq,
+                    k: wk,
+                    v: wv,
+                } => {
+                    let (k, v) = (
+                        k.as_mut().ok_or_else(missing)?,
+                        v.as_mut().ok_or_else(missing)?,
+                    );
+                    b.matmul(normed, wq, q)?;
+                    b.matmul(normed, wk, k)?;
+                    b.matmul(normed, wv, v)?;
+                    b.rope_and_cache(q, k, v, &self.rope, &self.attn, batch, cache, i)?;
+                }
+            }
             b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
             b.matmul(attn_out, &l.wo, proj)?;
             b.add_rms_norm(residual, proj, &l.ffn_norm, eps, normed)?;
-            b.matmul(normed, &l.w_gate, gate)?;
-            b.matmul(normed, &l.w_up, up)?;
-            b.silu_mul(gate, up, act)?;
+            match &l.gate_up {
+                GateUpWeights::Fused(w) => {
+                    let gu = gate_up.as_mut().ok_or_else(missing)?;
+                    b.matmul(normed, w, gu)?;
+                    b.silu_mul_fused(gu, act)?;
+                }
+                GateUpWeights::Split { gate: wg, up: wu } => {
+                    let (g, u) = (
+                        gate.as_mut().ok_or_else(missing)?,
+                        up.as_mut().ok_or_else(missing)?,
+                    );
+                    b.matmul(normed, wg, g)?;
+                    b.matmul(normed, wu, u)?;
+                    b.silu_mul(g, u, act)?;
+                }
+            }
             b.matmul(act, &l.w_down, proj)?;
         }
         // Only the rows that sample need the final norm and the (large) vocabulary projection.
@@ -225,12 +306,15 @@ pub struct ForwardBuffers<B: Backend> {
     residual: B::Tensor,
     normed: B::Tensor,
     q: B::Tensor,
-    k: B::Tensor,
-    v: B::Tensor,
+    k: Option<B::Tensor>,
+    v: Option<B::Tensor>,
+    /// Output of the fused Q/K/V projection (only when the weights are fused).
+    qkv: Option<B::Tensor>,
     attn_out: B::Tensor,
     proj: B::Tensor,
-    gate: B::Tensor,
-    up: B::Tensor,
+    gate: Option<B::Tensor>,
+    up: Option<B::Tensor>,
+    gate_up: Option<B::Tensor>,
     act: B::Tensor,
     last: B::Tensor,
     last_normed: B::Tensor,

@@ -264,7 +264,8 @@ impl<B: Backend> ModelRunner<B> {
                 uncapturable: false,
             }),
         };
-        b.upload_batch_into(&padded, &mut state.batch).map_err(err)?;
+        b.upload_batch_into(&padded, &mut state.batch)
+            .map_err(err)?;
         self.profile.uploaded();
         if state.graph.is_some() && state.epoch != b.buffer_epoch() {
             state.graph = None;
@@ -281,8 +282,12 @@ impl<B: Backend> ModelRunner<B> {
             b.argmax_rows_into(logits, &mut self.ids).map_err(err)?;
             if !state.uncapturable {
                 let epoch = b.buffer_epoch();
-                let (model, cache, bufs, ids) =
-                    (&self.model, &mut self.kv_cache, &mut self.bufs, &mut self.ids);
+                let (model, cache, bufs, ids) = (
+                    &self.model,
+                    &mut self.kv_cache,
+                    &mut self.bufs,
+                    &mut self.ids,
+                );
                 let batch = &state.batch;
                 let captured = b.capture(&mut || {
                     let logits = model
@@ -301,7 +306,9 @@ impl<B: Backend> ModelRunner<B> {
                         self.graphs.enabled = false;
                     }
                     Err(e) => {
-                        tracing::warn!("decode batch {bucket}: graph capture failed, running eagerly: {e}");
+                        tracing::warn!(
+                            "decode batch {bucket}: graph capture failed, running eagerly: {e}"
+                        );
                         state.uncapturable = true;
                     }
                 }

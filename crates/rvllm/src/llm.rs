@@ -354,7 +354,7 @@ impl LLM {
             runner_opts,
             Some(step_buffers),
         )
-            .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?;
         let codec: Arc<dyn TextCodec> = match &tokenizer {
             Some(t) => Arc::new(TokenizerCodec(t.clone())),
             None => Arc::new(NoTokenizer {

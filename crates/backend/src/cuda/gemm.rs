@@ -123,6 +123,22 @@ impl Gemm {
                 size_of::<usize>(),
             )
             .and_then(|_| {
+                // RVLLM_GEMM_REDUCTION_MASK (cuBLASLt's reduction-scheme mask: 1 = none or in
+                // place, 7 = any) limits split-K to schemes without a separate reduce kernel.
+                match std::env::var("RVLLM_GEMM_REDUCTION_MASK")
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+                {
+                    Some(mask) => lt::set_matmul_pref_attribute(
+                        pref,
+                        sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                        &mask as *const u32 as *const c_void,
+                        size_of::<u32>(),
+                    ),
+                    None => Ok(()),
+                }
+            })
+            .and_then(|_| {
                 lt::get_matmul_algo_heuristic(
                     self.handle,
                     desc,

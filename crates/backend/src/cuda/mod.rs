@@ -12,8 +12,8 @@ pub mod selftest;
 use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
 use crate::{BackendError, BatchLayout, HostWeight, Result, WeightDtype};
 use cudarc::driver::{
-    result as dr, sys as dsys, CudaContext, CudaEvent, CudaFunction, CudaSlice,
-    CudaStream, DevicePtr, DeviceRepr, PinnedHostSlice,
+    result as dr, sys as dsys, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream,
+    DevicePtr, DeviceRepr, PinnedHostSlice,
 };
 use half::bf16;
 use std::collections::HashMap;
@@ -267,7 +267,7 @@ pub fn probe() -> Result<usize> {
 }
 
 /// Kernels of the core module (attention variants are compiled on demand, see `func`).
-const CORE_KERNELS: [&str; 12] = [
+const CORE_KERNELS: [&str; 13] = [
     "convert_weight_bf16",
     "convert_weight_f32",
     "dummy_fill_bf16",
@@ -277,7 +277,8 @@ const CORE_KERNELS: [&str; 12] = [
     "rms_norm_wbf16",
     "add_bf16",
     "silu_mul_bf16",
-    "rope_and_cache",
+    "rope_cache",
+    "silu_mul_fused_bf16",
     "paged_decode_reduce",
     "argmax_rows_bf16",
 ];
@@ -487,7 +488,9 @@ impl CudaBackend {
                 .into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(BackendError::Device("kernel compile thread panicked".into()))
+                        Err(BackendError::Device(
+                            "kernel compile thread panicked".into(),
+                        ))
                     })
                 })
                 .collect()
@@ -739,7 +742,7 @@ impl CudaBackend {
         Ok(raw_ptr(s.as_ref().unwrap(), &self.stream))
     }
 
-    /// Tokens per decode partition: the largest of 512/256/128 that still gives >= 2 waves.
+    /// Tokens per decode partition: the largest of 512..64 that still gives >= 2 waves, else 32.
     pub fn decode_partition(&self, ctas_per_part: usize, max_ctx: usize) -> usize {
         let forced = self.force_decode_partition.load(Ordering::Relaxed);
         if forced > 0 {
@@ -753,12 +756,13 @@ impl CudaBackend {
             return p.clamp(32, 1024);
         }
         let target = 2 * self.info.sm_count;
-        for p in [512, 256] {
+        // Short contexts at small batches get short partitions: more CTAs in flight.
+        for p in [512, 256, 128, 64] {
             if ctas_per_part * max_ctx.div_ceil(p) >= target {
                 return p;
             }
         }
-        128
+        32
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -897,6 +901,58 @@ impl CudaBackend {
                 Arg::I(g as i32),
                 Arg::I(hchunks as i32),
                 Arg::I(skip_decode as i32),
+            ],
+        )
+    }
+
+    /// The `rope_cache` kernel: q/k sources with their row strides, in-place or not (see the
+    /// kernel's comment); `k_dst == 0` leaves rotated keys only in the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_rope(
+        &self,
+        q_src: u64,
+        q_dst: u64,
+        k_src: u64,
+        k_dst: u64,
+        v_src: u64,
+        strides: (u64, u64, u64),
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &CudaBatch,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) -> Result<()> {
+        let hd = attn.head_dim;
+        let s = &self.stream;
+        self.launch(
+            "rope_cache",
+            (
+                batch.num_tokens as u32,
+                (attn.num_heads + 2 * attn.num_kv_heads) as u32,
+                1,
+            ),
+            ((hd / 2).clamp(32, 256) as u32, 1, 1),
+            0,
+            &[
+                Arg::P(q_src),
+                Arg::P(q_dst),
+                Arg::P(k_src),
+                Arg::P(k_dst),
+                Arg::P(v_src),
+                Arg::U(strides.0),
+                Arg::U(strides.1),
+                Arg::U(strides.2),
+                Arg::P(batch.ptr(s, batch.offs.positions)),
+                Arg::P(batch.ptr(s, batch.offs.slot_mapping)),
+                Arg::P(cache.part_ptr(s, layer, 0)),
+                Arg::P(cache.part_ptr(s, layer, 1)),
+                Arg::I(attn.num_heads as i32),
+                Arg::I(attn.num_kv_heads as i32),
+                Arg::I(hd as i32),
+                Arg::I(rope.rotary_dim as i32),
+                Arg::I((rope.style == RopeStyle::Neox) as i32),
+                Arg::F((rope.theta as f64).log2() as f32),
+                Arg::U((cache.spec.num_blocks * cache.spec.block_size) as u64),
             ],
         )
     }
@@ -1217,7 +1273,7 @@ impl Backend for CudaBackend {
         self.launch(
             "argmax_rows_bf16",
             (t.rows as u32, 1, 1),
-            (256, 1, 1),
+            (1024, 1, 1),
             0,
             &[
                 Arg::P(raw_ptr(&ids.buf, &self.stream)),
@@ -1241,9 +1297,7 @@ impl Backend for CudaBackend {
         let body = f();
         self.capturing.store(false, Ordering::SeqCst);
         // Always end the capture, also after an error, so the stream leaves capture mode.
-        let ended = self
-            .stream
-            .end_capture(dsys::CUgraphInstantiate_flags(0));
+        let ended = self.stream.end_capture(dsys::CUgraphInstantiate_flags(0));
         body?;
         let graph = ended.map_err(|e| dev_err("ending a graph capture", e))?;
         match graph {
@@ -1251,7 +1305,9 @@ impl Backend for CudaBackend {
                 g.upload().map_err(|e| dev_err("uploading a graph", e))?;
                 Ok(Some(CudaGraphExec(g)))
             }
-            None => Err(BackendError::Device("graph capture recorded nothing".into())),
+            None => Err(BackendError::Device(
+                "graph capture recorded nothing".into(),
+            )),
         }
     }
 
@@ -1277,7 +1333,7 @@ impl Backend for CudaBackend {
         self.launch(
             "argmax_rows_bf16",
             (t.rows as u32, 1, 1),
-            (256, 1, 1),
+            (1024, 1, 1),
             0,
             &[
                 Arg::P(raw_ptr(&out, &self.stream)),
@@ -1431,6 +1487,115 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn concat_rows(&self, parts: &[&CudaWeight]) -> Result<Option<CudaWeight>> {
+        let cols = parts.first().map(|p| p.cols).unwrap_or(0);
+        if parts.is_empty()
+            || parts
+                .iter()
+                .any(|p| p.cols != cols || p.rows < 2 || p.buf.is_f32())
+        {
+            return Ok(None);
+        }
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let dst = self.alloc_raw::<bf16>(rows * cols)?;
+        let mut at = raw_ptr(&dst, &self.stream);
+        for p in parts {
+            let bytes = p.rows * cols * 2;
+            self.dtod(at, p.buf.ptr(&self.stream), bytes)?;
+            at += bytes as u64;
+        }
+        Ok(Some(CudaWeight {
+            rows,
+            cols,
+            buf: DevBuf::Bf16(dst),
+        }))
+    }
+
+    fn silu_mul_fused(&self, gu: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        check(
+            "silu_mul_fused",
+            gu.cols == 2 * out.cols && gu.rows == out.rows,
+            || {
+                format!(
+                    "gu [{}, {}] -> out [{}, {}]",
+                    gu.rows, gu.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        let n = out.rows * out.cols;
+        let gp = self.bf16_ptr("silu_mul_fused", &gu.buf)?;
+        let op = self.bf16_ptr("silu_mul_fused", &out.buf)?;
+        self.launch(
+            "silu_mul_fused_bf16",
+            (self.grid_for(n.div_ceil(8), 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(op),
+                Arg::P(gp),
+                Arg::U(out.rows as u64),
+                Arg::U(out.cols as u64),
+            ],
+        )
+    }
+
+    fn rope_qkv_and_cache(
+        &self,
+        qkv: &CudaTensor,
+        q_out: &mut CudaTensor,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &CudaBatch,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) -> Result<()> {
+        let hd = attn.head_dim;
+        let (qd, kd) = (attn.num_heads * hd, attn.num_kv_heads * hd);
+        check(
+            "rope_qkv_and_cache",
+            qkv.rows == batch.num_tokens
+                && q_out.rows == qkv.rows
+                && qkv.cols == qd + 2 * kd
+                && q_out.cols == qd
+                && rope.rotary_dim <= hd
+                && (rope.rotary_dim % 2 == 0),
+            || {
+                format!(
+                    "qkv [{}, {}], q_out [{}, {}] for {} tokens, {attn:?}",
+                    qkv.rows, qkv.cols, q_out.rows, q_out.cols, batch.num_tokens
+                )
+            },
+        )?;
+        check(
+            "rope_qkv_and_cache",
+            layer < cache.spec.num_layers
+                && cache.spec.num_kv_heads == attn.num_kv_heads
+                && cache.spec.head_dim == hd,
+            || {
+                format!(
+                    "layer {layer} / cache {:?} vs attention {attn:?}",
+                    cache.spec
+                )
+            },
+        )?;
+        let src = self.bf16_ptr("rope_qkv_and_cache", &qkv.buf)?;
+        let qo = self.bf16_ptr("rope_qkv_and_cache", &q_out.buf)?;
+        let stride = qkv.cols as u64;
+        self.launch_rope(
+            src,
+            qo,
+            src + (qd * 2) as u64,
+            0,
+            src + ((qd + kd) * 2) as u64,
+            (stride, stride, stride),
+            rope,
+            attn,
+            batch,
+            cache,
+            layer,
+        )
+    }
+
     fn rope_and_cache(
         &self,
         q: &mut CudaTensor,
@@ -1473,28 +1638,22 @@ impl Backend for CudaBackend {
         let qp = self.bf16_ptr("rope_and_cache", &q.buf)?;
         let kp = self.bf16_ptr("rope_and_cache", &k.buf)?;
         let vp = self.bf16_ptr("rope_and_cache", &v.buf)?;
-        let s = &self.stream;
-        self.launch(
-            "rope_and_cache",
-            (n as u32, 1, 1),
-            (128, 1, 1),
-            0,
-            &[
-                Arg::P(qp),
-                Arg::P(kp),
-                Arg::P(vp),
-                Arg::P(batch.ptr(s, batch.offs.positions)),
-                Arg::P(batch.ptr(s, batch.offs.slot_mapping)),
-                Arg::P(cache.part_ptr(s, layer, 0)),
-                Arg::P(cache.part_ptr(s, layer, 1)),
-                Arg::I(attn.num_heads as i32),
-                Arg::I(attn.num_kv_heads as i32),
-                Arg::I(hd as i32),
-                Arg::I(rope.rotary_dim as i32),
-                Arg::I((rope.style == RopeStyle::Neox) as i32),
-                Arg::F(rope.theta),
-                Arg::U((cache.spec.num_blocks * cache.spec.block_size) as u64),
-            ],
+        let (qd, kd) = (
+            (attn.num_heads * hd) as u64,
+            (attn.num_kv_heads * hd) as u64,
+        );
+        self.launch_rope(
+            qp,
+            qp,
+            kp,
+            kp,
+            vp,
+            (qd, kd, kd),
+            rope,
+            attn,
+            batch,
+            cache,
+            layer,
         )
     }
 

@@ -592,6 +592,142 @@ fn case_rope(
     Ok(())
 }
 
+/// The fused-projection ops against their unfused CPU equivalents: `rope_qkv_and_cache` (q out,
+/// cache), `silu_mul_fused`, `concat_rows`; and the device argmax with planted ties.
+#[allow(clippy::too_many_arguments)]
+fn case_fused(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    heads: usize,
+    kvh: usize,
+    hd: usize,
+    style: RopeStyle,
+    rotary_dim: usize,
+) -> Result<()> {
+    let bs = 16;
+    let seqs = [(20usize, 20usize), (13, 53), (1, 700), (1, 5000)];
+    let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
+    let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + 4;
+    let spec = KvCacheSpec {
+        num_layers: 2,
+        num_blocks: nb,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let tables = block_tables(rng, &ctxs, bs, nb);
+    let mut layout = BatchLayout {
+        block_size: bs as u32,
+        ..Default::default()
+    };
+    for (i, &(ql, ctx)) in seqs.iter().enumerate() {
+        let toks: Vec<u32> = (0..ql as u32).collect();
+        layout.push_seq(&toks, (ctx - ql) as u32, &tables[i], true);
+    }
+    // A padding row (slot u32::MAX) must write nothing.
+    layout.token_ids.push(0);
+    layout.positions.push(0);
+    layout.slot_mapping.push(u32::MAX);
+    let t = layout.num_tokens();
+    let attn = AttentionSpec {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let rope = RopeSpec {
+        style,
+        theta: 500000.0,
+        rotary_dim,
+    };
+    let (qd, kd) = (heads * hd, kvh * hd);
+    let qkv = rng.bf16_vec(t * (qd + 2 * kd), 2.0);
+    let mut q = Vec::new();
+    let mut k = Vec::new();
+    let mut v = Vec::new();
+    for row in qkv.chunks(qd + 2 * kd) {
+        q.extend_from_slice(&row[..qd]);
+        k.extend_from_slice(&row[qd..qd + kd]);
+        v.extend_from_slice(&row[qd + kd..]);
+    }
+    let gqkv = gpu.upload(t, qd + 2 * kd, &qkv)?;
+    let mut gq = gpu_out(gpu, t, qd)?;
+    let mut gc = gpu.alloc_kv_cache(&spec)?;
+    let mut cc = cpu.alloc_kv_cache(&spec)?;
+    let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
+    gpu.rope_qkv_and_cache(&gqkv, &mut gq, &rope, &attn, &gb, &mut gc, 1)?;
+    let (mut cq, mut ck, cv) = (cpu_t(t, qd, q), cpu_t(t, kd, k), cpu_t(t, kd, v));
+    cpu.rope_and_cache(&mut cq, &mut ck, &cv, &rope, &attn, &cb, &mut cc, 1)?;
+    let name = format!("rope_qkv {style:?} rd={rotary_dim} {heads}/{kvh}x{hd}");
+    c.cmp(&format!("{name} q"), &gpu.to_host(&gq)?, &cq.data, 1e-2);
+    let blocks: Vec<u32> = (0..nb as u32).collect();
+    let g = bytes_bf16_to_f32(&gpu.read_blocks(&gc, &blocks)?);
+    let cvv = bytes_f32_to_f32(&cpu.read_blocks(&cc, &blocks)?);
+    c.cmp(&format!("{name} cache"), &g, &cvv, 1e-2);
+
+    // silu_mul_fused vs silu_mul of the halves.
+    let (rows, f) = (7usize, 1000usize);
+    let gu = rng.bf16_vec(rows * 2 * f, 4.0);
+    let (mut gate, mut up) = (Vec::new(), Vec::new());
+    for row in gu.chunks(2 * f) {
+        gate.extend_from_slice(&row[..f]);
+        up.extend_from_slice(&row[f..]);
+    }
+    let ggu = gpu.upload(rows, 2 * f, &gu)?;
+    let mut go = gpu_out(gpu, rows, f)?;
+    gpu.silu_mul_fused(&ggu, &mut go)?;
+    let mut co = cpu_zeros(rows, f);
+    cpu.silu_mul(&cpu_t(rows, f, gate), &cpu_t(rows, f, up), &mut co)?;
+    c.cmp("silu_mul_fused", &gpu.to_host(&go)?, &co.data, 1e-2);
+
+    // concat_rows: the stacked weight is the parts, in order.
+    let parts: Vec<Vec<f32>> = [(48usize, 64usize), (16, 64), (16, 64)]
+        .iter()
+        .map(|&(r, k)| rng.bf16_vec(r * k, 1.0))
+        .collect();
+    let ws: Vec<_> = parts
+        .iter()
+        .map(|p| {
+            gpu.load_weight(&HostWeight {
+                dtype: WeightDtype::BF16,
+                rows: p.len() / 64,
+                cols: 64,
+                bytes: &bf16_bytes(p),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let refs: Vec<&super::CudaWeight> = ws.iter().collect();
+    let fused = gpu
+        .concat_rows(&refs)?
+        .ok_or_else(|| crate::BackendError::Device("concat_rows gave None".into()))?;
+    let want: Vec<f32> = parts.concat();
+    c.cmp("concat_rows", &gpu.weight_to_host(&fused)?, &want, 1e-6);
+
+    // argmax: the lowest index among equal maxima, widths with and without 16-byte rows.
+    for cols in [128256usize, 1001] {
+        let rows = 5;
+        let mut x = rng.bf16_vec(rows * cols, 8.0);
+        for r in 0..rows {
+            let (a, b) = (rng.below(cols), rng.below(cols));
+            x[r * cols + a] = 64.0;
+            x[r * cols + b] = 64.0;
+        }
+        let gx = gpu.upload(rows, cols, &x)?;
+        let mut ids = gpu.alloc_ids(rows)?;
+        gpu.argmax_rows_into(&gx, &mut ids)?;
+        let got = gpu.ids_to_host(&ids, rows)?;
+        let want = crate::ops::argmax_rows_host(&x, cols);
+        c.truth(
+            &format!("argmax_rows [{rows}, {cols}] with ties"),
+            got == want,
+            format!("{got:?} vs {want:?}"),
+        );
+    }
+    Ok(())
+}
+
 /// A decode batch of `ctxs` padded to `bucket` rows the way the runner pads graph batches:
 /// block tables `mb` wide, an inert row (slot `u32::MAX`, context 1) per missing sequence.
 fn padded_decode_layout(
@@ -667,14 +803,14 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
     let first = padded_decode_layout(rng, &[5, 40, 200], bucket, bs, mb, nb);
     let mut batch = gpu.upload_batch(&first)?;
     let step = |gpu: &CudaBackend,
-                    batch: &CudaBatch,
-                    q: &mut CudaTensor,
-                    k: &mut CudaTensor,
-                    v: &CudaTensor,
-                    gc: &mut CudaKvCache,
-                    ao: &mut CudaTensor,
-                    proj: &mut CudaTensor,
-                    ids: &mut super::CudaIds|
+                batch: &CudaBatch,
+                q: &mut CudaTensor,
+                k: &mut CudaTensor,
+                v: &CudaTensor,
+                gc: &mut CudaKvCache,
+                ao: &mut CudaTensor,
+                proj: &mut CudaTensor,
+                ids: &mut super::CudaIds|
      -> Result<()> {
         gpu.rope_and_cache(q, k, v, &rope, &attn, batch, gc, 0)?;
         gpu.paged_attention(q, &attn, batch, gc, 0, ao)?;
@@ -682,11 +818,20 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
         gpu.argmax_rows_into(proj, ids)
     };
     // Eagerly once (sizes the decode scratch), then capture.
-    step(gpu, &batch, &mut q, &mut k, &v, &mut gc, &mut ao, &mut proj, &mut ids)?;
+    step(
+        gpu, &batch, &mut q, &mut k, &v, &mut gc, &mut ao, &mut proj, &mut ids,
+    )?;
     let graph = gpu
-        .capture(&mut || step(gpu, &batch, &mut q, &mut k, &v, &mut gc, &mut ao, &mut proj, &mut ids))?
+        .capture(&mut || {
+            step(
+                gpu, &batch, &mut q, &mut k, &v, &mut gc, &mut ao, &mut proj, &mut ids,
+            )
+        })?
         .ok_or_else(|| crate::BackendError::Device("no graph captured".into()))?;
-    for (round, ctxs) in [vec![1usize, 1000, 17], vec![300, 2, 1024]].iter().enumerate() {
+    for (round, ctxs) in [vec![1usize, 1000, 17], vec![300, 2, 1024]]
+        .iter()
+        .enumerate()
+    {
         let layout = padded_decode_layout(rng, ctxs, bucket, bs, mb, nb);
         let s = gc.spec;
         let be = s.block_size * s.num_kv_heads * s.head_dim;
@@ -709,9 +854,15 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
             } else {
                 let mut fresh = gpu.upload_batch(&layout)?;
                 gpu.upload_batch_into(&layout, &mut fresh)?;
-                step(gpu, &fresh, &mut q, &mut k, &v, &mut gc, &mut ao, &mut proj, &mut ids)?;
+                step(
+                    gpu, &fresh, &mut q, &mut k, &v, &mut gc, &mut ao, &mut proj, &mut ids,
+                )?;
             }
-            Ok((gpu.to_host(&ao)?, gpu.to_host(&proj)?, gpu.ids_to_host(&ids, bucket)?))
+            Ok((
+                gpu.to_host(&ao)?,
+                gpu.to_host(&proj)?,
+                gpu.ids_to_host(&ids, bucket)?,
+            ))
         };
         let (ga, gp, gi) = run(true)?;
         let (ea, ep, ei) = run(false)?;
@@ -872,6 +1023,9 @@ pub fn selftest(report: &mut String) -> Result<bool> {
         ] {
             c.run("rope", |c| {
                 case_rope(c, &gpu, &cpu, &mut rng, h, kv, hd, style, rd)
+            });
+            c.run("fused", |c| {
+                case_fused(c, &gpu, &cpu, &mut rng, h, kv, hd, style, rd)
             });
         }
     }
