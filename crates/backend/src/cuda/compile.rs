@@ -16,6 +16,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../kernels/elementwise.cu"),
     ),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
+    (
+        "attention_prefill_tc.cu",
+        include_str!("../../kernels/attention_prefill_tc.cu"),
+    ),
 ];
 
 /// The whole program text.

@@ -31,6 +31,24 @@ const PREFILL_HDS: [usize; 4] = [64, 96, 128, 256];
 const DECODE_MAX_G: usize = 8;
 const PREFILL_MAX_G: usize = 16;
 const PREFILL_BM: usize = 64;
+/// Head dims with a tensor-core prefill kernel (kernels/attention_prefill_tc.cu).
+const PREFILL_TC_HDS: [usize; 2] = [64, 128];
+/// Tensor-core prefill: 0 = as RVLLM_PREFILL_TC says (on unless "0"), 1 = on, 2 = off. The
+/// self-test and the bench set it for A/B runs against the f32 kernel.
+static PREFILL_TC_MODE: AtomicUsize = AtomicUsize::new(0);
+
+fn prefill_tc_on() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match PREFILL_TC_MODE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => *ENV.get_or_init(|| {
+            std::env::var("RVLLM_PREFILL_TC")
+                .map(|v| v.trim() != "0")
+                .unwrap_or(true)
+        }),
+    }
+}
 
 fn dev_err(what: &str, e: impl std::fmt::Debug) -> BackendError {
     BackendError::Device(format!("{what}: {e:?}"))
@@ -292,11 +310,19 @@ fn kernel_names() -> Vec<String> {
     for hd in PREFILL_HDS {
         v.push(format!("paged_prefill_h{hd}"));
     }
+    for hd in PREFILL_TC_HDS {
+        v.push(format!("paged_prefill_tc_h{hd}"));
+    }
     v
 }
 
 fn prefill_smem(hd: usize) -> usize {
     3 * PREFILL_BM * (hd + 8) * 2
+}
+
+/// Tensor-core prefill: 2 stages x (K, V) x 64 keys x (hd + 8) bf16.
+fn prefill_tc_smem(hd: usize) -> usize {
+    4 * PREFILL_BM * (hd + 8) * 2
 }
 
 /// Largest divisor of `n` that is `<= cap`.
@@ -349,10 +375,17 @@ impl CudaBackend {
                 .map_err(|e| dev_err(&format!("kernel {name} missing from the module"), e))?;
             funcs.insert(name, f);
         }
-        for hd in PREFILL_HDS {
-            let need = prefill_smem(hd);
+        let prefill_kernels = PREFILL_HDS
+            .iter()
+            .map(|&hd| (format!("paged_prefill_h{hd}"), prefill_smem(hd)))
+            .chain(
+                PREFILL_TC_HDS
+                    .iter()
+                    .map(|&hd| (format!("paged_prefill_tc_h{hd}"), prefill_tc_smem(hd))),
+            );
+        for (name, need) in prefill_kernels {
             if need > 48 * 1024 && need <= max_smem_optin {
-                funcs[&format!("paged_prefill_h{hd}")]
+                funcs[&name]
                     .set_attribute(
                         dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                         need as i32,
@@ -797,7 +830,13 @@ impl CudaBackend {
         let g = divisor_at_most(group, PREFILL_MAX_G);
         let hchunks = group / g;
         let tpc = PREFILL_BM / g;
-        let smem = prefill_smem(hd);
+        // Tensor-core kernel: 128 threads (4 warps x 16 rows); f32 kernel: 256 threads.
+        let tc = PREFILL_TC_HDS.contains(&hd) && prefill_tc_on();
+        let (name, smem, threads) = if tc {
+            (format!("paged_prefill_tc_h{hd}"), prefill_tc_smem(hd), 128)
+        } else {
+            (format!("paged_prefill_h{hd}"), prefill_smem(hd), 256)
+        };
         if smem > self.info.max_smem_optin.max(48 * 1024) {
             return Err(BackendError::Device(format!(
                 "head_dim {hd} needs {smem} bytes of shared memory, the device allows {}",
@@ -806,13 +845,13 @@ impl CudaBackend {
         }
         let s = &self.stream;
         self.launch(
-            &format!("paged_prefill_h{hd}"),
+            &name,
             (
                 b.max_query_len.div_ceil(tpc) as u32,
                 b.num_seqs as u32,
                 (attn.num_kv_heads * hchunks) as u32,
             ),
-            (256, 1, 1),
+            (threads, 1, 1),
             smem as u32,
             &[
                 Arg::P(out),
@@ -1171,9 +1210,7 @@ impl Backend for CudaBackend {
         let body = f();
         self.capturing.store(false, Ordering::SeqCst);
         // Always end the capture, also after an error, so the stream leaves capture mode.
-        let ended = self
-            .stream
-            .end_capture(dsys::CUgraphInstantiate_flags(0));
+        let ended = self.stream.end_capture(dsys::CUgraphInstantiate_flags(0));
         body?;
         let graph = ended.map_err(|e| dev_err("ending a graph capture", e))?;
         match graph {
@@ -1181,7 +1218,9 @@ impl Backend for CudaBackend {
                 g.upload().map_err(|e| dev_err("uploading a graph", e))?;
                 Ok(Some(CudaGraphExec(g)))
             }
-            None => Err(BackendError::Device("graph capture recorded nothing".into())),
+            None => Err(BackendError::Device(
+                "graph capture recorded nothing".into(),
+            )),
         }
     }
 
