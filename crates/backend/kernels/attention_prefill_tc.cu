@@ -2,7 +2,7 @@
 // (head dims 64 and 128). Same parameters and semantics as paged_prefill_h{HD} in attention.cu.
 //
 // FlashAttention-2 structure, bf16 mma.sync m16n8k16 with f32 accumulation:
-//   * A CTA of 4 warps owns a tile of 64 rows; a row is a (query token, head-in-group) pair,
+//   * A CTA of NW warps (4 or 8) owns a tile of 16 * NW rows; a row is a (query token, head-in-group) pair,
 //     row r = token t0 + r / G, head head0 + r % G, so one K/V tile serves the G heads of the
 //     GQA group. Each warp owns 16 consecutive rows; rows past the valid ones are clamped to the
 //     last valid row (finite math, never stored).
@@ -17,12 +17,11 @@
 //     tile entirely when all its rows end before it.
 //
 // Shared memory: [2 stages][K, V][64 keys][HD + 8] bf16 (rows padded by 16 bytes: ldmatrix and
-// the cp.async stores are conflict-free). Q is staged once in stage 1's K buffer before the
-// loop, the output in stage 0's K buffer after it. 68 KiB for HD 128, 36 KiB for HD 64.
+// the cp.async stores are conflict-free). Q is staged once in stage 1 (its K then V buffer)
+// before the loop, the output in stage 0 after it. 68 KiB for HD 128, 36 KiB for HD 64, for
+// either warp count.
 
-#define PFTC_BM 64
 #define PFTC_BN 64
-#define PFTC_NT 128
 
 __device__ __forceinline__ u32 pftc_smem_addr(const void* p) {
     return (u32)__cvta_generic_to_shared(p);
@@ -77,21 +76,21 @@ __device__ __forceinline__ u32 pftc_pack(float lo, float hi) {
     return *reinterpret_cast<u32*>(&h);
 }
 
-template <int HD>
+template <int HD, int NW>
 __device__ __forceinline__ void prefill_tc_impl(
     bf16* __restrict__ out, const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
     const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ query_start, const u32* __restrict__ query_len,
     const u32* __restrict__ context_len, int max_blocks, int num_heads, int num_kv_heads,
     int block_size, float scale, int G, int hchunks, int skip_decode) {
-    constexpr int BM = PFTC_BM, BN = PFTC_BN, NT = PFTC_NT;
+    constexpr int BM = 16 * NW, BN = PFTC_BN, NT = 32 * NW;
     constexpr int LD = HD + 8;       // smem row pitch in elements (HD*2 + 16 bytes)
     constexpr int CPR = HD / 8;      // 16-byte chunks per row
     constexpr int KD = HD / 16;      // k-steps of Q·Kᵀ
     constexpr int ND = HD / 8;       // 8-wide output column tiles
     constexpr int NS = BN / 8;       // 8-wide score column tiles
     constexpr int TILE = BN * LD;    // elements of one K or V buffer (== BM * LD)
-    static_assert(BM == BN, "Q is staged in a K buffer");
+    static_assert(BM <= 2 * BN, "Q is staged in stage 1's K and V buffers");
     static_assert(HD % 16 == 0 && (BN * CPR) % NT == 0 && (BM * CPR) % NT == 0, "tiling");
     extern __shared__ __align__(16) unsigned char pftc_smem[];
     bf16* sm = reinterpret_cast<bf16*>(pftc_smem);
@@ -122,39 +121,36 @@ __device__ __forceinline__ void prefill_tc_impl(
     const int n_tiles = (kv_end + BN - 1) / BN;
     const int n_full = (pos_first + 1) / BN;          // tiles before this need no causal mask
 
-    // Key tile i into stage st (zeros past kv_end). Two threads per key, each copying half a
-    // row (CPR / 2 chunks) of K and of V: one block-table lookup per thread and tile.
-    constexpr int HC = CPR / 2;
-    static_assert(NT == 2 * BN && NT == 2 * BM, "two threads per tile row");
-    const int ld_row = tid >> 1, ld_col = (tid & 1) * HC * 8;  // row, first element
-    const u32 ld_dst = sm_base + (u32)((ld_row * LD + ld_col) * 2);
+    // Key tile i into stage st (zeros past kv_end). Consecutive threads copy consecutive
+    // 16-byte chunks of a key row (whole 32-byte sectors per instruction).
     auto load_kv = [&](int i, int st) {
-        const int pos = i * BN + ld_row;
-        const bool ok = pos < kv_end;
-        u64 off = 0;
-        if (ok) {
-            const u64 blk = bt[pos / block_size];
-            off = (blk * block_size + pos % block_size) * tok_stride + (u64)kvh * HD + ld_col;
-        }
-        const bf16* ksrc = k_cache + off;
-        const bf16* vsrc = v_cache + off;
-        const u32 kd = ld_dst + (u32)(st * 2 * TILE * 2);
-#pragma unroll
-        for (int c = 0; c < HC; c++) {
-            pftc_cp16(kd + c * 16, ksrc + c * 8, ok);
-            pftc_cp16(kd + TILE * 2 + c * 16, vsrc + c * 8, ok);
+        const u32 kd = sm_base + (u32)(st * 2 * TILE * 2);
+#pragma unroll 1  // full unrolling keeps 8 offsets live: spills at 168 registers
+        for (int it = 0; it < BN * CPR / NT; it++) {
+            const int idx = tid + it * NT;
+            const int j = idx / CPR, c = idx % CPR;
+            const int pos = i * BN + j;
+            const bool ok = pos < kv_end;
+            u64 off = 0;
+            if (ok) {
+                const u64 blk = bt[pos / block_size];
+                off = (blk * block_size + pos % block_size) * tok_stride + (u64)kvh * HD + c * 8;
+            }
+            const u32 d = kd + (u32)((j * LD + c * 8) * 2);
+            pftc_cp16(d, k_cache + off, ok);
+            pftc_cp16(d + TILE * 2, v_cache + off, ok);
         }
     };
 
-    // ---- Q tile -> stage 1's K buffer (own group), key tile 0 -> stage 0.
-    {
-        const bool ok = ld_row < nrows;
-        const bf16* src = q;
-        if (ok)
-            src = q + (qs + t0 + ld_row / G) * qrow + (u64)(head0 + ld_row % G) * HD + ld_col;
-        const u32 qd = ld_dst + (u32)(2 * TILE * 2);
+    // ---- Q tile -> stage 1 (rows 0..BM-1 of its K, V buffers; own group), key tile 0 -> stage 0.
 #pragma unroll
-        for (int c = 0; c < HC; c++) pftc_cp16(qd + c * 16, src + c * 8, ok);
+    for (int it = 0; it < BM * CPR / NT; it++) {
+        const int idx = tid + it * NT;
+        const int r = idx / CPR, c = idx % CPR;
+        const bool ok = r < nrows;
+        const bf16* src = q;
+        if (ok) src = q + (qs + t0 + r / G) * qrow + (u64)(head0 + r % G) * HD + c * 8;
+        pftc_cp16(sm_base + (u32)((2 * TILE + r * LD + c * 8) * 2), src, ok);
     }
     pftc_commit();
     load_kv(0, 0);
@@ -306,7 +302,8 @@ __device__ __forceinline__ void prefill_tc_impl(
         __syncthreads();  // stage i&1 is rewritten by the prefetch of the next iteration
     }
 
-    // ---- epilogue: normalize, stage the warp's 16 rows in stage 0's K buffer, 16-byte stores.
+    // ---- epilogue: normalize, stage the warp's 16 rows in stage 0 (rows 0..BM-1 of its K and V
+    // buffers), 16-byte stores.
     if (!warp_active) return;  // warp-uniform; no block-wide barrier below
     lA += __shfl_xor_sync(0xffffffffu, lA, 1);
     lA += __shfl_xor_sync(0xffffffffu, lA, 2);
@@ -337,15 +334,19 @@ __device__ __forceinline__ void prefill_tc_impl(
     }
 }
 
-#define PREFILL_TC_KERNEL(HD, MINB)                                                              \
-    extern "C" __global__ void __launch_bounds__(PFTC_NT, MINB) paged_prefill_tc_h##HD(          \
+#define PREFILL_TC_KERNEL(NAME, HD, NW, MINB)                                                    \
+    extern "C" __global__ void __launch_bounds__(32 * NW, MINB) NAME(                            \
         bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache,                      \
         const u32* block_tables, const u32* query_start, const u32* query_len,                   \
         const u32* context_len, int max_blocks, int num_heads, int num_kv_heads, int block_size, \
         float scale, int G, int hchunks, int skip_decode) {                                      \
-        prefill_tc_impl<HD>(out, q, k_cache, v_cache, block_tables, query_start, query_len,      \
+        prefill_tc_impl<HD, NW>(out, q, k_cache, v_cache, block_tables, query_start, query_len,      \
                             context_len, max_blocks, num_heads, num_kv_heads, block_size, scale, \
                             G, hchunks, skip_decode);                                            \
     }
-PREFILL_TC_KERNEL(64, 3)
-PREFILL_TC_KERNEL(128, 3)
+// 4 warps / 64 rows: 3 CTAs per SM (168 registers, 68 KiB smem for HD 128).
+PREFILL_TC_KERNEL(paged_prefill_tc_h64, 64, 4, 3)
+PREFILL_TC_KERNEL(paged_prefill_tc_h128, 128, 4, 3)
+// 8 warps / 128 rows: half the K/V traffic per row, one CTA per SM (RVLLM_PREFILL_TC=8).
+PREFILL_TC_KERNEL(paged_prefill_tc8_h64, 64, 8, 1)
+PREFILL_TC_KERNEL(paged_prefill_tc8_h128, 128, 8, 1)

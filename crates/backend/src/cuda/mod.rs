@@ -33,20 +33,30 @@ const PREFILL_MAX_G: usize = 16;
 const PREFILL_BM: usize = 64;
 /// Head dims with a tensor-core prefill kernel (kernels/attention_prefill_tc.cu).
 const PREFILL_TC_HDS: [usize; 2] = [64, 128];
-/// Tensor-core prefill: 0 = as RVLLM_PREFILL_TC says (on unless "0"), 1 = on, 2 = off. The
-/// self-test and the bench set it for A/B runs against the f32 kernel.
+/// Prefill kernel for those head dims: 0 = as RVLLM_PREFILL_TC says, else one of the
+/// `PREFILL_TC_*` values below. The self-test and the bench set it for A/B runs.
 static PREFILL_TC_MODE: AtomicUsize = AtomicUsize::new(0);
+/// Tensor cores, 4 warps x 16 rows per CTA (the default).
+const PREFILL_TC_4: usize = 1;
+/// The f32 kernel (RVLLM_PREFILL_TC=0).
+const PREFILL_TC_OFF: usize = 2;
+/// Tensor cores, 8 warps x 16 rows per CTA (RVLLM_PREFILL_TC=8).
+const PREFILL_TC_8: usize = 3;
 
-fn prefill_tc_on() -> bool {
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// Which prefill kernel serves head dims 64 / 128 (`PREFILL_TC_*`).
+fn prefill_tc_mode() -> usize {
+    static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match PREFILL_TC_MODE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => *ENV.get_or_init(|| {
-            std::env::var("RVLLM_PREFILL_TC")
-                .map(|v| v.trim() != "0")
-                .unwrap_or(true)
-        }),
+        0 => {
+            *ENV.get_or_init(
+                || match std::env::var("RVLLM_PREFILL_TC").as_deref().map(str::trim) {
+                    Ok("0") => PREFILL_TC_OFF,
+                    Ok("8") => PREFILL_TC_8,
+                    _ => PREFILL_TC_4,
+                },
+            )
+        }
+        m => m,
     }
 }
 
@@ -312,6 +322,7 @@ fn kernel_names() -> Vec<String> {
     }
     for hd in PREFILL_TC_HDS {
         v.push(format!("paged_prefill_tc_h{hd}"));
+        v.push(format!("paged_prefill_tc8_h{hd}"));
     }
     v
 }
@@ -320,7 +331,7 @@ fn prefill_smem(hd: usize) -> usize {
     3 * PREFILL_BM * (hd + 8) * 2
 }
 
-/// Tensor-core prefill: 2 stages x (K, V) x 64 keys x (hd + 8) bf16.
+/// Tensor-core prefill (either warp count): 2 stages x (K, V) x 64 keys x (hd + 8) bf16.
 fn prefill_tc_smem(hd: usize) -> usize {
     4 * PREFILL_BM * (hd + 8) * 2
 }
@@ -378,11 +389,9 @@ impl CudaBackend {
         let prefill_kernels = PREFILL_HDS
             .iter()
             .map(|&hd| (format!("paged_prefill_h{hd}"), prefill_smem(hd)))
-            .chain(
-                PREFILL_TC_HDS
-                    .iter()
-                    .map(|&hd| (format!("paged_prefill_tc_h{hd}"), prefill_tc_smem(hd))),
-            );
+            .chain(PREFILL_TC_HDS.iter().flat_map(|&hd| {
+                ["tc", "tc8"].map(|k| (format!("paged_prefill_{k}_h{hd}"), prefill_tc_smem(hd)))
+            }));
         for (name, need) in prefill_kernels {
             if need > 48 * 1024 && need <= max_smem_optin {
                 funcs[&name]
@@ -829,14 +838,33 @@ impl CudaBackend {
         let group = attn.num_heads / attn.num_kv_heads;
         let g = divisor_at_most(group, PREFILL_MAX_G);
         let hchunks = group / g;
-        let tpc = PREFILL_BM / g;
-        // Tensor-core kernel: 128 threads (4 warps x 16 rows); f32 kernel: 256 threads.
-        let tc = PREFILL_TC_HDS.contains(&hd) && prefill_tc_on();
-        let (name, smem, threads) = if tc {
-            (format!("paged_prefill_tc_h{hd}"), prefill_tc_smem(hd), 128)
+        // Tile rows (token, head-in-group pairs) per CTA, threads per CTA, kernel.
+        let mode = if PREFILL_TC_HDS.contains(&hd) {
+            prefill_tc_mode()
         } else {
-            (format!("paged_prefill_h{hd}"), prefill_smem(hd), 256)
+            PREFILL_TC_OFF
         };
+        let (rows, threads, name, smem) = match mode {
+            PREFILL_TC_4 => (
+                64,
+                128,
+                format!("paged_prefill_tc_h{hd}"),
+                prefill_tc_smem(hd),
+            ),
+            PREFILL_TC_8 => (
+                128,
+                256,
+                format!("paged_prefill_tc8_h{hd}"),
+                prefill_tc_smem(hd),
+            ),
+            _ => (
+                PREFILL_BM,
+                256,
+                format!("paged_prefill_h{hd}"),
+                prefill_smem(hd),
+            ),
+        };
+        let tpc = rows / g;
         if smem > self.info.max_smem_optin.max(48 * 1024) {
             return Err(BackendError::Device(format!(
                 "head_dim {hd} needs {smem} bytes of shared memory, the device allows {}",

@@ -848,14 +848,20 @@ pub fn selftest(report: &mut String) -> Result<bool> {
         (8, 8, 128, &[(100, 100), (70, 333)]),
         (9, 3, 128, &[(64, 64), (65, 200), (2, 2)]),
     ];
-    for (h, kv, hd, seqs) in tc_cases {
-        c.run("prefill tc", |c| {
-            case_attention(c, &gpu, &cpu, &mut rng, "prefill", h, kv, hd, seqs, 0)
-        });
+    for (mode, label) in [
+        (super::PREFILL_TC_4, "prefill tc"),
+        (super::PREFILL_TC_8, "prefill tc8"),
+    ] {
+        super::PREFILL_TC_MODE.store(mode, Ordering::Relaxed);
+        for (h, kv, hd, seqs) in tc_cases {
+            c.run(label, |c| {
+                case_attention(c, &gpu, &cpu, &mut rng, label, h, kv, hd, seqs, 0)
+            });
+        }
     }
     // The f32 prefill kernel for the head dims the tensor-core kernel took over
     // (RVLLM_PREFILL_TC=0).
-    super::PREFILL_TC_MODE.store(2, Ordering::Relaxed);
+    super::PREFILL_TC_MODE.store(super::PREFILL_TC_OFF, Ordering::Relaxed);
     for (h, kv, hd, seqs) in [
         (
             32usize,
@@ -1011,7 +1017,11 @@ fn bench_prefill(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Resul
         let mut out = gpu.alloc(t, heads * hd)?;
         // Q·Kᵀ and P·V over the visible keys: 4 * hd flops per (query, head, key).
         let flops = 4.0 * (hd * heads) as f64 * (n * len * (len + 1) / 2) as f64;
-        for (label, mode) in [("tc", 1usize), ("f32", 2)] {
+        for (label, mode) in [
+            ("tc", super::PREFILL_TC_4),
+            ("tc8", super::PREFILL_TC_8),
+            ("f32", super::PREFILL_TC_OFF),
+        ] {
             super::PREFILL_TC_MODE.store(mode, Ordering::Relaxed);
             let r = time_ms(gpu, 2, 10, |_| {
                 gpu.paged_attention(&q, &attn, &batch, &cache, 0, &mut out)
