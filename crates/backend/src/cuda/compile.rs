@@ -16,6 +16,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../kernels/elementwise.cu"),
     ),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
+    (
+        "attention_prefill_tc.cu",
+        include_str!("../../kernels/attention_prefill_tc.cu"),
+    ),
 ];
 
 /// The whole program text, every kernel variant included (the compile test builds this).
@@ -72,6 +76,13 @@ pub fn instantiation_for(name: &str) -> Option<String> {
     }
     if let Some(hd) = name.strip_prefix("paged_prefill_h") {
         return Some(format!("PREFILL_KERNEL({})", num(hd)?));
+    }
+    // Tensor-core prefill: 4 warps (3 CTAs per SM) or 8 warps (1 CTA per SM).
+    if let Some(hd) = name.strip_prefix("paged_prefill_tc_h") {
+        return Some(format!("PREFILL_TC_KERNEL({name}, {}, 4, 3)", num(hd)?));
+    }
+    if let Some(hd) = name.strip_prefix("paged_prefill_tc8_h") {
+        return Some(format!("PREFILL_TC_KERNEL({name}, {}, 8, 1)", num(hd)?));
     }
     None
 }

@@ -31,6 +31,34 @@ const PREFILL_HDS: [usize; 4] = [64, 96, 128, 256];
 const DECODE_MAX_G: usize = 8;
 const PREFILL_MAX_G: usize = 16;
 const PREFILL_BM: usize = 64;
+/// Head dims with a tensor-core prefill kernel (kernels/attention_prefill_tc.cu).
+const PREFILL_TC_HDS: [usize; 2] = [64, 128];
+/// Prefill kernel for those head dims: 0 = as RVLLM_PREFILL_TC says, else one of the
+/// `PREFILL_TC_*` values below. The self-test and the bench set it for A/B runs.
+static PREFILL_TC_MODE: AtomicUsize = AtomicUsize::new(0);
+/// Tensor cores, 4 warps x 16 rows per CTA (the default).
+const PREFILL_TC_4: usize = 1;
+/// The f32 kernel (RVLLM_PREFILL_TC=0).
+const PREFILL_TC_OFF: usize = 2;
+/// Tensor cores, 8 warps x 16 rows per CTA (RVLLM_PREFILL_TC=8).
+const PREFILL_TC_8: usize = 3;
+
+/// Which prefill kernel serves head dims 64 / 128 (`PREFILL_TC_*`).
+fn prefill_tc_mode() -> usize {
+    static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    match PREFILL_TC_MODE.load(Ordering::Relaxed) {
+        0 => {
+            *ENV.get_or_init(
+                || match std::env::var("RVLLM_PREFILL_TC").as_deref().map(str::trim) {
+                    Ok("0") => PREFILL_TC_OFF,
+                    Ok("8") => PREFILL_TC_8,
+                    _ => PREFILL_TC_4,
+                },
+            )
+        }
+        m => m,
+    }
+}
 
 fn dev_err(what: &str, e: impl std::fmt::Debug) -> BackendError {
     BackendError::Device(format!("{what}: {e:?}"))
@@ -289,12 +317,54 @@ fn decode_kernel_name(attn: &AttentionSpec) -> String {
     format!("paged_decode_h{}_g{g}", attn.head_dim)
 }
 
-fn prefill_kernel_name(attn: &AttentionSpec) -> String {
-    format!("paged_prefill_h{}", attn.head_dim)
+/// The prefill kernel for `hd` and its (tile rows, threads, dynamic shared memory).
+fn prefill_kernel(hd: usize) -> (String, usize, u32, usize) {
+    let mode = if PREFILL_TC_HDS.contains(&hd) {
+        prefill_tc_mode()
+    } else {
+        PREFILL_TC_OFF
+    };
+    match mode {
+        PREFILL_TC_4 => (
+            format!("paged_prefill_tc_h{hd}"),
+            64,
+            128,
+            prefill_tc_smem(hd),
+        ),
+        PREFILL_TC_8 => (
+            format!("paged_prefill_tc8_h{hd}"),
+            128,
+            256,
+            prefill_tc_smem(hd),
+        ),
+        _ => (
+            format!("paged_prefill_h{hd}"),
+            PREFILL_BM,
+            256,
+            prefill_smem(hd),
+        ),
+    }
+}
+
+/// Dynamic shared memory of an on-demand kernel, by name (0 when it needs no opt-in).
+fn variant_smem(name: &str) -> usize {
+    let hd = |p: &str| name.strip_prefix(p).and_then(|h| h.parse::<usize>().ok());
+    if let Some(h) = hd("paged_prefill_h") {
+        prefill_smem(h)
+    } else if let Some(h) = hd("paged_prefill_tc_h").or_else(|| hd("paged_prefill_tc8_h")) {
+        prefill_tc_smem(h)
+    } else {
+        0
+    }
 }
 
 fn prefill_smem(hd: usize) -> usize {
     3 * PREFILL_BM * (hd + 8) * 2
+}
+
+/// Tensor-core prefill (either warp count): 2 stages x (K, V) x 64 keys x (hd + 8) bf16.
+fn prefill_tc_smem(hd: usize) -> usize {
+    4 * PREFILL_BM * (hd + 8) * 2
 }
 
 /// Largest divisor of `n` that is `<= cap`.
@@ -450,25 +520,20 @@ impl CudaBackend {
         let f = module
             .load_function(name)
             .map_err(|e| dev_err(&format!("kernel {name} missing from its module"), e))?;
-        if let Some(hd) = name
-            .strip_prefix("paged_prefill_h")
-            .and_then(|h| h.parse::<usize>().ok())
-        {
-            let need = prefill_smem(hd);
-            if need > 48 * 1024 && need <= self.info.max_smem_optin {
-                f.set_attribute(
-                    dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    need as i32,
-                )
-                .map_err(|e| dev_err("raising the shared memory limit", e))?;
-            }
+        let need = variant_smem(name);
+        if need > 48 * 1024 && need <= self.info.max_smem_optin {
+            f.set_attribute(
+                dsys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                need as i32,
+            )
+            .map_err(|e| dev_err("raising the shared memory limit", e))?;
         }
         Ok(f)
     }
 
     /// Compiles the attention kernels of `attn` now, in parallel, instead of in the first step.
     pub fn prepare_attention(&self, attn: &AttentionSpec) -> Result<()> {
-        let mut names = vec![prefill_kernel_name(attn)];
+        let mut names = vec![prefill_kernel(attn.head_dim).0];
         if DECODE_HDS.contains(&attn.head_dim) {
             names.push(decode_kernel_name(attn));
         }
@@ -866,8 +931,9 @@ impl CudaBackend {
         let group = attn.num_heads / attn.num_kv_heads;
         let g = divisor_at_most(group, PREFILL_MAX_G);
         let hchunks = group / g;
-        let tpc = PREFILL_BM / g;
-        let smem = prefill_smem(hd);
+        // Tile rows (token, head-in-group pairs) per CTA, threads per CTA, kernel.
+        let (name, rows, threads, smem) = prefill_kernel(hd);
+        let tpc = rows / g;
         if smem > self.info.max_smem_optin.max(48 * 1024) {
             return Err(BackendError::Device(format!(
                 "head_dim {hd} needs {smem} bytes of shared memory, the device allows {}",
@@ -876,13 +942,13 @@ impl CudaBackend {
         }
         let s = &self.stream;
         self.launch(
-            &prefill_kernel_name(attn),
+            &name,
             (
                 b.max_query_len.div_ceil(tpc) as u32,
                 b.num_seqs as u32,
                 (attn.num_kv_heads * hchunks) as u32,
             ),
-            (256, 1, 1),
+            (threads, 1, 1),
             smem as u32,
             &[
                 Arg::P(out),

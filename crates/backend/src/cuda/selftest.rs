@@ -895,6 +895,9 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
     Ok(())
 }
 
+/// `(query_len, context_len)` of one sequence.
+type Seq = (usize, usize);
+
 /// Attention over a random cache for sequences `(query_len, context_len)`.
 #[allow(clippy::too_many_arguments)]
 fn case_attention(
@@ -1126,6 +1129,59 @@ pub fn selftest(report: &mut String) -> Result<bool> {
             0,
         )
     });
+    // Tensor-core prefill (head dims 64 / 128): long prompts, a chunk over a long context,
+    // ragged query / context tails, G = 1, 3, 4, 6 (tile rows not a multiple of G), 16.
+    let tc_cases: [(usize, usize, usize, &[Seq]); 7] = [
+        (32, 8, 128, &[(1024, 1024)]),
+        (9, 3, 64, &[(77, 1100)]),
+        (
+            32,
+            8,
+            128,
+            &[
+                (1, 1),
+                (15, 15),
+                (17, 80),
+                (63, 64),
+                (64, 64),
+                (65, 129),
+                (200, 1000),
+                (1, 700),
+            ],
+        ),
+        (16, 1, 128, &[(33, 33), (130, 300), (3, 3)]),
+        (12, 2, 64, &[(50, 50), (31, 95), (129, 129)]),
+        (8, 8, 128, &[(100, 100), (70, 333)]),
+        (9, 3, 128, &[(64, 64), (65, 200), (2, 2)]),
+    ];
+    for (mode, label) in [
+        (super::PREFILL_TC_4, "prefill tc"),
+        (super::PREFILL_TC_8, "prefill tc8"),
+    ] {
+        super::PREFILL_TC_MODE.store(mode, Ordering::Relaxed);
+        for (h, kv, hd, seqs) in tc_cases {
+            c.run(label, |c| {
+                case_attention(c, &gpu, &cpu, &mut rng, label, h, kv, hd, seqs, 0)
+            });
+        }
+    }
+    // The f32 prefill kernel for the head dims the tensor-core kernel took over
+    // (RVLLM_PREFILL_TC=0).
+    super::PREFILL_TC_MODE.store(super::PREFILL_TC_OFF, Ordering::Relaxed);
+    for (h, kv, hd, seqs) in [
+        (
+            32usize,
+            8usize,
+            128usize,
+            &[(300usize, 300usize), (1, 50)][..],
+        ),
+        (9, 3, 64, &[(77, 1100), (2, 2)][..]),
+    ] {
+        c.run("prefill f32", |c| {
+            case_attention(c, &gpu, &cpu, &mut rng, "prefill f32", h, kv, hd, seqs, 0)
+        });
+    }
+    super::PREFILL_TC_MODE.store(0, Ordering::Relaxed);
     c.run("matmul", |c| case_matmul(c, &gpu, &cpu, &mut rng));
     c.run("graph", |c| case_graph(c, &gpu, &cpu, &mut rng));
     let (pass, fail) = (c.pass, c.fail);
@@ -1224,6 +1280,72 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
     Ok(())
 }
 
+/// Prefill attention (causal, fresh prompts): tensor-core kernel vs the f32 kernel.
+fn bench_prefill(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
+    let (heads, kvh, hd, bs) = (32usize, 8usize, 128usize, 16usize);
+    let attn = AttentionSpec {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let max_tokens = 16 * 1024;
+    let spec = KvCacheSpec {
+        num_layers: 1,
+        num_blocks: max_tokens / bs + 8,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let mut cache = gpu.alloc_kv_cache(&spec)?;
+    gpu.fill_kv_cache_random(&mut cache, rng.next_u64())?;
+    let _ = writeln!(
+        report,
+        "paged prefill attention (causal), {heads}q/{kvh}kv/{hd}, block {bs}, bf16 KV:"
+    );
+    let _ = writeln!(
+        report,
+        "{:>6} {:>6} {:>8} {:>10} {:>9}",
+        "seqs", "prompt", "kernel", "us", "TFLOP/s"
+    );
+    for &(n, len) in &[(1usize, 1024usize), (16, 1024), (4, 4096)] {
+        let tables = block_tables(rng, &vec![len; n], bs, spec.num_blocks);
+        let mut layout = BatchLayout {
+            block_size: bs as u32,
+            ..Default::default()
+        };
+        let toks: Vec<u32> = (0..len as u32).collect();
+        for t in &tables {
+            layout.push_seq(&toks, 0, t, true);
+        }
+        let batch = gpu.upload_batch(&layout)?;
+        let t = n * len;
+        let q = gpu.upload(t, heads * hd, &rng.bf16_vec(t * heads * hd, 2.0))?;
+        let mut out = gpu.alloc(t, heads * hd)?;
+        // Q·Kᵀ and P·V over the visible keys: 4 * hd flops per (query, head, key).
+        let flops = 4.0 * (hd * heads) as f64 * (n * len * (len + 1) / 2) as f64;
+        for (label, mode) in [
+            ("tc", super::PREFILL_TC_4),
+            ("tc8", super::PREFILL_TC_8),
+            ("f32", super::PREFILL_TC_OFF),
+        ] {
+            super::PREFILL_TC_MODE.store(mode, Ordering::Relaxed);
+            let r = time_ms(gpu, 2, 10, |_| {
+                gpu.paged_attention(&q, &attn, &batch, &cache, 0, &mut out)
+            });
+            super::PREFILL_TC_MODE.store(0, Ordering::Relaxed);
+            let ms = r?;
+            let _ = writeln!(
+                report,
+                "{n:>6} {len:>6} {label:>8} {:>10.1} {:>9.1}",
+                ms * 1e3,
+                flops / (ms * 1e-3) / 1e12
+            );
+        }
+    }
+    Ok(())
+}
+
 fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
     // Llama-3-8B: q/o, k/v, fused qkv, gate/up, fused gate+up, down, LM head.
     let shapes = [
@@ -1290,6 +1412,9 @@ pub fn bench(report: &mut String) {
     if let Err(e) = bench_attention(report, &gpu, &mut rng) {
         let _ = writeln!(report, "attention bench error: {e}");
     }
+    if let Err(e) = bench_prefill(report, &gpu, &mut rng) {
+        let _ = writeln!(report, "prefill bench error: {e}");
+    }
     if let Err(e) = bench_matmul(report, &gpu, &mut rng) {
         let _ = writeln!(report, "matmul bench error: {e}");
     }
@@ -1344,7 +1469,12 @@ mod tests {
         // What the backend compiles at run time: the core module and single variants.
         use super::super::compile::{core_source, instantiation_for, variant_source};
         let mut srcs = vec![core_source()];
-        for name in ["paged_decode_h128_g4", "paged_prefill_h64"] {
+        for name in [
+            "paged_decode_h128_g4",
+            "paged_prefill_h64",
+            "paged_prefill_tc_h128",
+            "paged_prefill_tc8_h64",
+        ] {
             let inst = instantiation_for(name).expect("a variant kernel name");
             srcs.push(variant_source(&inst));
         }
