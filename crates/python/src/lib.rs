@@ -140,7 +140,7 @@ impl Engine {
     #[new]
     #[pyo3(signature = (
         *, model=None, load_format="auto".to_string(), device="auto".to_string(),
-        max_model_len=None, block_size=16, max_num_batched_tokens=None, max_num_seqs=256,
+        max_model_len=None, block_size=16, max_num_batched_tokens=None, max_num_seqs=None,
         kv_cache_memory=None, gpu_memory_utilization=0.9, swap_space=0.0, enable_prefix_caching=true,
         scheduling_policy="fcfs".to_string(), seed=0, skip_tokenizer_init=false, threads=0,
         enforce_eager=false,
@@ -154,7 +154,7 @@ impl Engine {
         max_model_len: Option<usize>,
         block_size: usize,
         max_num_batched_tokens: Option<usize>,
-        max_num_seqs: usize,
+        max_num_seqs: Option<usize>,
         kv_cache_memory: Option<u64>,
         gpu_memory_utilization: f64,
         swap_space: f64,

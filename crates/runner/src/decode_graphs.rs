@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 /// Bucket sizes up to `max_seqs`: 1, 2, 4, 8, then every multiple of 8.
 pub fn bucket_sizes(max_seqs: usize) -> Vec<usize> {
-    let max = max_seqs.clamp(1, 512);
+    let max = max_seqs.clamp(1, 1024);
     let mut v: Vec<usize> = [1, 2, 4].into_iter().filter(|&b| b < max).collect();
     let mut b = 8;
     while b < max {

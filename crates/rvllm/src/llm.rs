@@ -36,7 +36,9 @@ pub struct EngineArgs {
     pub max_model_len: Option<usize>,
     pub block_size: usize,
     pub max_num_batched_tokens: Option<usize>,
-    pub max_num_seqs: usize,
+    /// Most sequences running at once; None: 1024 on a GPU (vLLM's default on H100-class
+    /// cards), 256 on the CPU.
+    pub max_num_seqs: Option<usize>,
     /// KV cache bytes for the CPU backend (vLLM's VLLM_CPU_KVCACHE_SPACE).
     pub kv_cache_memory: Option<u64>,
     /// Fraction of GPU memory rvllm may use (weights, activations, KV cache).
@@ -62,7 +64,7 @@ impl Default for EngineArgs {
             max_model_len: None,
             block_size: 16,
             max_num_batched_tokens: None,
-            max_num_seqs: 256,
+            max_num_seqs: None,
             kv_cache_memory: None,
             gpu_memory_utilization: 0.9,
             swap_space: 0.0,
@@ -288,9 +290,12 @@ impl LLM {
         let max_num_batched_tokens = args
             .max_num_batched_tokens
             .unwrap_or(max_model_len.max(2048));
+        let max_num_seqs = args
+            .max_num_seqs
+            .unwrap_or(if backend.name() == "cpu" { 256 } else { 1024 });
         let runner_opts = RunnerOptions {
             max_num_batched_tokens,
-            max_num_seqs: args.max_num_seqs,
+            max_num_seqs,
             max_model_len,
             enforce_eager: args.enforce_eager,
         };
@@ -309,17 +314,15 @@ impl LLM {
             } => {
                 // What the model, the step buffers and the runtime use now, plus what a step
                 // still allocates: the split decode attention's partials (max_num_seqs x heads x
-                // partitions of head_dim + 2 floats), host-sampling copies of the logits, and
-                // slack for graphs and allocator fragmentation.
+                // partitions of head_dim + 2 floats); slack for graphs and fragmentation below.
                 let used = total - free;
                 let partitions = max_model_len.div_ceil(128) as u64;
-                let activations = (args.max_num_seqs * cfg.num_heads) as u64
+                let activations = (max_num_seqs * cfg.num_heads) as u64
                     * partitions.min(8)
                     * (cfg.head_dim as u64 + 2)
-                    * 4
-                    + (args.max_num_seqs as u64) * cfg.vocab_size as u64 * 4;
+                    * 4;
                 let allowed = (total as f64 * utilization) as u64;
-                let kv = allowed.saturating_sub(used + activations + (256 << 20));
+                let kv = allowed.saturating_sub(used + activations + (128 << 20));
                 tracing::info!(
                     "GPU memory: {:.2} GiB total, {:.2} GiB used after loading, {:.2} GiB for activations, {:.2} GiB for the KV cache",
                     total as f64 / GIB,
@@ -367,7 +370,7 @@ impl LLM {
             num_gpu_blocks: num_blocks,
             num_cpu_blocks,
             max_num_batched_tokens,
-            max_num_seqs: args.max_num_seqs,
+            max_num_seqs,
             max_model_len,
             enable_prefix_caching: args.enable_prefix_caching,
             policy: args.scheduling_policy,

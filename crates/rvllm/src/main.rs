@@ -135,9 +135,9 @@ struct EngineFlags {
     /// Most tokens in one forward pass (prefill chunks + decodes).
     #[arg(long)]
     max_num_batched_tokens: Option<usize>,
-    /// Most sequences running at once.
-    #[arg(long, default_value_t = 256)]
-    max_num_seqs: usize,
+    /// Most sequences running at once (default: 1024 on a GPU, 256 on the CPU).
+    #[arg(long)]
+    max_num_seqs: Option<usize>,
     /// Fraction of GPU memory to use for weights, activations and the KV cache.
     #[arg(long, default_value_t = 0.9)]
     gpu_memory_utilization: f64,

@@ -73,7 +73,7 @@ _ONLY_VALUES: Dict[str, Tuple[tuple, str]] = {
 # Mapped onto rvllm's engine: name -> (kind, engine argument name).
 _MAPPED: Dict[str, Tuple[str, str]] = {
     "max_model_len": ("opt_pos_int", "max_model_len"),
-    "max_num_seqs": ("pos_int", "max_num_seqs"),
+    "max_num_seqs": ("opt_pos_int", "max_num_seqs"),
     "max_num_batched_tokens": ("opt_pos_int", "max_num_batched_tokens"),
     "block_size": ("pos_int", "block_size"),
     "swap_space": ("nonneg_float", "swap_space"),
