@@ -13,7 +13,15 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 # its tests, which skip the GPU parts here.
 cargo clippy --release -p rvllm --features cuda --all-targets -- -D warnings
 cargo test --release --workspace "$@"
-cargo test --release -p rvllm-backend --features cuda
+# NVRTC and the CUDA headers come from PyPI, so the kernels are compiled for sm_90a here too
+# (the compile test skips itself if they could not be fetched).
+if NVRTC_ROOT=$(./scripts/fetch-nvrtc.sh); then
+  CUDA_HOME="$NVRTC_ROOT" LD_LIBRARY_PATH="$NVRTC_ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    cargo test --release -p rvllm-backend --features cuda
+else
+  echo "NVRTC wheels not available: kernel compile test skipped" >&2
+  cargo test --release -p rvllm-backend --features cuda
+fi
 if [ "${RVLLM_TEST_RUST_ONLY:-0}" != 1 ]; then
   ./scripts/test-python-offline.sh
   if [ -x scripts/test-python.sh ]; then ./scripts/test-python.sh; fi

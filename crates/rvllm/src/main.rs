@@ -135,7 +135,7 @@ struct EngineFlags {
     /// Most tokens in one forward pass (prefill chunks + decodes).
     #[arg(long)]
     max_num_batched_tokens: Option<usize>,
-    /// Most sequences running at once (default: 1024 on a GPU, 256 on the CPU).
+    /// Most sequences running at once (default 256).
     #[arg(long)]
     max_num_seqs: Option<usize>,
     /// Fraction of GPU memory to use for weights, activations and the KV cache.
