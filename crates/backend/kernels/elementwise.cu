@@ -352,3 +352,61 @@ extern "C" __global__ void argmax_rows_bf16(u32* __restrict__ out, const bf16* _
         if (lane == 0) out[blockIdx.x] = (u32)(idx == 0x7fffffff ? 0 : idx);
     }
 }
+
+// ---------------------------------------------------------------- device sampling
+// Per row r: inv_temp[r] == 0 -> the argmax (ties: lowest index); else a sample of
+// softmax(x[r] * inv_temp[r]) by the Gumbel-max trick: argmax_c(x*inv_temp + G_c) with
+// G_c = -log(-log(u_c)) and u_c a SplitMix64 hash of (seeds[r], c), so the draw is a pure function
+// of the row seed (reproducible under any batching). The CPU backend implements the same formula.
+__device__ __forceinline__ u64 splitmix64(u64 z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ float gumbel(u64 seed, u64 c) {
+    const u64 h = splitmix64(seed ^ (c * 0xD1B54A32D192ED03ull));
+    const float u = ((float)(h >> 40) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
+    return -logf(-logf(u));
+}
+
+extern "C" __global__ void sample_rows_bf16(u32* __restrict__ out, const bf16* __restrict__ x, int cols,
+                                            const float* __restrict__ inv_temp,
+                                            const u64* __restrict__ seeds) {
+    const bf16* row = x + (u64)blockIdx.x * cols;
+    const float it = inv_temp[blockIdx.x];
+    const u64 seed = seeds[blockIdx.x];
+    float best = -RV_INF;
+    int idx = 0x7fffffff;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = __bfloat162float(row[c]);
+        if (it != 0.f) v = v * it + gumbel(seed, (u64)c);
+        argmax_take(v, c, best, idx);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        argmax_take(ov, oi, best, idx);
+    }
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) {
+        sv[warp] = best;
+        si[warp] = idx;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        best = lane < nw ? sv[lane] : -RV_INF;
+        idx = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            argmax_take(ov, oi, best, idx);
+        }
+        if (lane == 0) out[blockIdx.x] = (u32)(idx == 0x7fffffff ? 0 : idx);
+    }
+}

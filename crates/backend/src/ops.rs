@@ -101,6 +101,17 @@ pub trait Backend: Send + Sync + 'static {
     fn alloc_ids(&self, n: usize) -> Result<Self::Ids>;
     /// `ids[r] = argmax(t[r])` for every row, enqueued on the device (no synchronization).
     fn argmax_rows_into(&self, t: &Self::Tensor, ids: &mut Self::Ids) -> Result<()>;
+    /// Per-row parameters of `sample_rows_into`: `(1/temperature, seed)`, `1/temperature = 0`
+    /// meaning greedy. Written outside any graph; a captured `sample_rows_into` reads them.
+    fn write_sample_params(&self, ids: &mut Self::Ids, rows: &[(f32, u64)]) -> Result<()>;
+    /// `ids[r]` = argmax of row r (greedy rows) or a Gumbel-max draw from softmax(row / T) with
+    /// the row's seed (see [`gumbel_noise`]); enqueued on the device.
+    fn sample_rows_into(&self, t: &Self::Tensor, ids: &mut Self::Ids) -> Result<()>;
+    /// Whether rows sampled with a temperature should use `sample_rows_into` (true on GPUs,
+    /// where it keeps logits on the device) rather than the host sampler.
+    fn samples_on_device(&self) -> bool {
+        false
+    }
     /// The first `n` ids, after all enqueued work finished.
     fn ids_to_host(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>>;
 
@@ -248,6 +259,45 @@ pub fn argmax_rows_host(x: &[f32], cols: usize) -> Vec<u32> {
                 }
             }
             best as u32
+        })
+        .collect()
+}
+
+/// SplitMix64 finalizer (the kernels use the same function).
+pub fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The Gumbel noise of column `c` for a row seed: `-ln(-ln(u))` with `u` in (0, 1) from a hash of
+/// `(seed, c)`: the same formula as the `sample_rows_bf16` kernel.
+pub fn gumbel_noise(seed: u64, c: u64) -> f32 {
+    let h = splitmix64(seed ^ c.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let u = ((h >> 40) as f32 + 0.5) * (1.0 / 16_777_216.0);
+    -(-u.ln()).ln()
+}
+
+/// Host version of `sample_rows_into` for rows of `cols` values.
+pub fn sample_rows_host(x: &[f32], cols: usize, params: &[(f32, u64)]) -> Vec<u32> {
+    x.chunks(cols.max(1))
+        .zip(params)
+        .map(|(row, &(inv_t, seed))| {
+            let mut best = f32::NEG_INFINITY;
+            let mut idx = 0usize;
+            for (c, &v) in row.iter().enumerate() {
+                let s = if inv_t == 0.0 {
+                    v
+                } else {
+                    v * inv_t + gumbel_noise(seed, c as u64)
+                };
+                if s > best {
+                    best = s;
+                    idx = c;
+                }
+            }
+            idx as u32
         })
         .collect()
 }

@@ -152,11 +152,14 @@ impl<B: Backend> ModelRunner<B> {
     }
 }
 
-/// A row whose token is simply the argmax of the raw logits: no logprobs, penalties, biases,
-/// masks or extra samples. Such rows are decided on the device without copying logits back.
-fn is_plain_greedy(info: &SampleInfo) -> bool {
+/// A row the device decides without copying logits back: the argmax of the raw logits, or a
+/// draw from softmax(logits / T) over the whole vocabulary (no top-k/top-p/min-p), with no
+/// logprobs, penalties, biases, masks or extra samples.
+fn is_device_row(info: &SampleInfo, device_sampling: bool) -> bool {
     let p = &info.params;
-    p.is_greedy()
+    let plain_dist =
+        device_sampling && p.top_p >= 1.0 && p.top_k_limit().is_none() && p.min_p <= 0.0;
+    (p.is_greedy() || plain_dist)
         && info.num_samples == 1
         && p.logprobs.is_none()
         && p.repetition_penalty == 1.0
@@ -187,14 +190,20 @@ impl<B: Backend> ModelRunner<B> {
         let layout = self.build_batch(step);
         let samplers: Vec<&SampleInfo> =
             step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
-        let all_greedy = samplers.iter().all(|i| is_plain_greedy(i));
+        let device_sampling = self.backend.samples_on_device();
+        let all_device = samplers.iter().all(|i| is_device_row(i, device_sampling));
+        let row_params: Vec<(f32, u64)> = if all_device {
+            samplers.iter().map(|i| device_row_params(i)).collect()
+        } else {
+            Vec::new()
+        };
         let decode_only = step.seqs.iter().all(|s| s.token_ids.len() == 1);
         let ntok = layout.num_tokens();
 
-        if all_greedy && decode_only && self.graphs.enabled {
-            if let Some(ids) = self.decode_with_graph(&layout)? {
+        if all_device && decode_only && self.graphs.enabled {
+            if let Some(ids) = self.decode_with_graph(&layout, &row_params)? {
                 self.profile.end(ntok, true);
-                return Ok(ids.into_iter().map(greedy_token).collect());
+                return Ok(ids.into_iter().map(device_token).collect());
             }
         }
 
@@ -225,14 +234,16 @@ impl<B: Backend> ModelRunner<B> {
             &owned
         };
         self.profile.forwarded();
-        if all_greedy && b.shape(logits).0 <= max_rows {
-            b.argmax_rows_into(logits, &mut self.ids)
+        if all_device && b.shape(logits).0 <= max_rows {
+            b.write_sample_params(&mut self.ids, &row_params)
+                .map_err(|e| e.to_string())?;
+            b.sample_rows_into(logits, &mut self.ids)
                 .map_err(|e| e.to_string())?;
             let ids = b
                 .ids_to_host(&self.ids, samplers.len())
                 .map_err(|e| e.to_string())?;
             self.profile.end(ntok, decode_only);
-            return Ok(ids.into_iter().map(greedy_token).collect());
+            return Ok(ids.into_iter().map(device_token).collect());
         }
         let host = b.to_host(logits).map_err(|e| e.to_string())?;
         let out = self.sample_on_host(&samplers, &host)?;
@@ -242,7 +253,11 @@ impl<B: Backend> ModelRunner<B> {
 
     /// A pure greedy decode step through the bucket's captured graph. `None` when this step
     /// cannot use a graph (too many sequences, or the backend has none).
-    fn decode_with_graph(&mut self, layout: &BatchLayout) -> Result<Option<Vec<u32>>, String> {
+    fn decode_with_graph(
+        &mut self,
+        layout: &BatchLayout,
+        row_params: &[(f32, u64)],
+    ) -> Result<Option<Vec<u32>>, String> {
         let n = layout.seqs.len();
         let Some(bucket) = self.graphs.bucket_for(n) else {
             return Ok(None);
@@ -266,6 +281,10 @@ impl<B: Backend> ModelRunner<B> {
         };
         b.upload_batch_into(&padded, &mut state.batch)
             .map_err(err)?;
+        // Padding rows are greedy.
+        let mut params = row_params.to_vec();
+        params.resize(bucket, (0.0, 0));
+        b.write_sample_params(&mut self.ids, &params).map_err(err)?;
         self.profile.uploaded();
         if state.graph.is_some() && state.epoch != b.buffer_epoch() {
             state.graph = None;
@@ -279,7 +298,7 @@ impl<B: Backend> ModelRunner<B> {
                 .model
                 .forward_into(b, &state.batch, &mut self.kv_cache, &mut self.bufs)
                 .map_err(|e| e.to_string())?;
-            b.argmax_rows_into(logits, &mut self.ids).map_err(err)?;
+            b.sample_rows_into(logits, &mut self.ids).map_err(err)?;
             if !state.uncapturable {
                 let epoch = b.buffer_epoch();
                 let (model, cache, bufs, ids) = (
@@ -293,7 +312,7 @@ impl<B: Backend> ModelRunner<B> {
                     let logits = model
                         .forward_into(b, batch, cache, bufs)
                         .map_err(|e| rvllm_backend::BackendError::Device(e.to_string()))?;
-                    b.argmax_rows_into(logits, ids)
+                    b.sample_rows_into(logits, ids)
                 });
                 match captured {
                     Ok(Some(g)) if b.buffer_epoch() == epoch => {
@@ -363,7 +382,25 @@ impl<B: Backend> ModelRunner<B> {
     }
 }
 
-fn greedy_token(token: u32) -> Vec<SampledToken> {
+/// `(1/temperature, row seed)` of a device row (`1/temperature = 0`: greedy). The seed is the
+/// host sampler's per-step seed, so a seeded request draws reproducibly under any batching.
+fn device_row_params(info: &SampleInfo) -> (f32, u64) {
+    let p = &info.params;
+    if p.is_greedy() {
+        (0.0, 0)
+    } else {
+        (
+            1.0 / p.effective_temperature(),
+            sampler::step_seed(
+                info.seed,
+                info.sample_index,
+                info.output_tokens.len() as u64,
+            ),
+        )
+    }
+}
+
+fn device_token(token: u32) -> Vec<SampledToken> {
     vec![SampledToken {
         token,
         logprob: f32::NAN,

@@ -182,15 +182,21 @@ pub fn token_logprobs(logits: &[f32], token: u32, num_top: usize) -> TokenLogpro
 /// The random stream for one step of one sample: a ChaCha8 generator keyed by
 /// a SplitMix64 hash of `(seed, sample_index, step)`.
 pub fn step_rng(seed: u64, sample_index: u32, step: u64) -> ChaCha8Rng {
-    let mut h = splitmix64(seed);
-    h = splitmix64(h ^ u64::from(sample_index).wrapping_mul(0xA076_1D64_78BD_642F));
-    h = splitmix64(h ^ step.wrapping_mul(0xE703_7ED1_A0B4_28DB));
+    let mut h = step_seed(seed, sample_index, step);
     let mut key = [0u8; 32];
     for chunk in key.chunks_exact_mut(8) {
         h = splitmix64(h);
         chunk.copy_from_slice(&h.to_le_bytes());
     }
     ChaCha8Rng::from_seed(key)
+}
+
+/// One 64-bit seed per `(seed, sample_index, step)`: keys the host sampler's stream and is the
+/// row seed of the device sampler.
+pub fn step_seed(seed: u64, sample_index: u32, step: u64) -> u64 {
+    let mut h = splitmix64(seed);
+    h = splitmix64(h ^ u64::from(sample_index).wrapping_mul(0xA076_1D64_78BD_642F));
+    splitmix64(h ^ step.wrapping_mul(0xE703_7ED1_A0B4_28DB))
 }
 
 fn splitmix64(x: u64) -> u64 {

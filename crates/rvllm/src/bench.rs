@@ -21,9 +21,11 @@ fn random_prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn fixed_params(output_len: usize) -> SamplingParams {
+/// `temperature` 0: greedy (vLLM's benchmark figures in ANCHORS.md); above 0: random sampling
+/// over the whole vocabulary (on a GPU, the device sampler).
+fn fixed_params(output_len: usize, temperature: f32) -> SamplingParams {
     SamplingParams {
-        temperature: 0.0,
+        temperature,
         max_tokens: Some(output_len as u32),
         ignore_eos: true,
         ..Default::default()
@@ -44,9 +46,10 @@ pub fn latency_once(
     output_len: usize,
     batch: usize,
     seed: u64,
+    temperature: f32,
 ) -> Result<LatencyReport> {
     let vocab = llm.model_config.vocab_size;
-    let params = fixed_params(output_len);
+    let params = fixed_params(output_len, temperature);
     let engine = llm.engine();
     let t0 = Instant::now();
     for i in 0..batch {
@@ -98,13 +101,28 @@ pub fn latency(
     batch: usize,
     warmup: usize,
     iters: usize,
+    temperature: f32,
 ) -> Result<String> {
     for w in 0..warmup {
-        latency_once(llm, input_len, output_len, batch, 1000 + w as u64)?;
+        latency_once(
+            llm,
+            input_len,
+            output_len,
+            batch,
+            1000 + w as u64,
+            temperature,
+        )?;
     }
     let mut runs = Vec::new();
     for i in 0..iters.max(1) {
-        runs.push(latency_once(llm, input_len, output_len, batch, i as u64)?);
+        runs.push(latency_once(
+            llm,
+            input_len,
+            output_len,
+            batch,
+            i as u64,
+            temperature,
+        )?);
     }
     let n = runs.len() as f64;
     let avg = |f: &dyn Fn(&LatencyReport) -> f64| runs.iter().map(f).sum::<f64>() / n;
@@ -135,7 +153,7 @@ pub fn throughput(
         .map(|i| PromptInput::Tokens(random_prompt(input_len, vocab, 7 + i as u64)))
         .collect();
     let t0 = Instant::now();
-    let outs = llm.generate_inputs(prompts, &[fixed_params(output_len)], true)?;
+    let outs = llm.generate_inputs(prompts, &[fixed_params(output_len, 0.0)], true)?;
     let secs = t0.elapsed().as_secs_f64();
     let out_toks: usize = outs
         .iter()

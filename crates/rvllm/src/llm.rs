@@ -290,9 +290,7 @@ impl LLM {
         let max_num_batched_tokens = args
             .max_num_batched_tokens
             .unwrap_or(max_model_len.max(2048));
-        let max_num_seqs = args
-            .max_num_seqs
-            .unwrap_or(256);
+        let max_num_seqs = args.max_num_seqs.unwrap_or(256);
         let runner_opts = RunnerOptions {
             max_num_batched_tokens,
             max_num_seqs,

@@ -101,6 +101,9 @@ enum BenchCommand {
         num_iters_warmup: usize,
         #[arg(long, default_value_t = 3)]
         num_iters: usize,
+        /// Sampling temperature (0: greedy, as vLLM's benchmark figures).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
     },
     /// Offline throughput over many prompts.
     Throughput {
@@ -413,6 +416,7 @@ fn run(cli: Cli) -> Result<()> {
                 batch_size,
                 num_iters_warmup,
                 num_iters,
+                temperature,
             } => {
                 let mut llm = LLM::new(engine.args())?;
                 println!(
@@ -423,7 +427,8 @@ fn run(cli: Cli) -> Result<()> {
                         output_len,
                         batch_size,
                         num_iters_warmup,
-                        num_iters
+                        num_iters,
+                        temperature
                     )?
                 );
             }

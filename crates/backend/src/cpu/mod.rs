@@ -19,6 +19,12 @@ pub struct CpuTensor {
     pub data: Vec<f32>,
 }
 
+/// Token ids chosen on the "device", and the per-row sampling parameters.
+pub struct CpuIds {
+    pub ids: Vec<u32>,
+    pub params: Vec<(f32, u64)>,
+}
+
 /// K and V of every layer, each `[num_blocks, block_size, kv_heads, head_dim]`.
 pub struct CpuKvCache {
     pub spec: KvCacheSpec,
@@ -82,7 +88,7 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
     type Batch = BatchLayout;
-    type Ids = Vec<u32>;
+    type Ids = CpuIds;
     type Graph = ();
 
     fn name(&self) -> &'static str {
@@ -211,17 +217,34 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn alloc_ids(&self, n: usize) -> Result<Vec<u32>> {
-        Ok(vec![0; n])
+    fn alloc_ids(&self, n: usize) -> Result<CpuIds> {
+        Ok(CpuIds {
+            ids: vec![0; n],
+            params: vec![(0.0, 0); n],
+        })
     }
 
-    fn argmax_rows_into(&self, t: &CpuTensor, ids: &mut Vec<u32>) -> Result<()> {
-        *ids = crate::ops::argmax_rows_host(&t.data, t.cols);
+    fn argmax_rows_into(&self, t: &CpuTensor, ids: &mut CpuIds) -> Result<()> {
+        ids.ids = crate::ops::argmax_rows_host(&t.data, t.cols);
         Ok(())
     }
 
-    fn ids_to_host(&self, ids: &Vec<u32>, n: usize) -> Result<Vec<u32>> {
-        Ok(ids[..n.min(ids.len())].to_vec())
+    fn write_sample_params(&self, ids: &mut CpuIds, rows: &[(f32, u64)]) -> Result<()> {
+        ids.params.clear();
+        ids.params.extend_from_slice(rows);
+        Ok(())
+    }
+
+    fn sample_rows_into(&self, t: &CpuTensor, ids: &mut CpuIds) -> Result<()> {
+        check("sample_rows_into", ids.params.len() >= t.rows, || {
+            format!("{} rows, {} sampling parameters", t.rows, ids.params.len())
+        })?;
+        ids.ids = crate::ops::sample_rows_host(&t.data, t.cols, &ids.params[..t.rows]);
+        Ok(())
+    }
+
+    fn ids_to_host(&self, ids: &CpuIds, n: usize) -> Result<Vec<u32>> {
+        Ok(ids.ids[..n.min(ids.ids.len())].to_vec())
     }
 
     fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {

@@ -112,9 +112,11 @@ pub struct CudaTensor {
     pub buf: DevBuf,
 }
 
-/// Token ids on the device.
+/// Token ids on the device, with the per-row sampling parameters `sample_rows_into` reads.
 pub struct CudaIds {
     buf: CudaSlice<u32>,
+    inv_temp: CudaSlice<f32>,
+    seeds: CudaSlice<u64>,
     len: usize,
 }
 
@@ -296,7 +298,7 @@ pub fn probe() -> Result<usize> {
 }
 
 /// Kernels of the core module (attention variants are compiled on demand, see `func`).
-const CORE_KERNELS: [&str; 13] = [
+const CORE_KERNELS: [&str; 14] = [
     "convert_weight_bf16",
     "convert_weight_f32",
     "dummy_fill_bf16",
@@ -310,6 +312,7 @@ const CORE_KERNELS: [&str; 13] = [
     "silu_mul_fused_bf16",
     "paged_decode_reduce",
     "argmax_rows_bf16",
+    "sample_rows_bf16",
 ];
 
 fn decode_kernel_name(attn: &AttentionSpec) -> String {
@@ -1326,10 +1329,15 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_ids(&self, n: usize) -> Result<CudaIds> {
-        Ok(CudaIds {
+        let ids = CudaIds {
             buf: self.alloc_raw::<u32>(n)?,
+            inv_temp: self.alloc_raw::<f32>(n)?,
+            seeds: self.alloc_raw::<u64>(n)?,
             len: n,
-        })
+        };
+        // Greedy until told otherwise.
+        self.memset(raw_ptr(&ids.inv_temp, &self.stream), 0, n.max(1) * 4)?;
+        Ok(ids)
     }
 
     fn argmax_rows_into(&self, t: &CudaTensor, ids: &mut CudaIds) -> Result<()> {
@@ -1348,6 +1356,41 @@ impl Backend for CudaBackend {
                 Arg::I(t.cols as i32),
             ],
         )
+    }
+
+    fn write_sample_params(&self, ids: &mut CudaIds, rows: &[(f32, u64)]) -> Result<()> {
+        check("write_sample_params", rows.len() <= ids.len, || {
+            format!("{} rows, room for {}", rows.len(), ids.len)
+        })?;
+        let it: Vec<f32> = rows.iter().map(|r| r.0).collect();
+        let seeds: Vec<u64> = rows.iter().map(|r| r.1).collect();
+        // Pageable copies: the driver stages them before returning.
+        self.htod(raw_ptr(&ids.inv_temp, &self.stream), &it)?;
+        self.htod(raw_ptr(&ids.seeds, &self.stream), &seeds)
+    }
+
+    fn sample_rows_into(&self, t: &CudaTensor, ids: &mut CudaIds) -> Result<()> {
+        check("sample_rows_into", t.rows <= ids.len, || {
+            format!("{} rows, room for {} ids", t.rows, ids.len)
+        })?;
+        let xp = self.bf16_ptr("sample_rows_into", &t.buf)?;
+        self.launch(
+            "sample_rows_bf16",
+            (t.rows as u32, 1, 1),
+            (1024, 1, 1),
+            0,
+            &[
+                Arg::P(raw_ptr(&ids.buf, &self.stream)),
+                Arg::P(xp),
+                Arg::I(t.cols as i32),
+                Arg::P(raw_ptr(&ids.inv_temp, &self.stream)),
+                Arg::P(raw_ptr(&ids.seeds, &self.stream)),
+            ],
+        )
+    }
+
+    fn samples_on_device(&self) -> bool {
+        true
     }
 
     fn ids_to_host(&self, ids: &CudaIds, n: usize) -> Result<Vec<u32>> {

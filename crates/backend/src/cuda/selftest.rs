@@ -728,6 +728,66 @@ fn case_fused(
     Ok(())
 }
 
+/// The device sampler: the same draws as the host formula (bar float rounding of the noise at
+/// near-ties), frequencies that follow the softmax, and the argmax for greedy rows.
+fn case_sampling(c: &mut Checker, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
+    // Realistic rows: 64 rows of a 128256 vocabulary, mixed temperatures, two greedy rows.
+    let (rows, cols) = (64usize, 128256usize);
+    let x = rng.bf16_vec(rows * cols, 6.0);
+    let params: Vec<(f32, u64)> = (0..rows)
+        .map(|r| match r % 8 {
+            0 => (0.0, 0),
+            1 => (1.0 / 0.3, rng.next_u64()),
+            _ => (1.0, rng.next_u64()),
+        })
+        .collect();
+    let gx = gpu.upload(rows, cols, &x)?;
+    let mut ids = gpu.alloc_ids(rows)?;
+    gpu.write_sample_params(&mut ids, &params)?;
+    gpu.sample_rows_into(&gx, &mut ids)?;
+    let got = gpu.ids_to_host(&ids, rows)?;
+    gpu.sample_rows_into(&gx, &mut ids)?;
+    let again = gpu.ids_to_host(&ids, rows)?;
+    let want = crate::ops::sample_rows_host(&x, cols, &params);
+    let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+    c.truth(
+        "sample_rows: device draws == host formula",
+        same + 1 >= rows && got == again,
+        format!("{same}/{rows} equal, repeat identical: {}", got == again),
+    );
+    // Frequencies over many seeds of one small row.
+    let row = [1.5f32, 0.0, -1.0, 2.0, 0.5, -3.0, 1.0, 0.25];
+    let n = 20_000;
+    let xs: Vec<f32> = (0..n).flat_map(|_| row).collect();
+    let ps: Vec<(f32, u64)> = (0..n).map(|_| (1.0, rng.next_u64())).collect();
+    let gx = gpu.upload(n, row.len(), &xs)?;
+    let mut ids = gpu.alloc_ids(n)?;
+    gpu.write_sample_params(&mut ids, &ps)?;
+    gpu.sample_rows_into(&gx, &mut ids)?;
+    let drawn = gpu.ids_to_host(&ids, n)?;
+    let mut counts = [0usize; 8];
+    for t in drawn {
+        counts[(t as usize).min(7)] += 1;
+    }
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let e: Vec<f64> = row.iter().map(|&v| ((v - m) as f64).exp()).collect();
+    let s: f64 = e.iter().sum();
+    let worst = counts
+        .iter()
+        .zip(&e)
+        .map(|(&k, &w)| {
+            let p = w / s;
+            (k as f64 / n as f64 - p).abs() / ((p * (1.0 - p) / n as f64).sqrt() + 1e-9)
+        })
+        .fold(0.0, f64::max);
+    c.truth(
+        "sample_rows: frequencies follow the softmax",
+        worst < 5.0,
+        format!("worst deviation {worst:.2} standard deviations, counts {counts:?}"),
+    );
+    Ok(())
+}
+
 /// A decode batch of `ctxs` padded to `bucket` rows the way the runner pads graph batches:
 /// block tables `mb` wide, an inert row (slot `u32::MAX`, context 1) per missing sequence.
 fn padded_decode_layout(
@@ -1184,6 +1244,7 @@ pub fn selftest(report: &mut String) -> Result<bool> {
     super::PREFILL_TC_MODE.store(0, Ordering::Relaxed);
     c.run("matmul", |c| case_matmul(c, &gpu, &cpu, &mut rng));
     c.run("graph", |c| case_graph(c, &gpu, &cpu, &mut rng));
+    c.run("sampling", |c| case_sampling(c, &gpu, &mut rng));
     let (pass, fail) = (c.pass, c.fail);
     let _ = writeln!(
         c.report,
