@@ -10,6 +10,8 @@ OUT=${OUT:-gpu-out}
 MODE=${1:-full}
 mkdir -p "$OUT"
 export RVLLM_HOME=${RVLLM_HOME:-/tmp/rvllm-home}
+# Every run prints where its step time went (engine, upload, enqueue, device wait).
+export RVLLM_PROFILE=1
 mkdir -p "$RVLLM_HOME/models"
 # The GPU machine has no network and a call carries at most 64 MiB: the default model travels in
 # two parts (split -b 50000000), left in $RVLLM_MODEL_PARTS by earlier calls.
@@ -36,12 +38,20 @@ step gpu_ops "$BIN" gpu-check $([ "$MODE" = full ] && echo --bench)
 [ -f "$M" ] && step smollm2_reference "$BIN" check-reference --device cuda
 step llama8b_logits "$BIN" compare-logits --config tests/model-configs/llama-3-8b --prompt-len 8
 L8="--model tests/model-configs/llama-3-8b --load-format dummy --device cuda --max-model-len 4096"
+# Start-up with an empty kernel cache (NVRTC compiles what the model needs), then warm.
+COLD=$(mktemp -d)
+step startup_cold env RVLLM_HOME="$COLD" "$BIN" bench latency $L8 --input-len 16 --output-len 2 --num-iters 1 --num-iters-warmup 0
+step startup_warm env RVLLM_HOME="$COLD" "$BIN" bench latency $L8 --input-len 16 --output-len 2 --num-iters 1 --num-iters-warmup 0
+rm -rf "$COLD"
 step l1_latency_128 "$BIN" bench latency $L8 --input-len 128 --output-len 128 --batch-size 1 --num-iters 3
 if [ "$MODE" = full ]; then
+  step l1_latency_128_eager "$BIN" bench latency $L8 --input-len 128 --output-len 128 --batch-size 1 --num-iters 3 --enforce-eager
   step l1_latency_1024 "$BIN" bench latency $L8 --input-len 1024 --output-len 128 --batch-size 1 --num-iters 2
   for b in 8 32 128 256; do
     step decode_b$b "$BIN" bench latency $L8 --input-len 128 --output-len 64 --batch-size $b --num-iters 1
   done
+  step decode_b256_sampled "$BIN" bench latency $L8 --input-len 128 --output-len 64 --batch-size 256 --num-iters 1 --temperature 1.0
   step t1_throughput "$BIN" bench throughput $L8 --num-prompts 1000 --input-len 1024 --output-len 128
+  step throughput_128_128 "$BIN" bench throughput $L8 --num-prompts 1000 --input-len 128 --output-len 128
 fi
 echo "done" >>"$SUMMARY"
