@@ -1,14 +1,21 @@
-//! The CPU backend: f32 activations, f32 KV cache, rayon threads, quantized matmuls.
+//! The CPU backend: f32 activations, f16 KV cache, rayon threads, quantized matmuls.
 
 pub mod attention;
+mod attention_kernels;
+pub mod batch;
+pub mod kv_cache;
 pub mod matmul;
 pub mod quant;
+pub mod rope;
 pub mod simd;
 pub mod weight;
 
-use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
+use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec};
 use crate::{BackendError, BatchLayout, HostWeight, Result};
+pub use batch::CpuBatch;
+pub use kv_cache::CpuKvCache;
 use rayon::prelude::*;
+pub use rope::{rope_rotate, RopeTable};
 pub use weight::CpuWeight;
 
 /// A row-major f32 matrix.
@@ -17,19 +24,6 @@ pub struct CpuTensor {
     pub rows: usize,
     pub cols: usize,
     pub data: Vec<f32>,
-}
-
-/// K and V of every layer, each `[num_blocks, block_size, kv_heads, head_dim]`.
-pub struct CpuKvCache {
-    pub spec: KvCacheSpec,
-    pub k: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
-}
-
-impl CpuKvCache {
-    fn token_stride(&self) -> usize {
-        self.spec.num_kv_heads * self.spec.head_dim
-    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -60,28 +54,11 @@ fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotates one head vector in place at position `pos`.
-pub fn rope_rotate(x: &mut [f32], pos: u32, rope: &RopeSpec) {
-    let rd = rope.rotary_dim;
-    let half = rd / 2;
-    for i in 0..half {
-        let inv_freq = rope.theta.powf(-2.0 * i as f32 / rd as f32);
-        let (sin, cos) = (pos as f32 * inv_freq).sin_cos();
-        let (a, b) = match rope.style {
-            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-            RopeStyle::Neox => (i, i + half),
-        };
-        let (x0, x1) = (x[a], x[b]);
-        x[a] = x0 * cos - x1 * sin;
-        x[b] = x0 * sin + x1 * cos;
-    }
-}
-
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
-    type Batch = BatchLayout;
+    type Batch = CpuBatch;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -100,14 +77,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv_cache(&self, spec: &KvCacheSpec) -> Result<CpuKvCache> {
-        let per_layer = spec.num_blocks * spec.block_size * spec.num_kv_heads * spec.head_dim;
-        let mut k = Vec::with_capacity(spec.num_layers);
-        let mut v = Vec::with_capacity(spec.num_layers);
-        for _ in 0..spec.num_layers {
-            k.push(vec![0f32; per_layer]);
-            v.push(vec![0f32; per_layer]);
-        }
-        Ok(CpuKvCache { spec: *spec, k, v })
+        Ok(CpuKvCache::new(spec))
     }
 
     fn dummy_weight(&self, rows: usize, cols: usize, seed: u64) -> Result<CpuWeight> {
@@ -128,63 +98,19 @@ impl Backend for CpuBackend {
     }
 
     fn copy_blocks(&self, cache: &mut CpuKvCache, pairs: &[(u32, u32)]) -> Result<()> {
-        let bl = cache.spec.block_size * cache.token_stride();
-        let nb = cache.spec.num_blocks;
-        for &(s, d) in pairs {
-            let (s, d) = (s as usize, d as usize);
-            check("copy_blocks", s < nb && d < nb, || {
-                format!("block {s} or {d} >= {nb}")
-            })?;
-            for layer in cache.k.iter_mut().chain(cache.v.iter_mut()) {
-                layer.copy_within(s * bl..(s + 1) * bl, d * bl);
-            }
-        }
-        Ok(())
+        cache.copy_blocks(pairs)
     }
 
     fn read_blocks(&self, cache: &CpuKvCache, blocks: &[u32]) -> Result<Vec<u8>> {
-        let bl = cache.spec.block_size * cache.token_stride();
-        let mut out = Vec::with_capacity(blocks.len() * bl * 4 * 2 * cache.k.len());
-        for &b in blocks {
-            let b = b as usize;
-            check("read_blocks", b < cache.spec.num_blocks, || {
-                format!("block {b} out of range")
-            })?;
-            for layer in cache.k.iter().chain(cache.v.iter()) {
-                for v in &layer[b * bl..(b + 1) * bl] {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-        }
-        Ok(out)
+        cache.read_blocks(blocks)
     }
 
     fn write_blocks(&self, cache: &mut CpuKvCache, blocks: &[u32], data: &[u8]) -> Result<()> {
-        let bl = cache.spec.block_size * cache.token_stride();
-        let per_block = bl * 4 * 2 * cache.k.len();
-        check(
-            "write_blocks",
-            data.len() == per_block * blocks.len(),
-            || format!("{} bytes for {} blocks", data.len(), blocks.len()),
-        )?;
-        let mut chunks = data.chunks_exact(4);
-        for &b in blocks {
-            let b = b as usize;
-            check("write_blocks", b < cache.spec.num_blocks, || {
-                format!("block {b} out of range")
-            })?;
-            for layer in cache.k.iter_mut().chain(cache.v.iter_mut()) {
-                for v in &mut layer[b * bl..(b + 1) * bl] {
-                    let c = chunks.next().unwrap_or(&[0, 0, 0, 0]);
-                    *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-        }
-        Ok(())
+        cache.write_blocks(blocks, data)
     }
 
-    fn upload_batch(&self, batch: &BatchLayout) -> Result<BatchLayout> {
-        Ok(batch.clone())
+    fn upload_batch(&self, batch: &BatchLayout) -> Result<CpuBatch> {
+        Ok(CpuBatch::new(batch.clone()))
     }
 
     fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
@@ -195,7 +121,7 @@ impl Backend for CpuBackend {
         (t.rows, t.cols)
     }
 
-    fn embed(&self, table: &CpuWeight, batch: &BatchLayout, out: &mut CpuTensor) -> Result<()> {
+    fn embed(&self, table: &CpuWeight, batch: &CpuBatch, out: &mut CpuTensor) -> Result<()> {
         let cols = table.cols();
         check(
             "embed",
@@ -323,7 +249,7 @@ impl Backend for CpuBackend {
         v: &CpuTensor,
         rope: &RopeSpec,
         attn: &AttentionSpec,
-        batch: &BatchLayout,
+        batch: &CpuBatch,
         cache: &mut CpuKvCache,
         layer: usize,
     ) -> Result<()> {
@@ -336,48 +262,40 @@ impl Backend for CpuBackend {
         )?;
         check(
             "rope_and_cache",
-            q.cols == attn.num_heads * hd && k.cols == attn.num_kv_heads * hd,
+            q.cols == attn.num_heads * hd
+                && k.cols == attn.num_kv_heads * hd
+                && v.cols == k.cols
+                && k.cols == cache.token_stride()
+                && rope.rotary_dim <= hd,
             || "head geometry mismatch".into(),
         )?;
-        let positions = &batch.positions;
+        check(
+            "rope_and_cache",
+            batch.positions.len() == n
+                && batch.slot_mapping.len() == n
+                && layer < cache.num_layers(),
+            || format!("{n} tokens, layer {layer}: batch or cache mismatch"),
+        )?;
+        let table = batch.rope_table(rope);
+        // A token's rotation is ~1 µs of work: only long prefills are worth splitting.
         q.data
             .par_chunks_mut(q.cols)
-            .zip(positions.par_iter())
-            .for_each(|(row, &p)| {
-                for head in row.chunks_exact_mut(hd) {
-                    rope_rotate(head, p, rope);
-                }
-            });
-        k.data
-            .par_chunks_mut(k.cols)
-            .zip(positions.par_iter())
-            .for_each(|(row, &p)| {
-                for head in row.chunks_exact_mut(hd) {
-                    rope_rotate(head, p, rope);
-                }
+            .zip(k.data.par_chunks_mut(k.cols))
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(t, (qr, kr))| {
+                table.rotate_row(qr, hd, t);
+                table.rotate_row(kr, hd, t);
             });
         let stride = cache.token_stride();
-        let slots = cache.spec.num_blocks * cache.spec.block_size;
-        let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
         for (t, &slot) in batch.slot_mapping.iter().enumerate() {
-            let s = slot as usize;
-            check("rope_and_cache", s < slots, || {
-                format!("slot {s} outside the cache ({slots} slots)")
-            })?;
             // Cached K/V hold f16 precision, as GPU caches (and llama.cpp's) do.
-            let round = |x: &f32| half::f16::from_f32(*x).to_f32();
-            for (d, x) in kc[s * stride..(s + 1) * stride]
-                .iter_mut()
-                .zip(&k.data[t * stride..(t + 1) * stride])
-            {
-                *d = round(x);
-            }
-            for (d, x) in vc[s * stride..(s + 1) * stride]
-                .iter_mut()
-                .zip(&v.data[t * stride..(t + 1) * stride])
-            {
-                *d = round(x);
-            }
+            cache.write_token(
+                layer,
+                slot as usize,
+                &k.data[t * stride..(t + 1) * stride],
+                &v.data[t * stride..(t + 1) * stride],
+            )?;
         }
         Ok(())
     }
@@ -386,7 +304,7 @@ impl Backend for CpuBackend {
         &self,
         q: &CpuTensor,
         attn: &AttentionSpec,
-        batch: &BatchLayout,
+        batch: &CpuBatch,
         cache: &CpuKvCache,
         layer: usize,
         out: &mut CpuTensor,
@@ -394,22 +312,24 @@ impl Backend for CpuBackend {
         check("paged_attention", out.data.len() == q.data.len(), || {
             "out/q size mismatch".into()
         })?;
+        check("paged_attention", layer < cache.num_layers(), || {
+            format!("layer {layer} of {}", cache.num_layers())
+        })?;
         attention::paged_attention(
             &q.data,
             attn,
-            batch,
-            &cache.k[layer],
-            &cache.v[layer],
+            batch.layout(),
+            cache.k(layer),
+            cache.v(layer),
             &cache.spec,
             &mut out.data,
-        );
-        Ok(())
+        )
     }
 
     fn gather_logit_rows(
         &self,
         x: &CpuTensor,
-        batch: &BatchLayout,
+        batch: &CpuBatch,
         out: &mut CpuTensor,
     ) -> Result<()> {
         check(
@@ -424,11 +344,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn num_logit_rows(&self, batch: &BatchLayout) -> usize {
+    fn num_logit_rows(&self, batch: &CpuBatch) -> usize {
         batch.logits_rows.len()
     }
 
-    fn num_tokens(&self, batch: &BatchLayout) -> usize {
+    fn num_tokens(&self, batch: &CpuBatch) -> usize {
         batch.num_tokens()
     }
 }
