@@ -158,15 +158,16 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Host argmax per row (lowest index on ties).
 pub fn argmax_rows_host(x: &[f32], cols: usize) -> Vec<u32> {
-    x.chunks(cols.max(1))
-        .map(|row| {
-            let mut best = 0;
-            for (i, &v) in row.iter().enumerate() {
-                if v > row[best] {
-                    best = i;
-                }
-            }
-            best as u32
-        })
-        .collect()
+    x.chunks(cols.max(1)).map(argmax_row).collect()
+}
+
+/// Index of the largest value (lowest index on ties; NaNs are never the largest unless first).
+pub fn argmax_row(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
 }

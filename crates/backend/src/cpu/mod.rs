@@ -3,6 +3,7 @@
 pub mod attention;
 mod attention_kernels;
 pub mod batch;
+pub mod elementwise;
 pub mod kv_cache;
 pub mod matmul;
 pub mod quant;
@@ -47,7 +48,7 @@ fn check(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<
 }
 
 fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let ss = elementwise::sum_squares(x) / x.len() as f32;
     let inv = 1.0 / (ss + eps).sqrt();
     for ((o, &xv), &wv) in out.iter_mut().zip(x).zip(w) {
         *o = xv * inv * wv;
@@ -119,6 +120,14 @@ impl Backend for CpuBackend {
 
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
         (t.rows, t.cols)
+    }
+
+    /// In place (no copy of the logits) and one row per task.
+    fn argmax_rows(&self, t: &CpuTensor) -> Result<Vec<u32>> {
+        Ok(t.data
+            .par_chunks(t.cols.max(1))
+            .map(crate::ops::argmax_row)
+            .collect())
     }
 
     fn embed(&self, table: &CpuWeight, batch: &CpuBatch, out: &mut CpuTensor) -> Result<()> {
@@ -231,14 +240,14 @@ impl Backend for CpuBackend {
             gate.data.len() == up.data.len() && out.data.len() == up.data.len(),
             || "length mismatch".into(),
         )?;
+        // Row by row, so every row splits into SIMD body and scalar tail the same way,
+        // whatever the batch; several rows per task.
+        let cols = out.cols.max(1);
         out.data
-            .par_chunks_mut(4096)
-            .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
-            .for_each(|(o, (g, u))| {
-                for ((ov, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-                    *ov = gv / (1.0 + (-gv).exp()) * uv;
-                }
-            });
+            .par_chunks_mut(cols)
+            .zip(gate.data.par_chunks(cols).zip(up.data.par_chunks(cols)))
+            .with_min_len(4096 / cols)
+            .for_each(|(o, (g, u))| elementwise::silu_mul(g, u, o));
         Ok(())
     }
 
