@@ -22,6 +22,8 @@ use std::ops::Range;
 const PAR_MIN_WORK: usize = 1 << 18;
 /// Most query tokens per work unit: enough to amortize widening each K/V row.
 const MAX_TILE_TOKENS: usize = 8;
+/// Cache blocks (of one KV head: 2 KB at 16 tokens x 64 dims in f16) prefetched ahead.
+const PREFETCH_BLOCKS: usize = 2;
 /// Target bytes of one unit's score buffer (stays in L2); long contexts get smaller tiles.
 const SCORE_BYTES: usize = 256 * 1024;
 
@@ -287,21 +289,23 @@ pub(super) unsafe fn attend_unit<K: Kernels>(
         K::scale_into(dst, &q[off..off + hd], g.scale);
     }
     // This KV head's part of block `b` of the sequence. Blocks are scattered in memory, so
-    // the hardware prefetcher cannot run ahead across them: the next one is prefetched while
-    // one is used.
+    // the hardware prefetcher cannot run ahead across them: they are prefetched explicitly.
     let block = |cache_is_k: bool, b: usize| {
         let start = head_block_offset(&g.spec, seq.block_table[b] as usize, kvh);
         &(if cache_is_k { k } else { v })[start..start + bs * hd]
     };
-    if blocks > 0 {
-        K::prefetch(block(true, 0));
-    }
-    for b in 0..blocks {
-        if b + 1 < blocks {
-            K::prefetch(block(true, b + 1));
-        } else {
-            K::prefetch(block(false, 0));
+    // The unit reads its K blocks, then its V blocks: item `i` of that sequence is
+    // prefetched while item `i - PREFETCH_BLOCKS` is used.
+    let prefetch = |i: usize| {
+        if i < blocks {
+            K::prefetch(block(true, i));
+        } else if i < 2 * blocks {
+            K::prefetch(block(false, i - blocks));
         }
+    };
+    (0..PREFETCH_BLOCKS).for_each(prefetch);
+    for b in 0..blocks {
+        prefetch(b + PREFETCH_BLOCKS);
         // Also scores keys past the context in the last block and keys a query does not see
         // yet; those are dropped below.
         K::qk_block(block(true, b), bs, qs, hd, &mut scores[b * bs..], stride);
@@ -315,9 +319,7 @@ pub(super) unsafe fn attend_unit<K: Kernels>(
         s[visible..].fill(0.0);
     }
     for b in 0..blocks {
-        if b + 1 < blocks {
-            K::prefetch(block(false, b + 1));
-        }
+        prefetch(blocks + b + PREFETCH_BLOCKS);
         let rows = (keys - b * bs).min(bs);
         K::pv_block(
             &block(false, b)[..rows * hd],

@@ -47,6 +47,13 @@ fn check(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<
     }
 }
 
+/// Rows of `cols` values per rayon task for cheap row-wise ops (a few ns per value): below
+/// ~64K values a task costs less than waking another thread, so a decode batch runs on the
+/// calling thread and only prefill batches are split.
+fn rows_per_task(cols: usize) -> usize {
+    (65536 / cols.max(1)).max(1)
+}
+
 fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ss = elementwise::sum_squares(x) / x.len() as f32;
     let inv = 1.0 / (ss + eps).sqrt();
@@ -165,6 +172,7 @@ impl Backend for CpuBackend {
         out.data
             .par_chunks_mut(x.cols)
             .zip(x.data.par_chunks(x.cols))
+            .with_min_len(rows_per_task(x.cols))
             .for_each(|(o, xr)| rms_norm_row(xr, wv, eps, o));
         Ok(())
     }
@@ -195,6 +203,7 @@ impl Backend for CpuBackend {
             .par_chunks_mut(c)
             .zip(residual.data.par_chunks_mut(c))
             .zip(x.data.par_chunks(c))
+            .with_min_len(rows_per_task(c))
             .for_each(|((o, r), xr)| {
                 for (rv, xv) in r.iter_mut().zip(xr) {
                     *rv += xv;
@@ -246,7 +255,7 @@ impl Backend for CpuBackend {
         out.data
             .par_chunks_mut(cols)
             .zip(gate.data.par_chunks(cols).zip(up.data.par_chunks(cols)))
-            .with_min_len(4096 / cols)
+            .with_min_len((rows_per_task(cols) / 4).max(1))
             .for_each(|(o, (g, u))| elementwise::silu_mul(g, u, o));
         Ok(())
     }
