@@ -110,15 +110,16 @@ impl<B: Backend> LlamaModel<B> {
                 // The previous layer's MLP output joins the residual stream here.
                 b.add_rms_norm(&mut residual, &proj, &l.attn_norm, eps, &mut normed)?;
             }
-            b.matmul(&normed, &l.wq, &mut q)?;
-            b.matmul(&normed, &l.wk, &mut k)?;
-            b.matmul(&normed, &l.wv, &mut v)?;
+            b.matmul_many(
+                &normed,
+                &[&l.wq, &l.wk, &l.wv],
+                &mut [&mut q, &mut k, &mut v],
+            )?;
             b.rope_and_cache(&mut q, &mut k, &v, &self.rope, &self.attn, batch, cache, i)?;
             b.paged_attention(&q, &self.attn, batch, cache, i, &mut attn_out)?;
             b.matmul(&attn_out, &l.wo, &mut proj)?;
             b.add_rms_norm(&mut residual, &proj, &l.ffn_norm, eps, &mut normed)?;
-            b.matmul(&normed, &l.w_gate, &mut gate)?;
-            b.matmul(&normed, &l.w_up, &mut up)?;
+            b.matmul_many(&normed, &[&l.w_gate, &l.w_up], &mut [&mut gate, &mut up])?;
             b.silu_mul(&gate, &up, &mut act)?;
             b.matmul(&act, &l.w_down, &mut proj)?;
         }

@@ -233,6 +233,38 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// Quantizes `x` once for all the weights and runs them as one parallel job.
+    fn matmul_many(
+        &self,
+        x: &CpuTensor,
+        ws: &[&CpuWeight],
+        outs: &mut [&mut CpuTensor],
+    ) -> Result<()> {
+        check("matmul_many", ws.len() == outs.len(), || {
+            format!("{} weights, {} outputs", ws.len(), outs.len())
+        })?;
+        for (w, out) in ws.iter().zip(outs.iter()) {
+            check(
+                "matmul_many",
+                x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(),
+                || {
+                    format!(
+                        "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
+                        x.rows,
+                        x.cols,
+                        w.rows(),
+                        w.cols(),
+                        out.rows,
+                        out.cols
+                    )
+                },
+            )?;
+        }
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.data.as_mut_slice()).collect();
+        matmul::matmul_many(&x.data, x.rows, ws, &mut views);
+        Ok(())
+    }
+
     fn add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
         check("add", x.data.len() == y.data.len(), || {
             "length mismatch".into()
