@@ -23,6 +23,13 @@ impl CpuBatch {
         }
     }
 
+    /// Makes this batch `layout`, reusing the allocations. The rope table is dropped: it
+    /// belongs to the previous positions (a reused batch must never keep it).
+    pub fn set_layout(&mut self, layout: &BatchLayout) {
+        self.layout.clone_from(layout);
+        self.rope.take();
+    }
+
     pub fn layout(&self) -> &BatchLayout {
         &self.layout
     }
@@ -46,5 +53,37 @@ impl Deref for CpuBatch {
 
     fn deref(&self) -> &BatchLayout {
         &self.layout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::RopeStyle;
+
+    #[test]
+    fn set_layout_drops_the_rope_table_of_the_old_positions() {
+        let spec = RopeSpec {
+            style: RopeStyle::Neox,
+            theta: 10000.0,
+            rotary_dim: 8,
+        };
+        let mut a = BatchLayout {
+            block_size: 16,
+            ..Default::default()
+        };
+        a.push_seq(&[1, 2], 0, &[0], true);
+        let mut b = a.clone();
+        b.positions = vec![5, 9];
+        let mut batch = CpuBatch::new(a);
+        let mut row = vec![1.0f32; 8];
+        batch.rope_table(&spec).rotate_row(&mut row, 8, 1);
+        batch.set_layout(&b);
+        let mut got = vec![1.0f32; 8];
+        batch.rope_table(&spec).rotate_row(&mut got, 8, 1);
+        let mut want = vec![1.0f32; 8];
+        super::super::rope::rope_rotate(&mut want, 9, &spec);
+        assert_eq!(got, want);
+        assert_ne!(got, row);
     }
 }

@@ -339,6 +339,10 @@ impl Backend for CpuBackend {
             });
         let stride = cache.token_stride();
         for (t, &slot) in batch.slot_mapping.iter().enumerate() {
+            if slot == u32::MAX {
+                // A padding row (batches padded to a fixed size): no place in the cache.
+                continue;
+            }
             // Cached K/V hold f16 precision, as GPU caches (and llama.cpp's) do.
             cache.write_token(
                 layer,
