@@ -1,6 +1,6 @@
 //! The op set. Every model architecture is written over exactly these calls.
 
-use crate::{BatchLayout, HostWeight, Result};
+use crate::{BackendError, BatchLayout, HostWeight, Result};
 
 /// How rotary embeddings pair up the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +170,27 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// `out = x · wᵀ` with `x: [T, k]`, `w: [n, k]`, `out: [T, n]`.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Weight, out: &mut Self::Tensor) -> Result<()>;
+    /// `outs[i] = x · ws[i]ᵀ` for weights that share an input (Q/K/V, gate/up): a backend may
+    /// prepare `x` once and run all of them as one job. Results equal separate [`matmul`]s.
+    ///
+    /// [`matmul`]: Backend::matmul
+    fn matmul_many(
+        &self,
+        x: &Self::Tensor,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Tensor],
+    ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(BackendError::Shape {
+                op: "matmul_many",
+                detail: format!("{} weights, {} outputs", ws.len(), outs.len()),
+            });
+        }
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(x, w, out)?;
+        }
+        Ok(())
+    }
     /// `x += y`.
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// `out = silu(gate) * up`.
@@ -250,17 +271,18 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Host argmax per row (lowest index on ties).
 pub fn argmax_rows_host(x: &[f32], cols: usize) -> Vec<u32> {
-    x.chunks(cols.max(1))
-        .map(|row| {
-            let mut best = 0;
-            for (i, &v) in row.iter().enumerate() {
-                if v > row[best] {
-                    best = i;
-                }
-            }
-            best as u32
-        })
-        .collect()
+    x.chunks(cols.max(1)).map(argmax_row).collect()
+}
+
+/// Index of the largest value (lowest index on ties; NaNs are never the largest unless first).
+pub fn argmax_row(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// SplitMix64 finalizer (the kernels use the same function).

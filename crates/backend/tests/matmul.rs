@@ -3,7 +3,7 @@
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rvllm_backend::cpu::matmul::{matmul, matmul_scalar};
+use rvllm_backend::cpu::matmul::{matmul, matmul_many, matmul_scalar};
 use rvllm_backend::cpu::quant::{
     dequantize, quantize_row_q8, quantize_row_q8_scalar, BlockQ8, PackedQuant,
 };
@@ -335,6 +335,41 @@ fn batch_invariant() {
         for r in 0..t {
             let one = run_poisoned(matmul, &x[r * k..(r + 1) * k], 1, &w);
             assert_eq!(&all[r * n..(r + 1) * n], &one[..], "{dtype:?} row {r}");
+        }
+    }
+}
+
+/// One input against several weights (as Q/K/V) equals separate matmuls bit for bit, for
+/// decode-sized and prefill-sized batches; mixed weight types take the per-weight path.
+#[test]
+fn matmul_many_equals_separate_calls() {
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let k = 576;
+    for dtypes in [
+        [WeightDtype::Q4_1; 3],
+        [WeightDtype::Q8_0, WeightDtype::Q4_0, WeightDtype::Q4_1],
+        [WeightDtype::Q4_1, WeightDtype::F32, WeightDtype::Q4_1],
+    ] {
+        let ns = [576, 192, 13];
+        let ws: Vec<CpuWeight> = dtypes
+            .iter()
+            .zip(ns)
+            .map(|(&d, n)| load(d, n, k, &random_weight(d, n, k, &mut rng)))
+            .collect();
+        let refs: Vec<&CpuWeight> = ws.iter().collect();
+        for t in [1, 16, 67] {
+            let x = random_x(t, k, &mut rng);
+            let mut outs: Vec<Vec<f32>> = ns.iter().map(|n| vec![f32::NAN; t * n]).collect();
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            matmul_many(&x, t, &refs, &mut views);
+            for (i, (w, got)) in ws.iter().zip(&outs).enumerate() {
+                let want = run_poisoned(matmul, &x, t, w);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{dtypes:?} t={t}: weight {i} differs");
+            }
         }
     }
 }

@@ -258,9 +258,8 @@ impl<B: Backend> LlamaModel<B> {
                         k.as_mut().ok_or_else(missing)?,
                         v.as_mut().ok_or_else(missing)?,
                     );
-                    b.matmul(normed, wq, q)?;
-                    b.matmul(normed, wk, k)?;
-                    b.matmul(normed, wv, v)?;
+                    // One job for the three: the CPU quantizes the shared input once.
+                    b.matmul_many(normed, &[wq, wk, wv], &mut [&mut *q, &mut *k, &mut *v])?;
                     b.rope_and_cache(q, k, v, &self.rope, &self.attn, batch, cache, i)?;
                 }
             }
@@ -278,8 +277,7 @@ impl<B: Backend> LlamaModel<B> {
                         gate.as_mut().ok_or_else(missing)?,
                         up.as_mut().ok_or_else(missing)?,
                     );
-                    b.matmul(normed, wg, g)?;
-                    b.matmul(normed, wu, u)?;
+                    b.matmul_many(normed, &[wg, wu], &mut [&mut *g, &mut *u])?;
                     b.silu_mul(g, u, act)?;
                 }
             }

@@ -3,6 +3,7 @@
 use crate::codec::{NoTokenizer, TokenizerCodec};
 use crate::model_fetch;
 use anyhow::{bail, Context, Result};
+use rvllm_backend::cpu::kv_cache::KV_ELEM_BYTES as CPU_KV_ELEM_BYTES;
 use rvllm_backend::cpu::CpuBackend;
 use rvllm_backend::Backend;
 use rvllm_engine::{
@@ -212,7 +213,7 @@ impl LLM {
             None => model_fetch::ensure_default_model()?,
         };
         match args.device.as_str() {
-            "cpu" => Self::build(CpuBackend::new(), &args, &path, 4, |_| Ok(KvBudget::Host(cpu_kv_budget(&args)))),
+            "cpu" => Self::build(CpuBackend::new(), &args, &path, CPU_KV_ELEM_BYTES, |_| Ok(KvBudget::Host(cpu_kv_budget(&args)))),
             #[cfg(feature = "cuda")]
             "cuda" => Self::new_cuda(&args, &path),
             #[cfg(feature = "cuda")]
@@ -223,11 +224,11 @@ impl LLM {
                         Ok(_) => "no CUDA device".to_string(),
                         Err(e) => e.to_string(),
                     });
-                    Self::build(CpuBackend::new(), &args, &path, 4, |_| Ok(KvBudget::Host(cpu_kv_budget(&args))))
+                    Self::build(CpuBackend::new(), &args, &path, CPU_KV_ELEM_BYTES, |_| Ok(KvBudget::Host(cpu_kv_budget(&args))))
                 }
             },
             #[cfg(not(feature = "cuda"))]
-            "auto" => Self::build(CpuBackend::new(), &args, &path, 4, |_| Ok(KvBudget::Host(cpu_kv_budget(&args)))),
+            "auto" => Self::build(CpuBackend::new(), &args, &path, CPU_KV_ELEM_BYTES, |_| Ok(KvBudget::Host(cpu_kv_budget(&args)))),
             #[cfg(not(feature = "cuda"))]
             "cuda" => bail!("this rvllm was built without CUDA support (cargo build --release --features cuda); use --device cpu"),
             other => bail!("unknown device `{other}` (expected auto, cpu or cuda)"),

@@ -76,7 +76,7 @@ fn batching_chunking_caching_and_preemption_keep_greedy_outputs() {
         "chunked prefill of 7 tokens"
     );
     // 6 blocks of 16 tokens: at most ~2 sequences fit at once, the rest are preempted.
-    let kv_block = 2 * 30 * 16 * 3 * 64 * 4;
+    let kv_block = 2 * 30 * 16 * 3 * 64 * rvllm_backend::cpu::kv_cache::KV_ELEM_BYTES as u64;
     assert_eq!(
         batched(|a| {
             a.kv_cache_memory = Some(6 * kv_block);

@@ -45,6 +45,46 @@ pub fn matmul(x: &[f32], t: usize, w: &CpuWeight, out: &mut [f32]) {
     matmul_impl(x, t, w, out, simd::has_avx2())
 }
 
+/// [`matmul`] of one input against several weights (`outs[i]`: `[t, ws[i].rows]`): for packed
+/// weights of one width the input is quantized once and all their tiles form one parallel
+/// job. Bit-identical to separate [`matmul`] calls.
+///
+/// Panics if the lengths disagree with the shapes.
+pub fn matmul_many(x: &[f32], t: usize, ws: &[&CpuWeight], outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "matmul_many: weights vs outputs");
+    let packed: Option<Vec<&PackedQuant>> = ws
+        .iter()
+        .map(|w| match w {
+            CpuWeight::Packed(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    match packed {
+        Some(ps) if t > 0 && ps.iter().all(|p| p.cols == ps[0].cols && p.cols > 0) => {
+            for (p, o) in ps.iter().zip(outs.iter()) {
+                assert_eq!(
+                    x.len(),
+                    t * p.cols,
+                    "matmul_many: x is not [{t}, {}]",
+                    p.cols
+                );
+                assert_eq!(
+                    o.len(),
+                    t * p.rows,
+                    "matmul_many: out is not [{t}, {}]",
+                    p.rows
+                );
+            }
+            qgemm_many(x, t, &ps, outs, simd::has_avx2());
+        }
+        _ => {
+            for (w, o) in ws.iter().zip(outs.iter_mut()) {
+                matmul(x, t, w, o);
+            }
+        }
+    }
+}
+
 /// [`matmul`] with the portable scalar kernels only (the reference the SIMD code is tested
 /// against; also what runs on CPUs without AVX2).
 pub fn matmul_scalar(x: &[f32], t: usize, w: &CpuWeight, out: &mut [f32]) {
@@ -117,8 +157,15 @@ thread_local! {
 }
 
 fn qgemm(x: &[f32], t: usize, w: &PackedQuant, out: &mut [f32], simd: bool) {
-    let (n, k) = (w.rows, w.cols);
-    let nb = w.blocks_per_row();
+    qgemm_many(x, t, &[w], &mut [out], simd);
+}
+
+/// `x` quantized once against every weight of `ws` (all `k` wide), their tiles split over
+/// threads as one index space.
+fn qgemm_many(x: &[f32], t: usize, ws: &[&PackedQuant], outs: &mut [&mut [f32]], simd: bool) {
+    let Some(first) = ws.first() else { return };
+    let k = first.cols;
+    let nb = first.blocks_per_row();
     // Taken out of the thread-local (not borrowed), so a nested call on this thread (a rayon
     // worker stealing another matmul) just allocates its own.
     let mut xq = XQ.with(|c| c.take());
@@ -142,24 +189,48 @@ fn qgemm(x: &[f32], t: usize, w: &PackedQuant, out: &mut [f32], simd: bool) {
         }
     }
     let xq_rows = &xq[..t * nb];
+    let os: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let total: usize = ws.iter().map(|w| w.tiles()).sum();
+    let work: usize = ws.iter().map(|w| t * w.rows * k).sum();
+    for_ranges(total, work, |range| {
+        // Walk the weights' consecutive tile index spaces, running the overlap with `range`.
+        let mut start = 0;
+        for (w, o) in ws.iter().zip(&os) {
+            let end = start + w.tiles();
+            let (a, b) = (range.start.max(start), range.end.min(end));
+            if a < b {
+                qgemm_tiles(w, xq_rows, t, a - start..b - start, *o, simd);
+            }
+            start = end;
+        }
+    });
+    XQ.with(|c| c.set(xq));
+}
+
+/// Output columns of `tiles` of `w` for the `t` quantized rows `xq`.
+fn qgemm_tiles(
+    w: &PackedQuant,
+    xq: &[BlockQ8],
+    t: usize,
+    tiles: Range<usize>,
+    o: OutPtr,
+    simd: bool,
+) {
+    let nb = w.blocks_per_row();
     let mb = (QX_BLOCK_BYTES / (nb * std::mem::size_of::<BlockQ8>()))
         .max(simd::ROWS)
         .next_multiple_of(simd::ROWS);
     let tg = (W_GROUP_BYTES / (nb * tile_block_bytes(w.dtype))).max(1);
-    let o = OutPtr(out.as_mut_ptr());
-    for_ranges(w.tiles(), t * n * k, |tiles| {
-        // SAFETY: `out` holds `t * n` floats and each range is a disjoint set of tiles, so of
-        // output columns; AVX2 is used only where detected.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                simd::qgemm_range_avx2(w, xq_rows, t, tiles, (mb, tg), o.get());
-                return;
-            }
-            qgemm_range_scalar(w, xq_rows, t, tiles, o.get());
+    // SAFETY: the callers' outputs hold `t * w.rows` floats and each call gets a disjoint
+    // set of tiles, so of output columns; AVX2 is used only where detected.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            simd::qgemm_range_avx2(w, xq, t, tiles, (mb, tg), o.get());
+            return;
         }
-    });
-    XQ.with(|c| c.set(xq));
+        qgemm_range_scalar(w, xq, t, tiles, o.get());
+    }
 }
 
 /// Portable version of `simd::qgemm_range_avx2` (same layout, same arithmetic up to float

@@ -1,14 +1,22 @@
-//! The CPU backend: f32 activations, f32 KV cache, rayon threads, quantized matmuls.
+//! The CPU backend: f32 activations, f16 KV cache, rayon threads, quantized matmuls.
 
 pub mod attention;
+mod attention_kernels;
+pub mod batch;
+pub mod elementwise;
+pub mod kv_cache;
 pub mod matmul;
 pub mod quant;
+pub mod rope;
 pub mod simd;
 pub mod weight;
 
-use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
+use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec};
 use crate::{BackendError, BatchLayout, HostWeight, Result};
+pub use batch::CpuBatch;
+pub use kv_cache::CpuKvCache;
 use rayon::prelude::*;
+pub use rope::{rope_rotate, RopeTable};
 pub use weight::CpuWeight;
 
 /// A row-major f32 matrix.
@@ -23,19 +31,6 @@ pub struct CpuTensor {
 pub struct CpuIds {
     pub ids: Vec<u32>,
     pub params: Vec<(f32, u64)>,
-}
-
-/// K and V of every layer, each `[num_blocks, block_size, kv_heads, head_dim]`.
-pub struct CpuKvCache {
-    pub spec: KvCacheSpec,
-    pub k: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
-}
-
-impl CpuKvCache {
-    fn token_stride(&self) -> usize {
-        self.spec.num_kv_heads * self.spec.head_dim
-    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -58,28 +53,18 @@ fn check(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<
     }
 }
 
+/// Rows of `cols` values per rayon task for cheap row-wise ops (a few ns per value): below
+/// ~64K values a task costs less than waking another thread, so a decode batch runs on the
+/// calling thread and only prefill batches are split.
+fn rows_per_task(cols: usize) -> usize {
+    (65536 / cols.max(1)).max(1)
+}
+
 fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let ss = elementwise::sum_squares(x) / x.len() as f32;
     let inv = 1.0 / (ss + eps).sqrt();
     for ((o, &xv), &wv) in out.iter_mut().zip(x).zip(w) {
         *o = xv * inv * wv;
-    }
-}
-
-/// Rotates one head vector in place at position `pos`.
-pub fn rope_rotate(x: &mut [f32], pos: u32, rope: &RopeSpec) {
-    let rd = rope.rotary_dim;
-    let half = rd / 2;
-    for i in 0..half {
-        let inv_freq = rope.theta.powf(-2.0 * i as f32 / rd as f32);
-        let (sin, cos) = (pos as f32 * inv_freq).sin_cos();
-        let (a, b) = match rope.style {
-            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-            RopeStyle::Neox => (i, i + half),
-        };
-        let (x0, x1) = (x[a], x[b]);
-        x[a] = x0 * cos - x1 * sin;
-        x[b] = x0 * sin + x1 * cos;
     }
 }
 
@@ -87,7 +72,7 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
-    type Batch = BatchLayout;
+    type Batch = CpuBatch;
     type Ids = CpuIds;
     type Graph = ();
 
@@ -108,14 +93,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv_cache(&self, spec: &KvCacheSpec) -> Result<CpuKvCache> {
-        let per_layer = spec.num_blocks * spec.block_size * spec.num_kv_heads * spec.head_dim;
-        let mut k = Vec::with_capacity(spec.num_layers);
-        let mut v = Vec::with_capacity(spec.num_layers);
-        for _ in 0..spec.num_layers {
-            k.push(vec![0f32; per_layer]);
-            v.push(vec![0f32; per_layer]);
-        }
-        Ok(CpuKvCache { spec: *spec, k, v })
+        Ok(CpuKvCache::new(spec))
     }
 
     fn dummy_weight(&self, rows: usize, cols: usize, seed: u64) -> Result<CpuWeight> {
@@ -136,67 +114,24 @@ impl Backend for CpuBackend {
     }
 
     fn copy_blocks(&self, cache: &mut CpuKvCache, pairs: &[(u32, u32)]) -> Result<()> {
-        let bl = cache.spec.block_size * cache.token_stride();
-        let nb = cache.spec.num_blocks;
-        for &(s, d) in pairs {
-            let (s, d) = (s as usize, d as usize);
-            check("copy_blocks", s < nb && d < nb, || {
-                format!("block {s} or {d} >= {nb}")
-            })?;
-            for layer in cache.k.iter_mut().chain(cache.v.iter_mut()) {
-                layer.copy_within(s * bl..(s + 1) * bl, d * bl);
-            }
-        }
-        Ok(())
+        cache.copy_blocks(pairs)
     }
 
     fn read_blocks(&self, cache: &CpuKvCache, blocks: &[u32]) -> Result<Vec<u8>> {
-        let bl = cache.spec.block_size * cache.token_stride();
-        let mut out = Vec::with_capacity(blocks.len() * bl * 4 * 2 * cache.k.len());
-        for &b in blocks {
-            let b = b as usize;
-            check("read_blocks", b < cache.spec.num_blocks, || {
-                format!("block {b} out of range")
-            })?;
-            for layer in cache.k.iter().chain(cache.v.iter()) {
-                for v in &layer[b * bl..(b + 1) * bl] {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-        }
-        Ok(out)
+        cache.read_blocks(blocks)
     }
 
     fn write_blocks(&self, cache: &mut CpuKvCache, blocks: &[u32], data: &[u8]) -> Result<()> {
-        let bl = cache.spec.block_size * cache.token_stride();
-        let per_block = bl * 4 * 2 * cache.k.len();
-        check(
-            "write_blocks",
-            data.len() == per_block * blocks.len(),
-            || format!("{} bytes for {} blocks", data.len(), blocks.len()),
-        )?;
-        let mut chunks = data.chunks_exact(4);
-        for &b in blocks {
-            let b = b as usize;
-            check("write_blocks", b < cache.spec.num_blocks, || {
-                format!("block {b} out of range")
-            })?;
-            for layer in cache.k.iter_mut().chain(cache.v.iter_mut()) {
-                for v in &mut layer[b * bl..(b + 1) * bl] {
-                    let c = chunks.next().unwrap_or(&[0, 0, 0, 0]);
-                    *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-        }
-        Ok(())
+        cache.write_blocks(blocks, data)
     }
 
-    fn upload_batch(&self, batch: &BatchLayout) -> Result<BatchLayout> {
-        Ok(batch.clone())
+    fn upload_batch(&self, batch: &BatchLayout) -> Result<CpuBatch> {
+        Ok(CpuBatch::new(batch.clone()))
     }
 
-    fn upload_batch_into(&self, batch: &BatchLayout, dst: &mut BatchLayout) -> Result<()> {
-        dst.clone_from(batch);
+    fn upload_batch_into(&self, batch: &BatchLayout, dst: &mut CpuBatch) -> Result<()> {
+        // Also drops the rope table cached for the previous layout's positions.
+        dst.set_layout(batch);
         Ok(())
     }
 
@@ -255,7 +190,15 @@ impl Backend for CpuBackend {
         (t.rows, t.cols)
     }
 
-    fn embed(&self, table: &CpuWeight, batch: &BatchLayout, out: &mut CpuTensor) -> Result<()> {
+    /// In place (no copy of the logits) and one row per task.
+    fn argmax_rows(&self, t: &CpuTensor) -> Result<Vec<u32>> {
+        Ok(t.data
+            .par_chunks(t.cols.max(1))
+            .map(crate::ops::argmax_row)
+            .collect())
+    }
+
+    fn embed(&self, table: &CpuWeight, batch: &CpuBatch, out: &mut CpuTensor) -> Result<()> {
         let cols = table.cols();
         check(
             "embed",
@@ -290,6 +233,7 @@ impl Backend for CpuBackend {
         out.data
             .par_chunks_mut(x.cols)
             .zip(x.data.par_chunks(x.cols))
+            .with_min_len(rows_per_task(x.cols))
             .for_each(|(o, xr)| rms_norm_row(xr, wv, eps, o));
         Ok(())
     }
@@ -320,6 +264,7 @@ impl Backend for CpuBackend {
             .par_chunks_mut(c)
             .zip(residual.data.par_chunks_mut(c))
             .zip(x.data.par_chunks(c))
+            .with_min_len(rows_per_task(c))
             .for_each(|((o, r), xr)| {
                 for (rv, xv) in r.iter_mut().zip(xr) {
                     *rv += xv;
@@ -349,6 +294,38 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// Quantizes `x` once for all the weights and runs them as one parallel job.
+    fn matmul_many(
+        &self,
+        x: &CpuTensor,
+        ws: &[&CpuWeight],
+        outs: &mut [&mut CpuTensor],
+    ) -> Result<()> {
+        check("matmul_many", ws.len() == outs.len(), || {
+            format!("{} weights, {} outputs", ws.len(), outs.len())
+        })?;
+        for (w, out) in ws.iter().zip(outs.iter()) {
+            check(
+                "matmul_many",
+                x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(),
+                || {
+                    format!(
+                        "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
+                        x.rows,
+                        x.cols,
+                        w.rows(),
+                        w.cols(),
+                        out.rows,
+                        out.cols
+                    )
+                },
+            )?;
+        }
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.data.as_mut_slice()).collect();
+        matmul::matmul_many(&x.data, x.rows, ws, &mut views);
+        Ok(())
+    }
+
     fn add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
         check("add", x.data.len() == y.data.len(), || {
             "length mismatch".into()
@@ -365,14 +342,14 @@ impl Backend for CpuBackend {
             gate.data.len() == up.data.len() && out.data.len() == up.data.len(),
             || "length mismatch".into(),
         )?;
+        // Row by row, so every row splits into SIMD body and scalar tail the same way,
+        // whatever the batch; several rows per task.
+        let cols = out.cols.max(1);
         out.data
-            .par_chunks_mut(4096)
-            .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
-            .for_each(|(o, (g, u))| {
-                for ((ov, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-                    *ov = gv / (1.0 + (-gv).exp()) * uv;
-                }
-            });
+            .par_chunks_mut(cols)
+            .zip(gate.data.par_chunks(cols).zip(up.data.par_chunks(cols)))
+            .with_min_len((rows_per_task(cols) / 4).max(1))
+            .for_each(|(o, (g, u))| elementwise::silu_mul(g, u, o));
         Ok(())
     }
 
@@ -383,7 +360,7 @@ impl Backend for CpuBackend {
         v: &CpuTensor,
         rope: &RopeSpec,
         attn: &AttentionSpec,
-        batch: &BatchLayout,
+        batch: &CpuBatch,
         cache: &mut CpuKvCache,
         layer: usize,
     ) -> Result<()> {
@@ -396,52 +373,44 @@ impl Backend for CpuBackend {
         )?;
         check(
             "rope_and_cache",
-            q.cols == attn.num_heads * hd && k.cols == attn.num_kv_heads * hd,
+            q.cols == attn.num_heads * hd
+                && k.cols == attn.num_kv_heads * hd
+                && v.cols == k.cols
+                && k.cols == cache.token_stride()
+                && rope.rotary_dim <= hd,
             || "head geometry mismatch".into(),
         )?;
-        let positions = &batch.positions;
+        check(
+            "rope_and_cache",
+            batch.positions.len() == n
+                && batch.slot_mapping.len() == n
+                && layer < cache.num_layers(),
+            || format!("{n} tokens, layer {layer}: batch or cache mismatch"),
+        )?;
+        let table = batch.rope_table(rope);
+        // A token's rotation is ~1 µs of work: only long prefills are worth splitting.
         q.data
             .par_chunks_mut(q.cols)
-            .zip(positions.par_iter())
-            .for_each(|(row, &p)| {
-                for head in row.chunks_exact_mut(hd) {
-                    rope_rotate(head, p, rope);
-                }
-            });
-        k.data
-            .par_chunks_mut(k.cols)
-            .zip(positions.par_iter())
-            .for_each(|(row, &p)| {
-                for head in row.chunks_exact_mut(hd) {
-                    rope_rotate(head, p, rope);
-                }
+            .zip(k.data.par_chunks_mut(k.cols))
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(t, (qr, kr))| {
+                table.rotate_row(qr, hd, t);
+                table.rotate_row(kr, hd, t);
             });
         let stride = cache.token_stride();
-        let slots = cache.spec.num_blocks * cache.spec.block_size;
-        let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
         for (t, &slot) in batch.slot_mapping.iter().enumerate() {
             if slot == u32::MAX {
-                // A padding row: it has no place in the cache.
+                // A padding row (batches padded to a fixed size): no place in the cache.
                 continue;
             }
-            let s = slot as usize;
-            check("rope_and_cache", s < slots, || {
-                format!("slot {s} outside the cache ({slots} slots)")
-            })?;
             // Cached K/V hold f16 precision, as GPU caches (and llama.cpp's) do.
-            let round = |x: &f32| half::f16::from_f32(*x).to_f32();
-            for (d, x) in kc[s * stride..(s + 1) * stride]
-                .iter_mut()
-                .zip(&k.data[t * stride..(t + 1) * stride])
-            {
-                *d = round(x);
-            }
-            for (d, x) in vc[s * stride..(s + 1) * stride]
-                .iter_mut()
-                .zip(&v.data[t * stride..(t + 1) * stride])
-            {
-                *d = round(x);
-            }
+            cache.write_token(
+                layer,
+                slot as usize,
+                &k.data[t * stride..(t + 1) * stride],
+                &v.data[t * stride..(t + 1) * stride],
+            )?;
         }
         Ok(())
     }
@@ -450,7 +419,7 @@ impl Backend for CpuBackend {
         &self,
         q: &CpuTensor,
         attn: &AttentionSpec,
-        batch: &BatchLayout,
+        batch: &CpuBatch,
         cache: &CpuKvCache,
         layer: usize,
         out: &mut CpuTensor,
@@ -458,22 +427,24 @@ impl Backend for CpuBackend {
         check("paged_attention", out.data.len() == q.data.len(), || {
             "out/q size mismatch".into()
         })?;
+        check("paged_attention", layer < cache.num_layers(), || {
+            format!("layer {layer} of {}", cache.num_layers())
+        })?;
         attention::paged_attention(
             &q.data,
             attn,
-            batch,
-            &cache.k[layer],
-            &cache.v[layer],
+            batch.layout(),
+            cache.k(layer),
+            cache.v(layer),
             &cache.spec,
             &mut out.data,
-        );
-        Ok(())
+        )
     }
 
     fn gather_logit_rows(
         &self,
         x: &CpuTensor,
-        batch: &BatchLayout,
+        batch: &CpuBatch,
         out: &mut CpuTensor,
     ) -> Result<()> {
         check(
@@ -488,11 +459,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn num_logit_rows(&self, batch: &BatchLayout) -> usize {
+    fn num_logit_rows(&self, batch: &CpuBatch) -> usize {
         batch.logits_rows.len()
     }
 
-    fn num_tokens(&self, batch: &BatchLayout) -> usize {
+    fn num_tokens(&self, batch: &CpuBatch) -> usize {
         batch.num_tokens()
     }
 }

@@ -204,8 +204,11 @@ fn rand_weight_bytes(
     out
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// The CPU cache's block format (f16).
+fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+        .collect()
 }
 
 fn bf16_bytes(v: &[f32]) -> Vec<u8> {
@@ -220,9 +223,9 @@ fn bytes_bf16_to_f32(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn bytes_f32_to_f32(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+fn bytes_f16_to_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
         .collect()
 }
 
@@ -240,7 +243,7 @@ fn fill_caches(
     let vals = rng.bf16_vec(s.num_blocks * 2 * s.num_layers * be, amp);
     let blocks: Vec<u32> = (0..s.num_blocks as u32).collect();
     gpu.write_blocks(gc, &blocks, &bf16_bytes(&vals))?;
-    cpu.write_blocks(cc, &blocks, &f32_bytes(&vals))?;
+    cpu.write_blocks(cc, &blocks, &f16_bytes(&vals))?;
     Ok(())
 }
 
@@ -490,7 +493,7 @@ fn case_blocks(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut R
     cpu.copy_blocks(&mut cc, &pairs)?;
     let blocks: Vec<u32> = (0..32).collect();
     let g = bytes_bf16_to_f32(&gpu.read_blocks(&gc, &blocks)?);
-    let cv = bytes_f32_to_f32(&cpu.read_blocks(&cc, &blocks)?);
+    let cv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
     c.cmp("copy_blocks + read_blocks (all blocks)", &g, &cv, 1e-7);
     // Swap out / in through other blocks.
     let out = gpu.read_blocks(&gc, &[5, 2])?;
@@ -587,7 +590,7 @@ fn case_rope(
     c.cmp(&format!("{name} k"), &gpu.to_host(&gk)?, &ck.data, 1e-2);
     let blocks: Vec<u32> = (0..nb as u32).collect();
     let g = bytes_bf16_to_f32(&gpu.read_blocks(&gc, &blocks)?);
-    let cvv = bytes_f32_to_f32(&cpu.read_blocks(&cc, &blocks)?);
+    let cvv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
     c.cmp(&format!("{name} cache"), &g, &cvv, 1e-2);
     Ok(())
 }
@@ -664,7 +667,7 @@ fn case_fused(
     c.cmp(&format!("{name} q"), &gpu.to_host(&gq)?, &cq.data, 1e-2);
     let blocks: Vec<u32> = (0..nb as u32).collect();
     let g = bytes_bf16_to_f32(&gpu.read_blocks(&gc, &blocks)?);
-    let cvv = bytes_f32_to_f32(&cpu.read_blocks(&cc, &blocks)?);
+    let cvv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
     c.cmp(&format!("{name} cache"), &g, &cvv, 1e-2);
 
     // silu_mul_fused vs silu_mul of the halves.
@@ -940,7 +943,7 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
         let mut ck = cpu_t(bucket, kvh * hd, kv.clone());
         let cvv = cpu_t(bucket, kvh * hd, vv.clone());
         let f32_vals = bytes_bf16_to_f32(&cache_vals);
-        cpu.write_blocks(&mut cc, &blocks, &f32_bytes(&f32_vals))?;
+        cpu.write_blocks(&mut cc, &blocks, &f16_bytes(&f32_vals))?;
         let cb = cpu.upload_batch(&layout)?;
         cpu.rope_and_cache(&mut cq, &mut ck, &cvv, &rope, &attn, &cb, &mut cc, 0)?;
         let mut co = cpu_zeros(bucket, heads * hd);
