@@ -256,6 +256,10 @@ impl LLM {
         );
         let utilization = args.gpu_memory_utilization;
         Self::build(backend, args, path, 2, move |b: &CudaBackend| {
+            // Stream-ordered frees (e.g. the separate Q/K/V weights after fusing them) return
+            // their memory at a synchronization; without one the free figure varied by 0.4 GiB.
+            b.synchronize()
+                .map_err(|e| anyhow::anyhow!("synchronizing before measuring memory: {e}"))?;
             let (free, total) = b
                 .context()
                 .mem_get_info()
