@@ -6,7 +6,8 @@
 //! reference goes away keeps its key and sits in the free queue; until it is handed out again
 //! (least recently freed first), a new sequence with the same prefix takes it back for free.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::int_map::IntMap;
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 /// A prefix key: 128 bits so that a collision (which would silently reuse the wrong KV) is
@@ -35,7 +36,7 @@ pub struct KvBlockManager {
     num_blocks: usize,
     ref_cnt: Vec<u32>,
     hash_of: Vec<Option<BlockHash>>,
-    cached: HashMap<BlockHash, u32>,
+    cached: IntMap<BlockHash, u32>,
     /// Free blocks ordered by the time they were freed (eviction takes the oldest).
     free_queue: BTreeMap<u64, u32>,
     free_stamp: Vec<Option<u64>>,
@@ -60,7 +61,7 @@ impl KvBlockManager {
             num_blocks,
             ref_cnt: vec![0; num_blocks],
             hash_of: vec![None; num_blocks],
-            cached: HashMap::new(),
+            cached: IntMap::default(),
             free_queue: BTreeMap::new(),
             free_stamp: vec![None; num_blocks],
             next_stamp: 0,

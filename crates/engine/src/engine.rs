@@ -2,6 +2,7 @@
 
 use crate::config::EngineConfig;
 use crate::executor::{Executor, SampleInfo, SampledToken, SeqId};
+use crate::int_map::IntMap;
 use crate::output::{CompletionOutput, RequestOutput, TokenLogprob};
 use crate::scheduler::Scheduler;
 use crate::sequence::{SeqStatus, Sequence};
@@ -69,7 +70,7 @@ pub struct LlmEngine {
     pub scheduler: Scheduler,
     executor: Box<dyn Executor>,
     codec: Arc<dyn TextCodec>,
-    requests: HashMap<u64, RequestState>,
+    requests: IntMap<u64, RequestState>,
     key_of: HashMap<String, u64>,
     next_key: u64,
     next_seq: SeqId,
@@ -96,7 +97,7 @@ impl LlmEngine {
             scheduler: Scheduler::new(config),
             executor,
             codec,
-            requests: HashMap::new(),
+            requests: IntMap::default(),
             key_of: HashMap::new(),
             next_key: 0,
             next_seq: 0,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod int_map;
 pub mod output;
 pub mod sampling_params;
 pub mod scheduler;

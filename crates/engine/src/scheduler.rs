@@ -6,13 +6,14 @@
 use crate::block_manager::KvBlockManager;
 use crate::config::{EngineConfig, SchedulingPolicy};
 use crate::executor::{SampleInfo, ScheduledSeq, SchedulerOutput, SeqId};
+use crate::int_map::IntMap;
 use crate::sequence::{SeqStatus, Sequence};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 pub struct Scheduler {
     pub config: EngineConfig,
     pub blocks: KvBlockManager,
-    pub seqs: HashMap<SeqId, Sequence>,
+    pub seqs: IntMap<SeqId, Sequence>,
     pub waiting: VecDeque<SeqId>,
     pub running: Vec<SeqId>,
     pub swapped: VecDeque<SeqId>,
@@ -34,7 +35,7 @@ impl Scheduler {
         Scheduler {
             config,
             blocks,
-            seqs: HashMap::new(),
+            seqs: IntMap::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             swapped: VecDeque::new(),
