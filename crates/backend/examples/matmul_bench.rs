@@ -77,6 +77,9 @@ fn main() {
 
     let cases: Vec<(WeightDtype, usize, usize, Vec<usize>)> = if mode("kern") {
         vec![
+            // Weights that stay in L1 / L2: the kernel's compute rate without DRAM or L3.
+            (WeightDtype::Q4_1, 16, 576, vec![64]),
+            (WeightDtype::Q4_1, 128, 576, vec![64]),
             (WeightDtype::Q4_1, 1536, 576, vec![64]),
             (WeightDtype::Q4_0, 1536, 576, vec![64]),
             (WeightDtype::Q8_0, 1536, 576, vec![64]),
@@ -87,10 +90,10 @@ fn main() {
         vec![]
     } else {
         vec![
-            (WeightDtype::Q4_1, 1536, 576, vec![1, 16, 256]),
-            (WeightDtype::Q4_1, 576, 1536, vec![1, 16, 256]),
-            (WeightDtype::Q4_1, 49152, 576, vec![1, 16, 256]),
-            (WeightDtype::Q8_0, 49152, 576, vec![1, 16, 256]),
+            (WeightDtype::Q4_1, 1536, 576, vec![1, 16, 64, 128, 256]),
+            (WeightDtype::Q4_1, 576, 1536, vec![1, 16, 64, 128, 256]),
+            (WeightDtype::Q4_1, 49152, 576, vec![1, 16, 64, 128, 256]),
+            (WeightDtype::Q8_0, 49152, 576, vec![1, 16, 64, 128, 256]),
         ]
     };
     if !cases.is_empty() {
