@@ -256,10 +256,10 @@ impl LLM {
         );
         let utilization = args.gpu_memory_utilization;
         Self::build(backend, args, path, 2, move |b: &CudaBackend| {
-            // Stream-ordered frees (e.g. the separate Q/K/V weights after fusing them) return
-            // their memory at a synchronization; without one the free figure varied by 0.4 GiB.
-            b.synchronize()
-                .map_err(|e| anyhow::anyhow!("synchronizing before measuring memory: {e}"))?;
+            // Stream-ordered frees (e.g. the separate Q/K/V weights after fusing them) go back to
+            // the device first, so the free figure is the same from run to run.
+            b.release_free_memory()
+                .map_err(|e| anyhow::anyhow!("releasing freed memory before measuring: {e}"))?;
             let (free, total) = b
                 .context()
                 .mem_get_info()
