@@ -371,17 +371,136 @@ __device__ __forceinline__ float gumbel(u64 seed, u64 c) {
     return -logf(-logf(u));
 }
 
+// Order-preserving 16-bit key of a bf16 value (larger value -> larger key).
+__device__ __forceinline__ u32 bf16_key(bf16 v) {
+    const u32 b = (u32)__bfloat16_as_ushort(v);
+    return (b & 0x8000u) ? (~b & 0xffffu) : (b | 0x8000u);
+}
+
+// The largest key K with sum over {c : pred(c), key_c >= K} of weight_c >= target, by two 8-bit
+// radix passes over the row (weights as 40-bit fixed point, so the result is deterministic).
+// `hist` holds 256 u64; every thread of the block must call it.
+template <typename Pred, typename Weight>
+__device__ u32 radix_threshold(const bf16* row, int cols, Pred pred, Weight weight, u64 target,
+                               u64* hist, u32* s_out) {
+    u32 hi = 0;
+    u64 above = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const bf16 v = row[c];
+            const u32 k = bf16_key(v);
+            if (!pred(c, v, k)) continue;
+            if (pass == 1 && (k >> 8) != hi) continue;
+            atomicAdd(&hist[pass == 0 ? (k >> 8) : (k & 255u)], weight(v));
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            u64 cum = pass == 0 ? 0 : above;
+            u32 digit = 0;
+            for (int b = 255; b >= 0; b--) {
+                if (cum + hist[b] >= target) {
+                    digit = (u32)b;
+                    break;
+                }
+                cum += hist[b];
+            }
+            if (pass == 0) {
+                s_out[0] = digit;
+                // Mass strictly above the chosen high byte.
+                u64 a = 0;
+                for (int b = 255; b > (int)digit; b--) a += hist[b];
+                s_out[1] = (u32)(a & 0xffffffffu);
+                s_out[2] = (u32)(a >> 32);
+            } else {
+                s_out[3] = (hi << 8) | digit;
+            }
+        }
+        __syncthreads();
+        if (pass == 0) {
+            hi = s_out[0];
+            above = (u64)s_out[1] | ((u64)s_out[2] << 32);
+        }
+        __syncthreads();
+    }
+    return s_out[3];
+}
+
+// Per row r, params rp[4r..4r+4] = (1/temperature, top_p, min_p, top_k): 1/temperature == 0 ->
+// the argmax (ties: lowest index). Otherwise a sample of softmax(x * inv_temp) restricted as the
+// host sampler restricts it: top-k (the k largest logits, ties kept; 0 = off), then min-p (p >=
+// min_p * p_max) and top-p (the smallest top set holding >= top_p of the remaining mass, ties
+// kept), drawn by the Gumbel-max trick: argmax_c(x*inv_temp + G_c) over the kept tokens with
+// G_c = -log(-log(u_c)) and u_c a SplitMix64 hash of (seeds[r], c), so the draw is a pure
+// function of the row seed. The host reference `sample_rows_host` uses the same formulas.
 extern "C" __global__ void sample_rows_bf16(u32* __restrict__ out, const bf16* __restrict__ x, int cols,
-                                            const float* __restrict__ inv_temp,
+                                            const float* __restrict__ rp,
                                             const u64* __restrict__ seeds) {
     const bf16* row = x + (u64)blockIdx.x * cols;
-    const float it = inv_temp[blockIdx.x];
+    const float it = rp[4 * blockIdx.x];
+    const float top_p = rp[4 * blockIdx.x + 1];
+    const float min_p = rp[4 * blockIdx.x + 2];
+    const int top_k = (int)rp[4 * blockIdx.x + 3];
     const u64 seed = seeds[blockIdx.x];
+    __shared__ u64 hist[256];
+    __shared__ u32 s_out[4];
+    __shared__ float red[32];
+
+    // Keys below `kmin` and values below `vmin` are out.
+    u32 kmin = 0;
+    float vmin = -RV_INF;
+    const bool sampled = it != 0.f;
+    const bool use_k = sampled && top_k > 0 && top_k < cols;
+    const bool use_minp = sampled && min_p > 0.f;
+    const bool use_p = sampled && top_p < 1.f;
+    float m = 0.f;
+    if (use_minp || use_p) {
+        float lm = -RV_INF;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) lm = fmaxf(lm, __bfloat162float(row[c]));
+        m = block_max(lm, red);
+    }
+    if (use_k) {
+        kmin = radix_threshold(
+            row, cols, [](int, bf16, u32) { return true; }, [](bf16) { return (u64)1; },
+            (u64)top_k, hist, s_out);
+    }
+    if (use_minp) vmin = m + logf(min_p) / it;
+    if (use_p) {
+        const u32 k0 = kmin;
+        const float v0 = vmin;
+        auto elig = [=](int, bf16 v, u32 k) { return k >= k0 && __bfloat162float(v) >= v0; };
+        auto mass = [=](bf16 v) {
+            const float w = __expf((__bfloat162float(v) - m) * it);  // in (0, 1]
+            return (u64)(w * 1099511627776.0f);                     // 2^40
+        };
+        // Total eligible mass, then the nucleus threshold.
+        u64 local = 0;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const bf16 v = row[c];
+            if (elig(c, v, bf16_key(v))) local += mass(v);
+        }
+        for (int o = 16; o > 0; o >>= 1) local += __shfl_xor_sync(0xffffffffu, local, o);
+        if (threadIdx.x == 0) hist[0] = 0;
+        __syncthreads();
+        if ((threadIdx.x & 31) == 0) atomicAdd(&hist[0], local);
+        __syncthreads();
+        const u64 total = hist[0];
+        __syncthreads();
+        const u64 target = (u64)((double)total * (double)top_p);
+        const u32 kp = radix_threshold(row, cols, elig, mass, target > 0 ? target : 1, hist, s_out);
+        kmin = kmin > kp ? kmin : kp;
+    }
+
     float best = -RV_INF;
     int idx = 0x7fffffff;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = __bfloat162float(row[c]);
-        if (it != 0.f) v = v * it + gumbel(seed, (u64)c);
+        const bf16 b = row[c];
+        float v = __bfloat162float(b);
+        if (sampled) {
+            if (bf16_key(b) < kmin || v < vmin) continue;
+            v = v * it + gumbel(seed, (u64)c);
+        }
         argmax_take(v, c, best, idx);
     }
 #pragma unroll

@@ -18,7 +18,7 @@ pub mod weight;
 
 pub use batch::{BatchLayout, SeqLayout};
 pub use error::BackendError;
-pub use ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
+pub use ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle, SampleRow};
 pub use weight::{HostWeight, WeightDtype};
 
 pub type Result<T> = std::result::Result<T, BackendError>;

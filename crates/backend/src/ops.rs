@@ -101,11 +101,12 @@ pub trait Backend: Send + Sync + 'static {
     fn alloc_ids(&self, n: usize) -> Result<Self::Ids>;
     /// `ids[r] = argmax(t[r])` for every row, enqueued on the device (no synchronization).
     fn argmax_rows_into(&self, t: &Self::Tensor, ids: &mut Self::Ids) -> Result<()>;
-    /// Per-row parameters of `sample_rows_into`: `(1/temperature, seed)`, `1/temperature = 0`
-    /// meaning greedy. Written outside any graph; a captured `sample_rows_into` reads them.
-    fn write_sample_params(&self, ids: &mut Self::Ids, rows: &[(f32, u64)]) -> Result<()>;
-    /// `ids[r]` = argmax of row r (greedy rows) or a Gumbel-max draw from softmax(row / T) with
-    /// the row's seed (see [`gumbel_noise`]); enqueued on the device.
+    /// Per-row parameters of `sample_rows_into`. Written outside any graph; a captured
+    /// `sample_rows_into` reads them.
+    fn write_sample_params(&self, ids: &mut Self::Ids, rows: &[SampleRow]) -> Result<()>;
+    /// `ids[r]` = argmax of row r (greedy rows) or a Gumbel-max draw from softmax(row / T) over
+    /// the tokens top-k / min-p / top-p keep, with the row's seed (see [`sample_rows_host`]);
+    /// enqueued on the device.
     fn sample_rows_into(&self, t: &Self::Tensor, ids: &mut Self::Ids) -> Result<()>;
     /// Whether rows sampled with a temperature should use `sample_rows_into` (true on GPUs,
     /// where it keeps logits on the device) rather than the host sampler.
@@ -301,25 +302,92 @@ pub fn gumbel_noise(seed: u64, c: u64) -> f32 {
     -(-u.ln()).ln()
 }
 
-/// Host version of `sample_rows_into` for rows of `cols` values.
-pub fn sample_rows_host(x: &[f32], cols: usize, params: &[(f32, u64)]) -> Vec<u32> {
+/// One row's device-sampling parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleRow {
+    /// 1/temperature; 0 = greedy (argmax, no filters).
+    pub inv_temp: f32,
+    pub seed: u64,
+    /// Keep the `top_k` largest logits (ties kept); 0 = off.
+    pub top_k: u32,
+    /// Keep the smallest top set holding at least this share of the mass (ties kept); 1 = off.
+    pub top_p: f32,
+    /// Keep tokens with probability >= min_p * the largest one; 0 = off.
+    pub min_p: f32,
+}
+
+impl SampleRow {
+    pub const GREEDY: SampleRow = SampleRow {
+        inv_temp: 0.0,
+        seed: 0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+
+    /// Plain sampling at temperature `1/inv_temp`.
+    pub fn plain(inv_temp: f32, seed: u64) -> Self {
+        SampleRow {
+            inv_temp,
+            seed,
+            ..Self::GREEDY
+        }
+    }
+}
+
+/// Host version of `sample_rows_into` for rows of `cols` values (the reference of the device
+/// kernel): greedy rows take the first maximum; sampled rows keep the `top_k` largest logits
+/// (ties kept), then those with `p >= min_p * p_max`, then the smallest top set holding
+/// `>= top_p` of the remaining mass (ties kept), and draw `argmax(x * inv_temp + G_c)` over them.
+pub fn sample_rows_host(x: &[f32], cols: usize, params: &[SampleRow]) -> Vec<u32> {
     x.chunks(cols.max(1))
         .zip(params)
-        .map(|(row, &(inv_t, seed))| {
-            let mut best = f32::NEG_INFINITY;
-            let mut idx = 0usize;
-            for (c, &v) in row.iter().enumerate() {
-                let s = if inv_t == 0.0 {
-                    v
-                } else {
-                    v * inv_t + gumbel_noise(seed, c as u64)
-                };
-                if s > best {
-                    best = s;
-                    idx = c;
-                }
-            }
-            idx as u32
-        })
+        .map(|(row, p)| sample_row_host(row, p))
         .collect()
+}
+
+fn sample_row_host(row: &[f32], p: &SampleRow) -> u32 {
+    if p.inv_temp == 0.0 {
+        return argmax_rows_host(row, row.len().max(1))
+            .first()
+            .copied()
+            .unwrap_or(0);
+    }
+    let mut sorted: Vec<f32> = row.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let m = sorted.first().copied().unwrap_or(0.0);
+    let mut vmin = f32::NEG_INFINITY;
+    if p.top_k > 0 && (p.top_k as usize) < row.len() {
+        vmin = sorted[p.top_k as usize - 1];
+    }
+    if p.min_p > 0.0 {
+        vmin = vmin.max(m + p.min_p.ln() / p.inv_temp);
+    }
+    if p.top_p < 1.0 {
+        let w = |v: f32| (((v - m) * p.inv_temp) as f64).exp();
+        let kept: Vec<f32> = sorted.iter().copied().filter(|&v| v >= vmin).collect();
+        let total: f64 = kept.iter().map(|&v| w(v)).sum();
+        let target = total * p.top_p as f64;
+        let mut cum = 0.0;
+        for &v in &kept {
+            cum += w(v);
+            if cum >= target {
+                vmin = vmin.max(v);
+                break;
+            }
+        }
+    }
+    let mut best = f32::NEG_INFINITY;
+    let mut idx = 0usize;
+    for (c, &v) in row.iter().enumerate() {
+        if v < vmin {
+            continue;
+        }
+        let s = v * p.inv_temp + gumbel_noise(p.seed, c as u64);
+        if s > best {
+            best = s;
+            idx = c;
+        }
+    }
+    idx as u32
 }

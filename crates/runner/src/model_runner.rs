@@ -4,7 +4,7 @@ use crate::decode_graphs::{BucketState, DecodeGraphs};
 use crate::sampler::{self, SampleRequest};
 use crate::step_profile::StepProfile;
 use rayon::prelude::*;
-use rvllm_backend::{Backend, BatchLayout};
+use rvllm_backend::{Backend, BatchLayout, SampleRow};
 use rvllm_engine::{Executor, SampleInfo, SampledToken, SchedulerOutput};
 use rvllm_model::{ForwardBuffers, LlamaModel};
 use std::collections::HashMap;
@@ -152,14 +152,13 @@ impl<B: Backend> ModelRunner<B> {
     }
 }
 
-/// A row the device decides without copying logits back: the argmax of the raw logits, or a
-/// draw from softmax(logits / T) over the whole vocabulary (no top-k/top-p/min-p), with no
-/// logprobs, penalties, biases, masks or extra samples.
+/// A row the device decides without copying logits back: the argmax of the raw logits, or (on
+/// a backend that samples on the device) a draw from softmax(logits / T) with top-k, top-p and
+/// min-p; no logprobs, penalties, biases, masks or extra samples (those rows use the host
+/// sampler).
 fn is_device_row(info: &SampleInfo, device_sampling: bool) -> bool {
     let p = &info.params;
-    let plain_dist =
-        device_sampling && p.top_p >= 1.0 && p.top_k_limit().is_none() && p.min_p <= 0.0;
-    (p.is_greedy() || plain_dist)
+    (p.is_greedy() || device_sampling)
         && info.num_samples == 1
         && p.logprobs.is_none()
         && p.repetition_penalty == 1.0
@@ -192,7 +191,7 @@ impl<B: Backend> ModelRunner<B> {
             step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
         let device_sampling = self.backend.samples_on_device();
         let all_device = samplers.iter().all(|i| is_device_row(i, device_sampling));
-        let row_params: Vec<(f32, u64)> = if all_device {
+        let row_params: Vec<SampleRow> = if all_device {
             samplers.iter().map(|i| device_row_params(i)).collect()
         } else {
             Vec::new()
@@ -256,7 +255,7 @@ impl<B: Backend> ModelRunner<B> {
     fn decode_with_graph(
         &mut self,
         layout: &BatchLayout,
-        row_params: &[(f32, u64)],
+        row_params: &[SampleRow],
     ) -> Result<Option<Vec<u32>>, String> {
         let n = layout.seqs.len();
         let Some(bucket) = self.graphs.bucket_for(n) else {
@@ -283,7 +282,7 @@ impl<B: Backend> ModelRunner<B> {
             .map_err(err)?;
         // Padding rows are greedy.
         let mut params = row_params.to_vec();
-        params.resize(bucket, (0.0, 0));
+        params.resize(bucket, SampleRow::GREEDY);
         b.write_sample_params(&mut self.ids, &params).map_err(err)?;
         self.profile.uploaded();
         if state.graph.is_some() && state.epoch != b.buffer_epoch() {
@@ -382,21 +381,23 @@ impl<B: Backend> ModelRunner<B> {
     }
 }
 
-/// `(1/temperature, row seed)` of a device row (`1/temperature = 0`: greedy). The seed is the
-/// host sampler's per-step seed, so a seeded request draws reproducibly under any batching.
-fn device_row_params(info: &SampleInfo) -> (f32, u64) {
+/// The device-sampling parameters of a row (greedy: argmax). The seed is the host sampler's
+/// per-step seed, so a seeded request draws reproducibly under any batching.
+fn device_row_params(info: &SampleInfo) -> SampleRow {
     let p = &info.params;
     if p.is_greedy() {
-        (0.0, 0)
-    } else {
-        (
-            1.0 / p.effective_temperature(),
-            sampler::step_seed(
-                info.seed,
-                info.sample_index,
-                info.output_tokens.len() as u64,
-            ),
-        )
+        return SampleRow::GREEDY;
+    }
+    SampleRow {
+        inv_temp: 1.0 / p.effective_temperature(),
+        seed: sampler::step_seed(
+            info.seed,
+            info.sample_index,
+            info.output_tokens.len() as u64,
+        ),
+        top_k: p.top_k_limit().unwrap_or(0),
+        top_p: p.top_p.clamp(f32::MIN_POSITIVE, 1.0),
+        min_p: p.min_p.clamp(0.0, 1.0),
     }
 }
 

@@ -30,7 +30,7 @@ pub struct CpuTensor {
 /// Token ids chosen on the "device", and the per-row sampling parameters.
 pub struct CpuIds {
     pub ids: Vec<u32>,
-    pub params: Vec<(f32, u64)>,
+    pub params: Vec<crate::ops::SampleRow>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -155,7 +155,7 @@ impl Backend for CpuBackend {
     fn alloc_ids(&self, n: usize) -> Result<CpuIds> {
         Ok(CpuIds {
             ids: vec![0; n],
-            params: vec![(0.0, 0); n],
+            params: vec![crate::ops::SampleRow::GREEDY; n],
         })
     }
 
@@ -164,7 +164,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn write_sample_params(&self, ids: &mut CpuIds, rows: &[(f32, u64)]) -> Result<()> {
+    fn write_sample_params(&self, ids: &mut CpuIds, rows: &[crate::ops::SampleRow]) -> Result<()> {
         ids.params.clear();
         ids.params.extend_from_slice(rows);
         Ok(())

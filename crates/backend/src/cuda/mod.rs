@@ -115,7 +115,8 @@ pub struct CudaTensor {
 /// Token ids on the device, with the per-row sampling parameters `sample_rows_into` reads.
 pub struct CudaIds {
     buf: CudaSlice<u32>,
-    inv_temp: CudaSlice<f32>,
+    /// Per row: 1/temperature, top_p, min_p, top_k (as f32).
+    params: CudaSlice<f32>,
     seeds: CudaSlice<u64>,
     len: usize,
 }
@@ -1343,12 +1344,12 @@ impl Backend for CudaBackend {
     fn alloc_ids(&self, n: usize) -> Result<CudaIds> {
         let ids = CudaIds {
             buf: self.alloc_raw::<u32>(n)?,
-            inv_temp: self.alloc_raw::<f32>(n)?,
+            params: self.alloc_raw::<f32>(4 * n)?,
             seeds: self.alloc_raw::<u64>(n)?,
             len: n,
         };
-        // Greedy until told otherwise.
-        self.memset(raw_ptr(&ids.inv_temp, &self.stream), 0, n.max(1) * 4)?;
+        // Greedy until told otherwise (1/temperature 0).
+        self.memset(raw_ptr(&ids.params, &self.stream), 0, 4 * n.max(1) * 4)?;
         Ok(ids)
     }
 
@@ -1370,14 +1371,17 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn write_sample_params(&self, ids: &mut CudaIds, rows: &[(f32, u64)]) -> Result<()> {
+    fn write_sample_params(&self, ids: &mut CudaIds, rows: &[crate::SampleRow]) -> Result<()> {
         check("write_sample_params", rows.len() <= ids.len, || {
             format!("{} rows, room for {}", rows.len(), ids.len)
         })?;
-        let it: Vec<f32> = rows.iter().map(|r| r.0).collect();
-        let seeds: Vec<u64> = rows.iter().map(|r| r.1).collect();
+        let params: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| [r.inv_temp, r.top_p, r.min_p, r.top_k.min(1 << 24) as f32])
+            .collect();
+        let seeds: Vec<u64> = rows.iter().map(|r| r.seed).collect();
         // Pageable copies: the driver stages them before returning.
-        self.htod(raw_ptr(&ids.inv_temp, &self.stream), &it)?;
+        self.htod(raw_ptr(&ids.params, &self.stream), &params)?;
         self.htod(raw_ptr(&ids.seeds, &self.stream), &seeds)
     }
 
@@ -1395,7 +1399,7 @@ impl Backend for CudaBackend {
                 Arg::P(raw_ptr(&ids.buf, &self.stream)),
                 Arg::P(xp),
                 Arg::I(t.cols as i32),
-                Arg::P(raw_ptr(&ids.inv_temp, &self.stream)),
+                Arg::P(raw_ptr(&ids.params, &self.stream)),
                 Arg::P(raw_ptr(&ids.seeds, &self.stream)),
             ],
         )

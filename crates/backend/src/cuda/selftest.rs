@@ -731,17 +731,40 @@ fn case_fused(
     Ok(())
 }
 
-/// The device sampler: the same draws as the host formula (bar float rounding of the noise at
-/// near-ties), frequencies that follow the softmax, and the argmax for greedy rows.
+/// The device sampler: the same draws as the host formula (bar float rounding of the noise or
+/// the top-p mass at near-ties), frequencies that follow the filtered softmax, nothing drawn
+/// outside the kept set, and the argmax for greedy rows.
 fn case_sampling(c: &mut Checker, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
-    // Realistic rows: 64 rows of a 128256 vocabulary, mixed temperatures, two greedy rows.
+    use crate::SampleRow;
+    // Realistic rows: 64 rows of a 128256 vocabulary, greedy, plain and filtered rows.
     let (rows, cols) = (64usize, 128256usize);
     let x = rng.bf16_vec(rows * cols, 6.0);
-    let params: Vec<(f32, u64)> = (0..rows)
-        .map(|r| match r % 8 {
-            0 => (0.0, 0),
-            1 => (1.0 / 0.3, rng.next_u64()),
-            _ => (1.0, rng.next_u64()),
+    let params: Vec<SampleRow> = (0..rows)
+        .map(|r| {
+            let seed = rng.next_u64();
+            match r % 8 {
+                0 => SampleRow::GREEDY,
+                1 => SampleRow::plain(1.0 / 0.3, seed),
+                2 => SampleRow {
+                    top_k: 40,
+                    ..SampleRow::plain(1.0, seed)
+                },
+                3 => SampleRow {
+                    top_p: 0.9,
+                    ..SampleRow::plain(1.0 / 0.7, seed)
+                },
+                4 => SampleRow {
+                    min_p: 0.1,
+                    ..SampleRow::plain(1.0, seed)
+                },
+                5 => SampleRow {
+                    top_k: 1000,
+                    top_p: 0.5,
+                    min_p: 0.01,
+                    ..SampleRow::plain(1.0, seed)
+                },
+                _ => SampleRow::plain(1.0, seed),
+            }
         })
         .collect();
     let gx = gpu.upload(rows, cols, &x)?;
@@ -754,41 +777,107 @@ fn case_sampling(c: &mut Checker, gpu: &CudaBackend, rng: &mut Rng) -> Result<()
     let want = crate::ops::sample_rows_host(&x, cols, &params);
     let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
     c.truth(
-        "sample_rows: device draws == host formula",
+        "sample_rows: device draws == host formula (greedy, plain, top-k, top-p, min-p)",
         same + 1 >= rows && got == again,
         format!("{same}/{rows} equal, repeat identical: {}", got == again),
     );
-    // Frequencies over many seeds of one small row.
+    // Frequencies over many seeds of one small row, for each filter.
     let row = [1.5f32, 0.0, -1.0, 2.0, 0.5, -3.0, 1.0, 0.25];
-    let n = 20_000;
-    let xs: Vec<f32> = (0..n).flat_map(|_| row).collect();
-    let ps: Vec<(f32, u64)> = (0..n).map(|_| (1.0, rng.next_u64())).collect();
-    let gx = gpu.upload(n, row.len(), &xs)?;
-    let mut ids = gpu.alloc_ids(n)?;
-    gpu.write_sample_params(&mut ids, &ps)?;
-    gpu.sample_rows_into(&gx, &mut ids)?;
-    let drawn = gpu.ids_to_host(&ids, n)?;
-    let mut counts = [0usize; 8];
-    for t in drawn {
-        counts[(t as usize).min(7)] += 1;
+    let cases = [
+        ("plain", SampleRow::plain(1.0, 0)),
+        (
+            "top-k 3",
+            SampleRow {
+                top_k: 3,
+                ..SampleRow::plain(1.0, 0)
+            },
+        ),
+        (
+            "top-p 0.8",
+            SampleRow {
+                top_p: 0.8,
+                ..SampleRow::plain(1.0, 0)
+            },
+        ),
+        (
+            "min-p 0.2, T 0.5",
+            SampleRow {
+                min_p: 0.2,
+                ..SampleRow::plain(2.0, 0)
+            },
+        ),
+    ];
+    for (name, base) in cases {
+        let n = 20_000;
+        let xs: Vec<f32> = (0..n).flat_map(|_| row).collect();
+        let ps: Vec<SampleRow> = (0..n)
+            .map(|_| SampleRow {
+                seed: rng.next_u64(),
+                ..base
+            })
+            .collect();
+        let gx = gpu.upload(n, row.len(), &xs)?;
+        let mut ids = gpu.alloc_ids(n)?;
+        gpu.write_sample_params(&mut ids, &ps)?;
+        gpu.sample_rows_into(&gx, &mut ids)?;
+        let drawn = gpu.ids_to_host(&ids, n)?;
+        let mut counts = [0usize; 8];
+        for t in drawn {
+            counts[(t as usize).min(7)] += 1;
+        }
+        let want = filtered_softmax(&row, &base);
+        let mut worst = 0.0f64;
+        let mut outside = 0;
+        for (&k, &p) in counts.iter().zip(&want) {
+            if p == 0.0 {
+                outside += k;
+                continue;
+            }
+            let z = (k as f64 / n as f64 - p).abs() / (p * (1.0 - p) / n as f64).sqrt().max(1e-9);
+            worst = worst.max(z);
+        }
+        c.truth(
+            &format!("sample_rows {name}: frequencies follow the filtered softmax"),
+            worst < 5.0 && outside == 0,
+            format!(
+                "worst deviation {worst:.2} sd, {outside} draws outside the kept set, counts {counts:?}"
+            ),
+        );
     }
-    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let e: Vec<f64> = row.iter().map(|&v| ((v - m) as f64).exp()).collect();
-    let s: f64 = e.iter().sum();
-    let worst = counts
-        .iter()
-        .zip(&e)
-        .map(|(&k, &w)| {
-            let p = w / s;
-            (k as f64 / n as f64 - p).abs() / ((p * (1.0 - p) / n as f64).sqrt() + 1e-9)
-        })
-        .fold(0.0, f64::max);
-    c.truth(
-        "sample_rows: frequencies follow the softmax",
-        worst < 5.0,
-        format!("worst deviation {worst:.2} standard deviations, counts {counts:?}"),
-    );
     Ok(())
+}
+
+/// The distribution `SampleRow` defines over a small row (exact, f64).
+fn filtered_softmax(row: &[f32], p: &crate::SampleRow) -> Vec<f64> {
+    let mut sorted: Vec<f32> = row.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let m = sorted[0];
+    let mut vmin = f32::NEG_INFINITY;
+    if p.top_k > 0 && (p.top_k as usize) < row.len() {
+        vmin = sorted[p.top_k as usize - 1];
+    }
+    if p.min_p > 0.0 {
+        vmin = vmin.max(m + p.min_p.ln() / p.inv_temp);
+    }
+    let w = |v: f32| (((v - m) * p.inv_temp) as f64).exp();
+    if p.top_p < 1.0 {
+        let kept: Vec<f32> = sorted.iter().copied().filter(|&v| v >= vmin).collect();
+        let total: f64 = kept.iter().map(|&v| w(v)).sum();
+        let mut cum = 0.0;
+        for &v in &kept {
+            cum += w(v);
+            if cum >= total * p.top_p as f64 {
+                vmin = vmin.max(v);
+                break;
+            }
+        }
+    }
+    let ws: Vec<f64> = row
+        .iter()
+        .map(|&v| if v >= vmin { w(v) } else { 0.0 })
+        .collect();
+    let s: f64 = ws.iter().sum();
+    ws.into_iter().map(|v| v / s).collect()
 }
 
 /// A decode batch of `ctxs` padded to `bucket` rows the way the runner pads graph batches:
