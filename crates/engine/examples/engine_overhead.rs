@@ -1,7 +1,8 @@
 //! Host time of the engine per step (scheduling, block management, output processing) with an
 //! executor that does no model work, for a decode batch like the GPU benchmarks':
 //! `cargo run --release -p rvllm-engine --example engine_overhead -- 256 128 64`
-//! (sequences, prompt tokens, output tokens).
+//! (sequences, prompt tokens, output tokens; a 4th argument `final` returns only finished outputs,
+//! as offline generation does).
 
 use rvllm_engine::{
     DecodeStream, EngineConfig, Executor, LlmEngine, PromptInput, RequestSpec, SampledToken,
@@ -71,7 +72,9 @@ fn main() {
         max_model_len: 4096,
         ..Default::default()
     };
+    let final_only = std::env::args().nth(4).as_deref() == Some("final");
     let mut engine = LlmEngine::new(config, Box::new(NoModel), Arc::new(NoText));
+    engine.set_final_outputs_only(final_only);
     for i in 0..n {
         let params = SamplingParams {
             temperature: 0.0,
@@ -97,7 +100,8 @@ fn main() {
     let decode = &times[times.len().saturating_sub(out - 1)..];
     let mean = decode.iter().sum::<f64>() / decode.len().max(1) as f64;
     println!(
-        "{n} sequences x ({prompt} prompt, {out} output): {} steps, decode steps {:.3} ms each (engine only)",
+        "{n} sequences x ({prompt} prompt, {out} output){}: {} steps, decode steps {:.3} ms each (engine only)",
+        if final_only { ", final outputs only" } else { "" },
         times.len(),
         mean
     );

@@ -76,6 +76,9 @@ pub struct LlmEngine {
     next_seq: SeqId,
     /// Timings of requests finished since the last `take_finished_timings`.
     finished_timings: Vec<RequestTiming>,
+    /// `step` returns outputs of finished requests only (vLLM's `RequestOutputKind.FINAL_ONLY`,
+    /// which its offline `LLM.generate` uses): no per-step copies of texts and token lists.
+    final_outputs_only: bool,
     pub num_prompt_tokens_total: u64,
     pub num_generation_tokens_total: u64,
     seeds: rand::rngs::StdRng,
@@ -102,6 +105,7 @@ impl LlmEngine {
             next_key: 0,
             next_seq: 0,
             finished_timings: Vec::new(),
+            final_outputs_only: false,
             num_prompt_tokens_total: 0,
             num_generation_tokens_total: 0,
         }
@@ -324,6 +328,10 @@ impl LlmEngine {
         }
         let mut outputs = Vec::with_capacity(touched.len());
         for key in touched {
+            if self.final_outputs_only && !self.request_done(key) {
+                self.release_finished_siblings(key);
+                continue;
+            }
             outputs.push(self.collect_output(key));
         }
         Ok(outputs)
@@ -413,40 +421,74 @@ impl LlmEngine {
         }
     }
 
+    /// With `true`, `step` returns only finished requests' outputs (see `final_outputs_only`).
+    pub fn set_final_outputs_only(&mut self, on: bool) {
+        self.final_outputs_only = on;
+    }
+
+    /// Requests that have not produced a token yet (still in their prompt).
+    pub fn num_requests_without_output(&self) -> usize {
+        self.requests
+            .values()
+            .filter(|r| {
+                r.seq_ids.iter().all(|id| {
+                    self.scheduler
+                        .seqs
+                        .get(id)
+                        .is_none_or(|s| s.output_tokens().is_empty())
+                })
+            })
+            .count()
+    }
+
+    /// Whether every sequence of the request finished (and no more forks are due).
+    fn request_done(&self, key: u64) -> bool {
+        let Some(req) = self.requests.get(&key) else {
+            return true;
+        };
+        (req.forked || req.params.n <= 1)
+            && req
+                .seq_ids
+                .iter()
+                .all(|id| self.scheduler.seqs.get(id).is_none_or(|s| s.is_finished()))
+    }
+
+    /// Frees the blocks of a running request's finished samples early (their data stays for
+    /// the output).
+    fn release_finished_siblings(&mut self, key: u64) {
+        let Some(req) = self.requests.get(&key) else {
+            return;
+        };
+        let finished: Vec<SeqId> = req
+            .seq_ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.scheduler
+                    .seqs
+                    .get(id)
+                    .is_some_and(|s| s.is_finished() && !s.block_table.is_empty())
+            })
+            .collect();
+        for id in finished {
+            self.release_blocks(id);
+        }
+    }
+
     /// Builds a request's output; a request whose sequences all finished is retired and its
     /// blocks are freed.
     fn collect_output(&mut self, key: u64) -> RequestOutput {
         let Some(req) = self.requests.get(&key) else {
             return empty_output();
         };
-        let all_forked = req.forked || req.params.n <= 1;
-        let done = all_forked
-            && req
-                .seq_ids
-                .iter()
-                .all(|id| self.scheduler.seqs.get(id).is_none_or(|s| s.is_finished()));
-        if !done {
-            // Free finished siblings' blocks early; keep their data for the output.
+        if !self.request_done(key) {
             let seqs: Vec<&Sequence> = req
                 .seq_ids
                 .iter()
                 .filter_map(|id| self.scheduler.seqs.get(id))
                 .collect();
             let out = build_output(req, seqs.into_iter(), false);
-            let finished: Vec<SeqId> = req
-                .seq_ids
-                .iter()
-                .copied()
-                .filter(|id| {
-                    self.scheduler
-                        .seqs
-                        .get(id)
-                        .is_some_and(|s| s.is_finished() && !s.block_table.is_empty())
-                })
-                .collect();
-            for id in finished {
-                self.release_blocks(id);
-            }
+            self.release_finished_siblings(key);
             return out;
         }
         let Some(req) = self.requests.remove(&key) else {

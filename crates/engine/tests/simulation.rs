@@ -298,3 +298,51 @@ fn rejects_prompts_beyond_the_context() {
     assert!(e.add_request(bad).is_err());
     assert!(!e.has_unfinished_requests());
 }
+
+/// Final-outputs-only mode (offline generation) returns each request once, finished, with the
+/// same content as the cumulative mode's final output; blocks are all freed either way.
+#[test]
+fn final_outputs_only_returns_the_same_final_outputs() {
+    let cfg = EngineConfig {
+        num_gpu_blocks: 256,
+        max_model_len: 1024,
+        ..Default::default()
+    };
+    let run = |final_only: bool| -> HashMap<String, RequestOutput> {
+        let mut rng = Rng(99);
+        let reqs = make_requests(&mut rng, 200);
+        let mut e = engine(cfg.clone());
+        e.set_final_outputs_only(final_only);
+        for r in reqs {
+            e.add_request(r).expect("add");
+        }
+        let mut out = HashMap::new();
+        while e.has_unfinished_requests() {
+            for o in e.step().expect("step") {
+                if final_only {
+                    assert!(o.finished, "{} returned before it finished", o.request_id);
+                }
+                if o.finished {
+                    assert!(
+                        out.insert(o.request_id.clone(), o).is_none(),
+                        "returned twice"
+                    );
+                }
+            }
+        }
+        assert_eq!(e.num_requests_without_output(), 0);
+        out
+    };
+    let (cum, fin) = (run(false), run(true));
+    assert_eq!(cum.len(), 200);
+    assert_eq!(fin.len(), 200);
+    for (id, c) in &cum {
+        let f = &fin[id];
+        assert_eq!(c.outputs.len(), f.outputs.len(), "{id}");
+        for (a, b) in c.outputs.iter().zip(&f.outputs) {
+            assert_eq!(a.token_ids, b.token_ids, "{id}");
+            assert_eq!(a.text, b.text, "{id}");
+            assert_eq!(a.finish_reason, b.finish_reason, "{id}");
+        }
+    }
+}

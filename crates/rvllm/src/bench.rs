@@ -64,26 +64,30 @@ pub fn latency_once(
     }
     let mut first = None;
     // Decode steps: those after every sequence has its first token (so no prompt chunk shares
-    // the step), as vLLM's per-step decode figures mean.
-    let mut started = std::collections::HashSet::new();
+    // the step), as vLLM's per-step decode figures mean. Outputs of unfinished requests are not
+    // built (as in vLLM's LLM.generate, which its latency benchmark calls); progress is read
+    // from the engine's counts instead.
+    engine.set_final_outputs_only(true);
     let mut decode_start = None;
     let mut decode_steps = 0usize;
     while engine.has_unfinished_requests() {
-        let outs = engine.step()?;
+        if let Err(e) = engine.step() {
+            engine.set_final_outputs_only(false);
+            return Err(e.into());
+        }
         let now = t0.elapsed();
         if decode_start.is_some() {
             decode_steps += 1;
         }
-        for o in &outs {
-            if o.outputs.iter().any(|c| !c.token_ids.is_empty()) {
-                first.get_or_insert(now);
-                started.insert(o.request_id.clone());
-            }
+        let waiting = engine.num_requests_without_output();
+        if waiting < batch {
+            first.get_or_insert(now);
         }
-        if decode_start.is_none() && started.len() == batch {
+        if decode_start.is_none() && waiting == 0 {
             decode_start = Some(now);
         }
     }
+    engine.set_final_outputs_only(false);
     let total = t0.elapsed();
     let ttft = first.unwrap_or(total);
     let decode_from = decode_start.unwrap_or(total);

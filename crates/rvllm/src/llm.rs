@@ -446,14 +446,21 @@ impl LLM {
         }
         let mut bar = crate::progress::PromptProgress::new(ids.len(), progress);
         let mut done = std::collections::HashMap::new();
-        while self.engine.has_unfinished_requests() {
-            for out in self.engine.step()? {
-                if out.finished {
-                    bar.finished(&out);
-                    done.insert(out.request_id.clone(), out);
+        // Only finished outputs are used here: skip the per-step copies (as vLLM's LLM does).
+        self.engine.set_final_outputs_only(true);
+        let stepped = (|| -> Result<()> {
+            while self.engine.has_unfinished_requests() {
+                for out in self.engine.step()? {
+                    if out.finished {
+                        bar.finished(&out);
+                        done.insert(out.request_id.clone(), out);
+                    }
                 }
             }
-        }
+            Ok(())
+        })();
+        self.engine.set_final_outputs_only(false);
+        stepped?;
         bar.finish();
         ids.iter()
             .map(|id| {
