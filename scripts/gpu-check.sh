@@ -9,13 +9,13 @@ BIN=${RVLLM_BIN:-target/release/rvllm}
 OUT=${OUT:-gpu-out}
 MODE=${1:-full}
 mkdir -p "$OUT"
-export RVLLM_HOME=${RVLLM_HOME:-/tmp/rvllm-home}
+export RVLLM_HOME=${RVLLM_HOME:-$PWD/.rvllm-home}
 # Every run prints where its step time went (engine, upload, enqueue, device wait).
 export RVLLM_PROFILE=1
 mkdir -p "$RVLLM_HOME/models"
 # The GPU machine has no network and a call carries at most 64 MiB: the default model travels in
 # two parts (split -b 50000000), left in $RVLLM_MODEL_PARTS by earlier calls.
-PARTS=${RVLLM_MODEL_PARTS:-/tmp/rvllm-parts}
+PARTS=${RVLLM_MODEL_PARTS:-$PWD/.rvllm-parts}
 M="$RVLLM_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ ! -f "$M" ] && ls "$PARTS"/part.* >/dev/null 2>&1; then
   cat "$PARTS"/part.* >"$M.tmp" && mv "$M.tmp" "$M"

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 BIN=${RVLLM_BIN:-target/release/rvllm}
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-export RVLLM_HOME=${RVLLM_HOME:-/tmp/rvllm-home}
+export RVLLM_HOME=${RVLLM_HOME:-$PWD/.rvllm-home}
 S="$OUT/profile.txt"
 : >"$S"
 L8="--model tests/model-configs/llama-3-8b --load-format dummy --device cuda --max-model-len 4096"

@@ -310,22 +310,9 @@ __device__ __forceinline__ void argmax_take(float v, int c, float& best, int& id
     }
 }
 
-extern "C" __global__ void argmax_rows_bf16(u32* __restrict__ out, const bf16* __restrict__ x, int cols) {
-    const bf16* row = x + (u64)blockIdx.x * cols;
-    float best = -RV_INF;
-    int idx = 0x7fffffff;
-    if ((cols & 7) == 0) {
-        for (int c8 = threadIdx.x; c8 < cols / 8; c8 += blockDim.x) {
-            float f[8];
-            bf16x8_to_f32(((const bf16x8*)row)[c8], f);
-#pragma unroll
-            for (int e = 0; e < 8; e++) argmax_take(f[e], c8 * 8 + e, best, idx);
-        }
-    } else {
-        for (int c = threadIdx.x; c < cols; c += blockDim.x)
-            argmax_take(__bfloat162float(row[c]), c, best, idx);
-    }
-    // Warp, then block reduction of (value, index).
+// Reduces every thread's (best, idx) over the block (warp shuffles, then one warp over the
+// per-warp winners) and stores the winning index (0 when no value beat -inf) at *out.
+__device__ __forceinline__ void block_argmax_store(float best, int idx, u32* out) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, best, o);
@@ -349,8 +336,27 @@ extern "C" __global__ void argmax_rows_bf16(u32* __restrict__ out, const bf16* _
             const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
             argmax_take(ov, oi, best, idx);
         }
-        if (lane == 0) out[blockIdx.x] = (u32)(idx == 0x7fffffff ? 0 : idx);
+        if (lane == 0) *out = (u32)(idx == 0x7fffffff ? 0 : idx);
     }
+}
+
+extern "C" __global__ void argmax_rows_bf16(u32* __restrict__ out, const bf16* __restrict__ x, int cols) {
+    const bf16* row = x + (u64)blockIdx.x * cols;
+    float best = -RV_INF;
+    int idx = 0x7fffffff;
+    if ((cols & 7) == 0) {
+        for (int c8 = threadIdx.x; c8 < cols / 8; c8 += blockDim.x) {
+            float f[8];
+            bf16x8_to_f32(((const bf16x8*)row)[c8], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) argmax_take(f[e], c8 * 8 + e, best, idx);
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x)
+            argmax_take(__bfloat162float(row[c]), c, best, idx);
+    }
+    // Warp, then block reduction of (value, index).
+    block_argmax_store(best, idx, out + blockIdx.x);
 }
 
 // ---------------------------------------------------------------- device sampling
@@ -503,29 +509,5 @@ extern "C" __global__ void sample_rows_bf16(u32* __restrict__ out, const bf16* _
         }
         argmax_take(v, c, best, idx);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        argmax_take(ov, oi, best, idx);
-    }
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) {
-        sv[warp] = best;
-        si[warp] = idx;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        best = lane < nw ? sv[lane] : -RV_INF;
-        idx = lane < nw ? si[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-            argmax_take(ov, oi, best, idx);
-        }
-        if (lane == 0) out[blockIdx.x] = (u32)(idx == 0x7fffffff ? 0 : idx);
-    }
+    block_argmax_store(best, idx, out + blockIdx.x);
 }

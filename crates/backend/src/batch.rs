@@ -65,4 +65,50 @@ impl BatchLayout {
             block_table: block_table.to_vec(),
         });
     }
+
+    /// This pure-decode layout (one token per sequence) padded to `bucket` rows with block
+    /// tables exactly `max_blocks` wide and attention launched for `max_blocks * block_size`
+    /// tokens: the fixed shape a captured graph replays. Padding rows decode token 0 at position
+    /// 0 over one cached token and write no KV (slot `u32::MAX` is skipped by the cache write);
+    /// their logits are ignored. `None` if the layout is not a pure decode that fits.
+    pub fn padded_decode(&self, bucket: usize, max_blocks: usize) -> Option<BatchLayout> {
+        let n = self.seqs.len();
+        if n > bucket || self.num_tokens() != n || self.logits_rows.len() != n {
+            return None;
+        }
+        let mut out = BatchLayout {
+            block_size: self.block_size,
+            launch_max_context: max_blocks as u32 * self.block_size,
+            ..Default::default()
+        };
+        for s in &self.seqs {
+            if s.query_len != 1 || s.block_table.len() > max_blocks {
+                return None;
+            }
+            let mut table = Vec::with_capacity(max_blocks);
+            table.extend_from_slice(&s.block_table);
+            table.resize(max_blocks, 0);
+            out.seqs.push(SeqLayout {
+                block_table: table,
+                ..s.clone()
+            });
+        }
+        out.token_ids.extend_from_slice(&self.token_ids);
+        out.positions.extend_from_slice(&self.positions);
+        out.slot_mapping.extend_from_slice(&self.slot_mapping);
+        out.logits_rows.extend_from_slice(&self.logits_rows);
+        for i in n..bucket {
+            out.token_ids.push(0);
+            out.positions.push(0);
+            out.slot_mapping.push(u32::MAX);
+            out.logits_rows.push(i as u32);
+            out.seqs.push(SeqLayout {
+                query_start: i as u32,
+                query_len: 1,
+                context_len: 1,
+                block_table: vec![0; max_blocks],
+            });
+        }
+        Some(out)
+    }
 }

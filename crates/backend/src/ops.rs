@@ -353,6 +353,25 @@ fn sample_row_host(row: &[f32], p: &SampleRow) -> u32 {
             .copied()
             .unwrap_or(0);
     }
+    let vmin = kept_min_logit(row, p);
+    let mut best = f32::NEG_INFINITY;
+    let mut idx = 0usize;
+    for (c, &v) in row.iter().enumerate() {
+        if v < vmin {
+            continue;
+        }
+        let s = v * p.inv_temp + gumbel_noise(p.seed, c as u64);
+        if s > best {
+            best = s;
+            idx = c;
+        }
+    }
+    idx as u32
+}
+
+/// The smallest logit a sampled row keeps after top-k, min-p and top-p (every token with a
+/// logit at or above it is kept).
+pub fn kept_min_logit(row: &[f32], p: &SampleRow) -> f32 {
     let mut sorted: Vec<f32> = row.to_vec();
     sorted.sort_by(|a, b| b.total_cmp(a));
     let m = sorted.first().copied().unwrap_or(0.0);
@@ -377,17 +396,5 @@ fn sample_row_host(row: &[f32], p: &SampleRow) -> u32 {
             }
         }
     }
-    let mut best = f32::NEG_INFINITY;
-    let mut idx = 0usize;
-    for (c, &v) in row.iter().enumerate() {
-        if v < vmin {
-            continue;
-        }
-        let s = v * p.inv_temp + gumbel_noise(p.seed, c as u64);
-        if s > best {
-            best = s;
-            idx = c;
-        }
-    }
-    idx as u32
+    vmin
 }

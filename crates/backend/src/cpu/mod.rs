@@ -53,6 +53,30 @@ fn check(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<
     }
 }
 
+/// `out = x · wᵀ` has matching shapes.
+fn check_matmul_shapes(
+    op: &'static str,
+    x: &CpuTensor,
+    w: &CpuWeight,
+    out: &CpuTensor,
+) -> Result<()> {
+    check(
+        op,
+        x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(),
+        || {
+            format!(
+                "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
+                x.rows,
+                x.cols,
+                w.rows(),
+                w.cols(),
+                out.rows,
+                out.cols
+            )
+        },
+    )
+}
+
 /// Rows of `cols` values per rayon task for cheap row-wise ops (a few ns per value): below
 /// ~64K values a task costs less than waking another thread, so a decode batch runs on the
 /// calling thread and only prefill batches are split.
@@ -275,21 +299,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) -> Result<()> {
-        check(
-            "matmul",
-            x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(),
-            || {
-                format!(
-                    "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
-                    x.rows,
-                    x.cols,
-                    w.rows(),
-                    w.cols(),
-                    out.rows,
-                    out.cols
-                )
-            },
-        )?;
+        check_matmul_shapes("matmul", x, w, out)?;
         matmul::matmul(&x.data, x.rows, w, &mut out.data);
         Ok(())
     }
@@ -305,21 +315,7 @@ impl Backend for CpuBackend {
             format!("{} weights, {} outputs", ws.len(), outs.len())
         })?;
         for (w, out) in ws.iter().zip(outs.iter()) {
-            check(
-                "matmul_many",
-                x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(),
-                || {
-                    format!(
-                        "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
-                        x.rows,
-                        x.cols,
-                        w.rows(),
-                        w.cols(),
-                        out.rows,
-                        out.cols
-                    )
-                },
-            )?;
+            check_matmul_shapes("matmul_many", x, w, out)?;
         }
         let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.data.as_mut_slice()).collect();
         matmul::matmul_many(&x.data, x.rows, ws, &mut views);

