@@ -248,6 +248,49 @@ pub trait Backend: Send + Sync + 'static {
             self.name()
         )))
     }
+    /// Largest token count the fused small-batch projections (`norm_matvec`, `norm_matvec_swiglu`,
+    /// `matvec_add`) serve; 0 when the backend has none (the model then runs `rms_norm`,
+    /// `matmul`, `add_rms_norm` and `silu_mul_fused`). Decode steps of a few sequences are bound
+    /// by reading the weights; folding the norm, residual add and activation into the projection
+    /// removes their kernels.
+    fn fused_matvec_tokens(&self) -> usize {
+        0
+    }
+    /// `out = (rms_norm(x) * norm) · wᵀ`: the RMS norm folded into the projection.
+    fn norm_matvec(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        w: &Self::Weight,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (x, norm, eps, w, out);
+        Err(no_fused_matvec(self.name()))
+    }
+    /// `out = silu(a) * b` where `[a | b] = (rms_norm(x) * norm) · wᵀ` for a fused gate/up
+    /// weight `w: [2f, k]` (gate rows first), `out: [T, f]`.
+    fn norm_matvec_swiglu(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        w: &Self::Weight,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (x, norm, eps, w, out);
+        Err(no_fused_matvec(self.name()))
+    }
+    /// `residual += x · wᵀ`: the residual add folded into the projection.
+    fn matvec_add(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        residual: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (x, w, residual);
+        Err(no_fused_matvec(self.name()))
+    }
     /// Causal attention of each sequence's new queries over its whole cached context.
     fn paged_attention(
         &self,
@@ -268,6 +311,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Rows of `x` the batch wants logits for.
     fn num_logit_rows(&self, batch: &Self::Batch) -> usize;
     fn num_tokens(&self, batch: &Self::Batch) -> usize;
+}
+
+fn no_fused_matvec(backend: &str) -> BackendError {
+    BackendError::Device(format!("{backend} has no fused small-batch projections"))
 }
 
 /// Host argmax per row (lowest index on ties).

@@ -236,6 +236,15 @@ impl<B: Backend> LlamaModel<B> {
         };
 
         b.embed(&self.embed, batch, residual)?;
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        if t <= b.fused_matvec_tokens() {
+            if let Some(qkv) = qkv.as_mut().filter(|_| self.has_fused_projections()) {
+                self.layers_fused_matvec(b, batch, cache, residual, q, qkv, attn_out, act)?;
+                b.gather_logit_rows(residual, batch, last)?;
+                b.norm_matvec(last, &self.final_norm, eps, lm_head, logits)?;
+                return Ok(logits);
+            }
+        }
         for (i, l) in self.layers.iter().enumerate() {
             if i == 0 {
                 b.rms_norm(residual, &l.attn_norm, eps, normed)?;
@@ -287,12 +296,51 @@ impl<B: Backend> LlamaModel<B> {
         b.add(residual, proj)?;
         b.gather_logit_rows(residual, batch, last)?;
         b.rms_norm(last, &self.final_norm, eps, last_normed)?;
-        b.matmul(
-            last_normed,
-            self.lm_head.as_ref().unwrap_or(&self.embed),
-            logits,
-        )?;
+        b.matmul(last_normed, lm_head, logits)?;
         Ok(logits)
+    }
+
+    /// Whether every layer has stacked Q/K/V and gate/up weights.
+    fn has_fused_projections(&self) -> bool {
+        self.layers.iter().all(|l| {
+            matches!(l.qkv, QkvWeights::Fused(_)) && matches!(l.gate_up, GateUpWeights::Fused(_))
+        })
+    }
+
+    /// The decoder layers of a step of a few tokens through the backend's fused small-batch
+    /// projections: the norms ride in the Q/K/V and gate/up projections, the residual adds in
+    /// the output and down projections, SwiGLU in the gate/up one. `residual` ends as the
+    /// stream after the last layer (its MLP output added).
+    #[allow(clippy::too_many_arguments)]
+    fn layers_fused_matvec(
+        &self,
+        b: &B,
+        batch: &B::Batch,
+        cache: &mut B::KvCache,
+        residual: &mut B::Tensor,
+        q: &mut B::Tensor,
+        qkv: &mut B::Tensor,
+        attn_out: &mut B::Tensor,
+        act: &mut B::Tensor,
+    ) -> Result<()> {
+        let eps = self.config.norm_eps;
+        for (i, l) in self.layers.iter().enumerate() {
+            let (QkvWeights::Fused(w_qkv), GateUpWeights::Fused(w_gu)) = (&l.qkv, &l.gate_up)
+            else {
+                return Err(rvllm_backend::BackendError::Shape {
+                    op: "forward",
+                    detail: format!("layer {i} has no fused projections"),
+                }
+                .into());
+            };
+            b.norm_matvec(residual, &l.attn_norm, eps, w_qkv, qkv)?;
+            b.rope_qkv_and_cache(qkv, q, &self.rope, &self.attn, batch, cache, i)?;
+            b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
+            b.matvec_add(attn_out, &l.wo, residual)?;
+            b.norm_matvec_swiglu(residual, &l.ffn_norm, eps, w_gu, act)?;
+            b.matvec_add(act, &l.w_down, residual)?;
+        }
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         "elementwise.cu",
         include_str!("../../kernels/elementwise.cu"),
     ),
+    ("gemv.cu", include_str!("../../kernels/gemv.cu")),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
     (
         "attention_prefill_tc.cu",
@@ -51,11 +52,14 @@ pub fn core_source() -> String {
     s
 }
 
+/// Files whose kernels are all in the core module (an attention variant does not need them).
+const CORE_ONLY: [&str; 2] = ["elementwise.cu", "gemv.cu"];
+
 /// One attention variant: the attention templates plus the macro line that instantiates it.
 pub fn variant_source(instantiation: &str) -> String {
     let mut s = String::new();
     for (name, text) in SOURCES {
-        if *name == "elementwise.cu" {
+        if CORE_ONLY.contains(name) {
             continue;
         }
         s.push_str(&format!("// ---- {name}\n"));

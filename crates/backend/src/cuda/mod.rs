@@ -7,6 +7,7 @@
 
 pub mod compile;
 mod gemm;
+mod matvec;
 pub mod selftest;
 
 use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
@@ -320,7 +321,7 @@ pub fn probe() -> Result<usize> {
 }
 
 /// Kernels of the core module (attention variants are compiled on demand, see `func`).
-const CORE_KERNELS: [&str; 14] = [
+const CORE_KERNELS: [&str; 26] = [
     "convert_weight_bf16",
     "convert_weight_f32",
     "dummy_fill_bf16",
@@ -335,6 +336,18 @@ const CORE_KERNELS: [&str; 14] = [
     "paged_decode_reduce",
     "argmax_rows_bf16",
     "sample_rows_bf16",
+    "gemv_norm_t1",
+    "gemv_norm_t2",
+    "gemv_norm_t4",
+    "gemv_norm_t8",
+    "gemv_add_t1",
+    "gemv_add_t2",
+    "gemv_add_t4",
+    "gemv_add_t8",
+    "gemv_swiglu_t1",
+    "gemv_swiglu_t2",
+    "gemv_swiglu_t4",
+    "gemv_swiglu_t8",
 ];
 
 fn decode_kernel_name(attn: &AttentionSpec) -> String {
@@ -1688,6 +1701,60 @@ impl Backend for CudaBackend {
                 Arg::U(out.cols as u64),
             ],
         )
+    }
+
+    fn fused_matvec_tokens(&self) -> usize {
+        // RVLLM_FUSED_MATVEC=N serves steps of up to N tokens (0: cuBLASLt and the separate
+        // kernels always; A/B runs).
+        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *MAX.get_or_init(|| {
+            std::env::var("RVLLM_FUSED_MATVEC")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .map_or(matvec::FUSED_MATVEC_DEFAULT_TOKENS, |n| {
+                    n.min(matvec::MATVEC_MAX_TOKENS)
+                })
+        })
+    }
+
+    fn norm_matvec(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        w: &CudaWeight,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.matvec(
+            "norm_matvec",
+            matvec::MatvecMode::Norm,
+            x,
+            w,
+            Some((norm, eps)),
+            out,
+        )
+    }
+
+    fn norm_matvec_swiglu(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        w: &CudaWeight,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.matvec(
+            "norm_matvec_swiglu",
+            matvec::MatvecMode::Swiglu,
+            x,
+            w,
+            Some((norm, eps)),
+            out,
+        )
+    }
+
+    fn matvec_add(&self, x: &CudaTensor, w: &CudaWeight, residual: &mut CudaTensor) -> Result<()> {
+        self.matvec("matvec_add", matvec::MatvecMode::Add, x, w, None, residual)
     }
 
     fn rope_qkv_and_cache(

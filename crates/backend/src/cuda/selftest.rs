@@ -447,6 +447,91 @@ fn case_matmul(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut R
     Ok(())
 }
 
+/// The fused small-batch projections against the CPU backend's separate ops: rms_norm then
+/// matmul; matmul then add; rms_norm, matmul, then silu_mul of the halves. Odd widths leave a
+/// warp with one row; k = 136 is not a multiple of a warp's 256-element stride.
+fn case_matvec(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+    let load = |rng: &mut Rng, dt: WeightDtype, rows: usize, cols: usize, scale: f32| {
+        let wb = rand_weight_bytes(rng, dt, rows, cols, scale);
+        let hw = HostWeight {
+            rows,
+            cols,
+            dtype: dt,
+            bytes: &wb,
+        };
+        Ok::<_, crate::BackendError>((gpu.load_weight(&hw)?, cpu.load_weight(&hw)?))
+    };
+    for &(k, n) in &[(4096usize, 1001usize), (136, 64), (1024, 2048)] {
+        let (gnorm, cnorm) = load(rng, WeightDtype::F32, 1, k, 2.0)?;
+        let scale = 1.7 / (k as f32).sqrt();
+        let (gw, cw) = load(rng, WeightDtype::BF16, n, k, scale)?;
+        let (ggu, cgu) = load(rng, WeightDtype::BF16, 2 * n, k, scale)?;
+        for t in [1usize, 3, 8] {
+            let x = rng.bf16_vec(t * k, 3.0);
+            let (gx, cx) = (gpu.upload(t, k, &x)?, cpu_t(t, k, x));
+            let mut cnormed = cpu_zeros(t, k);
+            cpu.rms_norm(&cx, &cnorm, 1e-5, &mut cnormed)?;
+
+            let mut go = gpu_out(gpu, t, n)?;
+            gpu.norm_matvec(&gx, &gnorm, 1e-5, &gw, &mut go)?;
+            let mut co = cpu_zeros(t, n);
+            cpu.matmul(&cnormed, &cw, &mut co)?;
+            c.cmp(
+                &format!("norm_matvec t={t} k={k} n={n}"),
+                &gpu.to_host(&go)?,
+                &co.data,
+                1e-2,
+            );
+
+            let mut go = gpu_out(gpu, t, n)?;
+            gpu.norm_matvec_swiglu(&gx, &gnorm, 1e-5, &ggu, &mut go)?;
+            let mut cgu_out = cpu_zeros(t, 2 * n);
+            cpu.matmul(&cnormed, &cgu, &mut cgu_out)?;
+            let (mut gate, mut up) = (Vec::new(), Vec::new());
+            for row in cgu_out.data.chunks(2 * n) {
+                gate.extend_from_slice(&row[..n]);
+                up.extend_from_slice(&row[n..]);
+            }
+            let mut co = cpu_zeros(t, n);
+            cpu.silu_mul(&cpu_t(t, n, gate), &cpu_t(t, n, up), &mut co)?;
+            c.cmp(
+                &format!("norm_matvec_swiglu t={t} k={k} n={n}"),
+                &gpu.to_host(&go)?,
+                &co.data,
+                1e-2,
+            );
+
+            // residual += x · wᵀ; x scaled like an attention output.
+            let xs = rng.bf16_vec(t * k, 1.0);
+            let r = rng.bf16_vec(t * n, 2.0);
+            let gxs = gpu.upload(t, k, &xs)?;
+            let mut gr = gpu.upload(t, n, &r)?;
+            gpu.matvec_add(&gxs, &gw, &mut gr)?;
+            let mut cp = cpu_zeros(t, n);
+            cpu.matmul(&cpu_t(t, k, xs), &cw, &mut cp)?;
+            let mut cr = cpu_t(t, n, r);
+            cpu.add(&mut cr, &cp)?;
+            c.cmp(
+                &format!("matvec_add t={t} k={k} n={n}"),
+                &gpu.to_host(&gr)?,
+                &cr.data,
+                1e-2,
+            );
+        }
+    }
+    // More tokens than the kernels take is an error, not a launch.
+    let (gw, _) = load(rng, WeightDtype::BF16, 16, 64, 0.1)?;
+    let gx = gpu.upload(9, 64, &rng.bf16_vec(9 * 64, 1.0))?;
+    let mut gr = gpu_out(gpu, 9, 16)?;
+    let err = gpu.matvec_add(&gx, &gw, &mut gr);
+    c.truth(
+        "matvec_add rejects 9 tokens",
+        err.is_err(),
+        format!("{err:?}"),
+    );
+    Ok(())
+}
+
 fn case_dummy(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend) -> Result<()> {
     for &(rows, cols) in &[(256usize, 1000usize), (1, 4096)] {
         let gw = gpu.dummy_weight(rows, cols, 42)?;
@@ -1141,6 +1226,7 @@ pub fn selftest(report: &mut String) -> Result<bool> {
     c.run("embed", |c| case_embed_gather(c, &gpu, &cpu, &mut rng));
     c.run("norms", |c| case_norms(c, &gpu, &cpu, &mut rng));
     c.run("elementwise", |c| case_elementwise(c, &gpu, &cpu, &mut rng));
+    c.run("matvec", |c| case_matvec(c, &gpu, &cpu, &mut rng));
     c.run("dummy_weight", |c| case_dummy(c, &gpu, &cpu));
     c.run("blocks", |c| case_blocks(c, &gpu, &cpu, &mut rng));
     for &(h, kv, hd) in &[(32usize, 8usize, 128usize), (9, 3, 64)] {
@@ -1519,6 +1605,59 @@ fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result
     Ok(())
 }
 
+/// The fused small-batch projections on Llama-3-8B's shapes, in weight bytes read per second.
+fn bench_matvec(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
+    let _ = writeln!(
+        report,
+        "fused small-batch projections (kernels/gemv.cu), weight GB/s:"
+    );
+    let _ = writeln!(
+        report,
+        "{:>8} {:>6} {:>7} {:>3} {:>9} {:>9}",
+        "op", "k", "n", "t", "us", "GB/s"
+    );
+    let norm = gpu.load_weight(&HostWeight {
+        rows: 1,
+        cols: 4096,
+        dtype: WeightDtype::F32,
+        bytes: &rand_weight_bytes(rng, WeightDtype::F32, 1, 4096, 1.0),
+    })?;
+    // (op, k, out columns, weight rows)
+    let shapes = [
+        ("qkv", 4096usize, 6144usize, 6144usize),
+        ("o", 4096, 4096, 4096),
+        ("gate_up", 4096, 14336, 28672),
+        ("down", 14336, 4096, 4096),
+        ("lm_head", 4096, 128256, 128256),
+    ];
+    for &(op, k, n, rows) in &shapes {
+        let wbytes = rows * k * 2;
+        let copies = (256usize << 20).div_ceil(wbytes).clamp(1, 4);
+        let ws: Vec<_> = (0..copies)
+            .map(|i| gpu.dummy_weight(rows, k, 2000 + i as u64))
+            .collect::<Result<_>>()?;
+        for t in [1usize, 2, 4, 8] {
+            let x = gpu.upload(t, k, &rng.bf16_vec(t * k, 1.0))?;
+            let mut out = gpu.alloc(t, n)?;
+            let ms = time_ms(gpu, 3, 20, |i| {
+                let w = &ws[i % copies];
+                match op {
+                    "o" | "down" => gpu.matvec_add(&x, w, &mut out),
+                    "gate_up" => gpu.norm_matvec_swiglu(&x, &norm, 1e-5, w, &mut out),
+                    _ => gpu.norm_matvec(&x, &norm, 1e-5, w, &mut out),
+                }
+            })?;
+            let _ = writeln!(
+                report,
+                "{op:>8} {k:>6} {n:>7} {t:>3} {:>9.1} {:>9.0}",
+                ms * 1e3,
+                wbytes as f64 / (ms * 1e-3) / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Micro-benchmarks (paged decode attention, cuBLASLt matmuls) appended to `report`.
 pub fn bench(report: &mut String) {
     let gpu = match CudaBackend::new(0) {
@@ -1535,14 +1674,25 @@ pub fn bench(report: &mut String) {
         info.name, info.sm_count, info.compile.arch
     );
     let mut rng = Rng::new(0x5eed);
-    if let Err(e) = bench_attention(report, &gpu, &mut rng) {
-        let _ = writeln!(report, "attention bench error: {e}");
-    }
-    if let Err(e) = bench_prefill(report, &gpu, &mut rng) {
-        let _ = writeln!(report, "prefill bench error: {e}");
-    }
-    if let Err(e) = bench_matmul(report, &gpu, &mut rng) {
-        let _ = writeln!(report, "matmul bench error: {e}");
+    // RVLLM_BENCH=matvec,matmul (say) runs only those parts.
+    let only = std::env::var("RVLLM_BENCH").ok();
+    let wanted = |part: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|p| p == part))
+    };
+    type Part = fn(&mut String, &CudaBackend, &mut Rng) -> Result<()>;
+    let parts: [(&str, Part); 4] = [
+        ("attention", bench_attention),
+        ("prefill", bench_prefill),
+        ("matmul", bench_matmul),
+        ("matvec", bench_matvec),
+    ];
+    for (name, f) in parts {
+        if wanted(name) {
+            if let Err(e) = f(report, &gpu, &mut rng) {
+                let _ = writeln!(report, "{name} bench error: {e}");
+            }
+        }
     }
 }
 

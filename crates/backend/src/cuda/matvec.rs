@@ -1,0 +1,128 @@
+//! Fused small-batch projections (kernels/gemv.cu): the decode path of steps of up to
+//! `MATVEC_MAX_TOKENS` tokens, where reading the weight dominates and cuBLASLt's split-K plus
+//! the separate norm / add / SwiGLU kernels cost ~10 µs per layer each.
+
+use super::{check, raw_ptr, Arg, CudaBackend, CudaTensor, CudaWeight, DevBuf};
+use crate::{BackendError, Result};
+
+/// Token counts with a kernel instantiation (a step of `n` tokens runs the smallest `T >= n`).
+const INSTANTIATED_T: [usize; 4] = [1, 2, 4, 8];
+/// The largest of them.
+pub(super) const MATVEC_MAX_TOKENS: usize = 8;
+/// Steps of up to this many tokens take the fused path by default (H100, Llama-3-8B shapes:
+/// faster than cuBLASLt + separate kernels at 1-2 tokens, slower from 4: the kernel turns
+/// instruction-bound as each weight chunk meets more input rows).
+pub(super) const FUSED_MATVEC_DEFAULT_TOKENS: usize = 2;
+/// Warps per block (`GEMV_WARPS` in gemv.cu), all on one row pair.
+const WARPS_PER_BLOCK: usize = 4;
+
+/// What a launch folds around the projection (the kernel family, `gemv_<mode>_t<T>`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum MatvecMode {
+    /// `out = (rms_norm(x) * g) · wᵀ`.
+    Norm,
+    /// `out += x · wᵀ`.
+    Add,
+    /// `out = silu(a) * b`, `[a | b] = (rms_norm(x) * g) · wᵀ`.
+    Swiglu,
+}
+
+impl MatvecMode {
+    fn name(self) -> &'static str {
+        match self {
+            MatvecMode::Norm => "norm",
+            MatvecMode::Add => "add",
+            MatvecMode::Swiglu => "swiglu",
+        }
+    }
+}
+
+impl CudaBackend {
+    /// Launches the `mode` kernel: `x: [T, k]` with `T <= MATVEC_MAX_TOKENS`, `w: [n, k]` (or
+    /// `[2n, k]` for SwiGLU), `out: [T, n]`, `norm`: the f32 norm weight of length `k` and eps.
+    pub(super) fn matvec(
+        &self,
+        op: &'static str,
+        mode: MatvecMode,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        norm: Option<(&CudaWeight, f32)>,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let k = x.cols;
+        let n = out.cols;
+        let w_rows = if mode == MatvecMode::Swiglu { 2 * n } else { n };
+        check(
+            op,
+            w.cols == k && w.rows == w_rows && out.rows == x.rows && k % 8 == 0,
+            || {
+                format!(
+                    "x [{}, {k}] · w [{}, {}]ᵀ -> out [{}, {n}] ({mode:?}; k must be a multiple of 8)",
+                    x.rows, w.rows, w.cols, out.rows
+                )
+            },
+        )?;
+        let t = x.rows;
+        if t == 0 || n == 0 {
+            return Ok(());
+        }
+        let tt = INSTANTIATED_T
+            .iter()
+            .copied()
+            .find(|&c| c >= t)
+            .ok_or_else(|| BackendError::Shape {
+                op,
+                detail: format!(
+                    "{t} tokens: the fused projections take at most {MATVEC_MAX_TOKENS}"
+                ),
+            })?;
+        let (g, eps) = match (mode, norm) {
+            (MatvecMode::Add, _) => (0u64, 0.0f32),
+            (_, Some((nw, eps))) => {
+                check(op, nw.rows * nw.cols == k, || {
+                    format!("norm weight of {} values for width {k}", nw.rows * nw.cols)
+                })?;
+                match &nw.buf {
+                    DevBuf::F32(s) => (raw_ptr(s, &self.stream), eps),
+                    DevBuf::Bf16(_) => {
+                        return Err(BackendError::UnsupportedWeight(
+                            "a bf16 norm weight in a fused projection (norms load as f32)".into(),
+                        ))
+                    }
+                }
+            }
+            (_, None) => {
+                return Err(BackendError::Shape {
+                    op,
+                    detail: "a normed projection without its norm weight".into(),
+                })
+            }
+        };
+        let xp = self.bf16_ptr(op, &x.buf)?;
+        let wp = self.bf16_ptr(op, &w.buf)?;
+        let op_ = self.bf16_ptr(op, &out.buf)?;
+        // One block per two output columns (SwiGLU: per column, which reads a gate and an up
+        // row).
+        let blocks = if mode == MatvecMode::Swiglu {
+            n
+        } else {
+            n.div_ceil(2)
+        } as u32;
+        self.launch(
+            &format!("gemv_{}_t{tt}", mode.name()),
+            (blocks, 1, 1),
+            ((WARPS_PER_BLOCK * 32) as u32, 1, 1),
+            0,
+            &[
+                Arg::P(op_),
+                Arg::P(xp),
+                Arg::P(wp),
+                Arg::P(g),
+                Arg::I(t as i32),
+                Arg::I(n as i32),
+                Arg::I(k as i32),
+                Arg::F(eps),
+            ],
+        )
+    }
+}
