@@ -180,6 +180,7 @@ __device__ __forceinline__ void decode_attn_impl(
 #define DECODE_KERNEL(HD, G)                                                                     \
     extern "C" __global__ void __launch_bounds__(DECODE_NT)                                      \
         paged_decode_h##HD##_g##G(DECODE_ARGS) {                                                 \
+        pdl_trigger();                                                                           \
         decode_attn_impl<HD, G>(DECODE_PASS);                                                    \
     }
 #define DECODE_ALL_G(HD)                                                                         \
@@ -202,6 +203,7 @@ extern "C" __global__ void paged_decode_reduce(bf16* __restrict__ out, const flo
                                                int hd, int part_size, int max_parts) {
     extern __shared__ float w[];  // [max_parts]
     __shared__ float red[32];
+    pdl_trigger();
     const int s = blockIdx.x, h = blockIdx.y;
     if (query_len[s] != 1) return;
     const int ctx = (int)context_len[s];

@@ -34,6 +34,22 @@ __device__ __forceinline__ bf16x8 f32_to_bf16x8(const float* f) {
     return v;
 }
 
+// Programmatic dependent launch (Hopper+): a kernel launched with the PDL attribute may start
+// while its predecessor still runs; `pdl_wait` blocks until the predecessor finished and its
+// writes are visible, so only work that reads nothing the predecessor writes (streaming a
+// weight) may come before it. `pdl_trigger` lets the successor launch early. Both are no-ops
+// without PDL (and compile to nothing before sm_90).
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

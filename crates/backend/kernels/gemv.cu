@@ -66,14 +66,31 @@ __device__ __forceinline__ void gemv_impl(bf16* __restrict__ out, const bf16* __
 #pragma unroll
     for (int t = 0; t < T; t++) acc0[t] = acc1[t] = ss[t] = 0.f;
 
-    for (int c0 = wid * 32 + lane; c0 < nch; c0 += stride * GEMV_UNROLL) {
-        uint4 a[GEMV_UNROLL], b[GEMV_UNROLL];
+    // The next kernel (the following projection) may launch now: it only streams its weight
+    // until our writes are done.
+    pdl_trigger();
+    uint4 a[GEMV_UNROLL], b[GEMV_UNROLL];
+    const int first = wid * 32 + lane;
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int c = c0 + stride * u;
-            if (c < nch) {
-                a[u] = ld_stream16(w0 + c);
-                b[u] = ld_stream16(w1 + c);
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        const int c = first + stride * u;
+        if (c < nch) {
+            a[u] = ld_stream16(w0 + c);
+            b[u] = ld_stream16(w1 + c);
+        }
+    }
+    // x and the residual are the predecessor's output: wait for it (the first weight loads
+    // above are already in flight).
+    pdl_wait();
+    for (int c0 = first; c0 < nch; c0 += stride * GEMV_UNROLL) {
+        if (c0 != first) {
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int c = c0 + stride * u;
+                if (c < nch) {
+                    a[u] = ld_stream16(w0 + c);
+                    b[u] = ld_stream16(w1 + c);
+                }
             }
         }
 #pragma unroll

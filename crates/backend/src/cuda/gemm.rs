@@ -43,6 +43,26 @@ pub(crate) struct Gemm {
     handle: sys::cublasLtHandle_t,
     ws_size: usize,
     plans: HashMap<Key, Plan>,
+    /// The heuristic's algorithm per shape bucket (`bucket`): prefill steps have a different
+    /// token count nearly every step, and a heuristic query costs the host ~0.1-1 ms while the
+    /// GPU may wait for the step's first kernels. A plan for a new count reuses its bucket's
+    /// algorithm once cuBLASLt confirms it supports the exact shape.
+    algos: HashMap<Key, sys::cublasLtMatmulAlgo_t>,
+}
+
+/// Token counts up to 256 (decode steps, graph buckets) keep their own algorithm; larger ones
+/// share it per 256 (RVLLM_GEMM_BUCKET=0: every count its own).
+fn bucket(key: Key) -> Key {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("RVLLM_GEMM_BUCKET").as_deref() == Ok("0"));
+    if off || key.n <= 256 {
+        key
+    } else {
+        Key {
+            n: key.n.div_ceil(256) * 256,
+            ..key
+        }
+    }
 }
 
 // The handle and descriptors are plain heap objects of the library; all use goes through the
@@ -60,6 +80,7 @@ impl Gemm {
             handle,
             ws_size,
             plans: HashMap::new(),
+            algos: HashMap::new(),
         })
     }
 
@@ -71,7 +92,7 @@ impl Gemm {
         Ok(&self.plans[&key])
     }
 
-    fn make_plan(&self, key: Key) -> Result<Plan> {
+    fn make_plan(&mut self, key: Key) -> Result<Plan> {
         let bf = sys::cudaDataType_t::CUDA_R_16BF;
         let out_ty = if key.out_f32 {
             sys::cudaDataType_t::CUDA_R_32F
@@ -114,6 +135,28 @@ impl Gemm {
             .map_err(|e| err("layout B", e))?;
         plan.c = lt::create_matrix_layout(out_ty, key.m, key.n, key.m as i64)
             .map_err(|e| err("layout C", e))?;
+        if let Some(algo) = self.algos.get(&bucket(key)) {
+            // SAFETY: all descriptors were created above and live until `plan` drops; `algo`
+            // is plain data from an earlier heuristic query on this handle.
+            let mut res: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+            let st = unsafe {
+                sys::cublasLtMatmulAlgoCheck(
+                    self.handle,
+                    desc,
+                    plan.a,
+                    plan.b,
+                    plan.c,
+                    plan.c,
+                    algo,
+                    &mut res,
+                )
+            };
+            if st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && res.workspaceSize <= self.ws_size
+            {
+                plan.algo = *algo;
+                return Ok(plan);
+            }
+        }
         let pref = lt::create_matmul_pref().map_err(|e| err("preference", e))?;
         let heur = unsafe {
             let r = lt::set_matmul_pref_attribute(
@@ -161,6 +204,7 @@ impl Gemm {
             })?
         };
         plan.algo = heur.algo;
+        self.algos.entry(bucket(key)).or_insert(heur.algo);
         Ok(plan)
     }
 

@@ -108,7 +108,7 @@ impl CudaBackend {
         } else {
             n.div_ceil(2)
         } as u32;
-        self.launch(
+        self.launch_pdl(
             &format!("gemv_{}_t{tt}", mode.name()),
             (blocks, 1, 1),
             ((WARPS_PER_BLOCK * 32) as u32, 1, 1),

@@ -550,6 +550,76 @@ impl CudaBackend {
         .map_err(|e| dev_err(&format!("launching {name}"), e))
     }
 
+    /// Whether kernels written for it are launched with programmatic dependent launch: Hopper
+    /// or newer, unless RVLLM_PDL=0.
+    fn pdl_enabled(&self) -> bool {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        self.info.compute_capability.0 >= 9
+            && !*OFF.get_or_init(|| std::env::var("RVLLM_PDL").as_deref() == Ok("0"))
+    }
+
+    /// `launch` with programmatic dependent launch, for kernels that call `pdl_wait` before
+    /// reading anything their predecessor writes: they may start (and stream their weights)
+    /// while the predecessor finishes. A plain launch where PDL is off.
+    fn launch_pdl(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        if !self.pdl_enabled() {
+            return self.launch(name, grid, block, smem, args);
+        }
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let f = self.func(name)?;
+        let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        let mut params: Vec<*mut std::ffi::c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut std::ffi::c_void)
+            .collect();
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        // SAFETY: a zeroed attribute is valid plain data; the one field set is the union member
+        // the attribute id names.
+        let mut attr: dsys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = dsys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = dsys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block.0,
+            blockDimY: block.1,
+            blockDimZ: block.2,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: `params` points at one 8-byte slot per kernel argument, alive for the call;
+        // the function belongs to this context.
+        unsafe {
+            dsys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(|e| {
+            dev_err(
+                &format!("launching {name} (programmatic dependent launch)"),
+                e,
+            )
+        })
+    }
+
     /// Kernel `name`, compiling and loading its attention variant on first use.
     fn func(&self, name: &str) -> Result<CudaFunction> {
         if let Some(f) = self.funcs.lock().unwrap().get(name) {
