@@ -34,9 +34,12 @@ step() { # name, command...
   awk -v n="$name" -v a="$t0" -v b="$t1" -v rc="$rc" 'BEGIN { printf "-- %s rc=%d %.1fs\n\n", n, rc, b - a }' | tee -a "$SUMMARY"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$SUMMARY" 2>&1
+# Every op, for bf16 and f16 models (--dtype all).
 step gpu_ops "$BIN" gpu-check $([ "$MODE" = full ] && echo --bench)
 [ -f "$M" ] && step smollm2_reference "$BIN" check-reference --device cuda
-step llama8b_logits "$BIN" compare-logits --config tests/model-configs/llama-3-8b --prompt-len 8
+[ -f "$M" ] && step smollm2_reference_fp16 "$BIN" check-reference --device cuda --dtype float16
+# bf16 and f16 logits against the CPU in f32, and f16 against bf16.
+step llama8b_logits "$BIN" compare-logits --config tests/model-configs/llama-3-8b --prompt-len 8 --dtype all
 L8="--model tests/model-configs/llama-3-8b --load-format dummy --device cuda --max-model-len 4096"
 # Start-up with an empty kernel cache (NVRTC compiles what the model needs), then warm.
 COLD=$(mktemp -d)
@@ -44,6 +47,7 @@ step startup_cold env RVLLM_HOME="$COLD" "$BIN" bench latency $L8 --input-len 16
 step startup_warm env RVLLM_HOME="$COLD" "$BIN" bench latency $L8 --input-len 16 --output-len 2 --num-iters 1 --num-iters-warmup 0
 rm -rf "$COLD"
 step l1_latency_128 "$BIN" bench latency $L8 --input-len 128 --output-len 128 --batch-size 1 --num-iters 3
+step l1_latency_128_fp16 "$BIN" bench latency $L8 --input-len 128 --output-len 128 --batch-size 1 --num-iters 3 --dtype float16
 if [ "$MODE" = full ]; then
   step l1_latency_128_eager "$BIN" bench latency $L8 --input-len 128 --output-len 128 --batch-size 1 --num-iters 3 --enforce-eager
   step l1_latency_1024 "$BIN" bench latency $L8 --input-len 1024 --output-len 128 --batch-size 1 --num-iters 2

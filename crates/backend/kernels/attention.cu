@@ -1,4 +1,4 @@
-// Paged attention over the cache layout [num_blocks, block_size, kv_heads, head_dim] (bf16).
+// Paged attention over the cache layout [num_blocks, block_size, kv_heads, head_dim] (act_t).
 //
 // Decode path (sequences with query_len == 1): one CTA per (sequence, KV head, head chunk,
 // context partition) handles all G query heads that share the KV head, so K/V are read once.
@@ -14,9 +14,9 @@
 
 template <int HD, int G>
 __device__ __forceinline__ void decode_attn_impl(
-    bf16* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ max_logits,
-    float* __restrict__ exp_sums, const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
-    const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
+    act_t* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ max_logits,
+    float* __restrict__ exp_sums, const act_t* __restrict__ q, const act_t* __restrict__ k_cache,
+    const act_t* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ query_start, const u32* __restrict__ query_len,
     const u32* __restrict__ context_len, int max_blocks, int num_heads, int num_kv_heads,
     int block_size, float scale, int part_size, int hchunks) {
@@ -43,14 +43,14 @@ __device__ __forceinline__ void decode_attn_impl(
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int tl = lane % TPT;
     const u64 tok_stride = (u64)num_kv_heads * HD;
-    const bf16* kbase = k_cache + (u64)kvh * HD + tl * 8;
-    const bf16* vbase = v_cache + (u64)kvh * HD + tl * 8;
+    const act_t* kbase = k_cache + (u64)kvh * HD + tl * 8;
+    const act_t* vbase = v_cache + (u64)kvh * HD + tl * 8;
 
     float qv[G][8];
 #pragma unroll
     for (int g = 0; g < G; g++) {
-        bf16x8 t = *(const bf16x8*)(q + tok * num_heads * HD + (u64)(head0 + g) * HD + tl * 8);
-        bf16x8_to_f32(t, qv[g]);
+        act8 t = *(const act8*)(q + tok * num_heads * HD + (u64)(head0 + g) * HD + tl * 8);
+        act8_to_f32(t, qv[g]);
 #pragma unroll
         for (int e = 0; e < 8; e++) qv[g][e] *= scale;
     }
@@ -58,23 +58,23 @@ __device__ __forceinline__ void decode_attn_impl(
     // ---- phase 1: scores into shared memory (warp-uniform loop: shuffles below are safe)
     float* logits = smem;
     for (int base = warp * TPW; base < n; base += NW * TPW * U) {
-        bf16x8 kv[U];
+        act8 kv[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int j = base + u * NW * TPW + lane / TPT;
             if (j < n) {
                 const int pos = start + j;
                 const u64 blk = bt[pos / block_size];
-                kv[u] = *(const bf16x8*)(kbase + (blk * block_size + pos % block_size) * tok_stride);
+                kv[u] = *(const act8*)(kbase + (blk * block_size + pos % block_size) * tok_stride);
             } else {
-                kv[u] = bf16x8{};
+                kv[u] = act8{};
             }
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int j = base + u * NW * TPW + lane / TPT;
             float kf[8];
-            bf16x8_to_f32(kv[u], kf);
+            act8_to_f32(kv[u], kf);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 float d = 0.f;
@@ -115,16 +115,16 @@ __device__ __forceinline__ void decode_attn_impl(
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[g][e] = 0.f;
     for (int j0 = vr; j0 < n; j0 += NR * U) {
-        bf16x8 vv[U];
+        act8 vv[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int j = j0 + u * NR;
             if (j < n) {
                 const int pos = start + j;
                 const u64 blk = bt[pos / block_size];
-                vv[u] = *(const bf16x8*)(vbase + (blk * block_size + pos % block_size) * tok_stride);
+                vv[u] = *(const act8*)(vbase + (blk * block_size + pos % block_size) * tok_stride);
             } else {
-                vv[u] = bf16x8{};
+                vv[u] = act8{};
             }
         }
 #pragma unroll
@@ -132,7 +132,7 @@ __device__ __forceinline__ void decode_attn_impl(
             const int j = j0 + u * NR;
             if (j < n) {
                 float vf[8];
-                bf16x8_to_f32(vv[u], vf);
+                act8_to_f32(vv[u], vf);
 #pragma unroll
                 for (int g = 0; g < G; g++) {
                     const float p = logits[g * part_size + j];
@@ -156,7 +156,7 @@ __device__ __forceinline__ void decode_attn_impl(
         for (int r = 0; r < NR; r++) o += red[(r * G + g) * HD + d];
         o /= s_sum[g];
         if (num_parts == 1) {
-            out[tok * num_heads * HD + (u64)(head0 + g) * HD + d] = __float2bfloat16_rn(o);
+            out[tok * num_heads * HD + (u64)(head0 + g) * HD + d] = f2act(o);
         } else {
             tmp_out[(((u64)s * num_heads + head0 + g) * max_parts + blockIdx.z) * HD + d] = o;
         }
@@ -169,8 +169,8 @@ __device__ __forceinline__ void decode_attn_impl(
 }
 
 #define DECODE_ARGS                                                                              \
-    bf16 *out, float *tmp_out, float *max_logits, float *exp_sums, const bf16 *q,                \
-        const bf16 *k_cache, const bf16 *v_cache, const u32 *block_tables,                       \
+    act_t *out, float *tmp_out, float *max_logits, float *exp_sums, const act_t *q,                \
+        const act_t *k_cache, const act_t *v_cache, const u32 *block_tables,                       \
         const u32 *query_start, const u32 *query_len, const u32 *context_len, int max_blocks,    \
         int num_heads, int num_kv_heads, int block_size, float scale, int part_size, int hchunks
 #define DECODE_PASS                                                                              \
@@ -194,7 +194,7 @@ __device__ __forceinline__ void decode_attn_impl(
     DECODE_KERNEL(HD, 8)
 
 // Merges the partitions of each (decode sequence, head). grid (num_seqs, num_heads).
-extern "C" __global__ void paged_decode_reduce(bf16* __restrict__ out, const float* __restrict__ tmp_out,
+extern "C" __global__ void paged_decode_reduce(act_t* __restrict__ out, const float* __restrict__ tmp_out,
                                                const float* __restrict__ max_logits,
                                                const float* __restrict__ exp_sums,
                                                const u32* __restrict__ query_start,
@@ -225,7 +225,7 @@ extern "C" __global__ void paged_decode_reduce(bf16* __restrict__ out, const flo
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.f;
         for (int p = 0; p < np; p++) o += w[p] * tmp_out[(base + p) * hd + d];
-        out[tok * num_heads * hd + (u64)h * hd + d] = __float2bfloat16_rn(o * inv);
+        out[tok * num_heads * hd + (u64)h * hd + d] = f2act(o * inv);
     }
 }
 
@@ -236,17 +236,17 @@ extern "C" __global__ void paged_decode_reduce(bf16* __restrict__ out, const flo
 
 template <int HD>
 __device__ __forceinline__ void prefill_attn_impl(
-    bf16* __restrict__ out, const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
-    const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
+    act_t* __restrict__ out, const act_t* __restrict__ q, const act_t* __restrict__ k_cache,
+    const act_t* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ query_start, const u32* __restrict__ query_len,
     const u32* __restrict__ context_len, int max_blocks, int num_heads, int num_kv_heads,
     int block_size, float scale, int G, int hchunks, int skip_decode) {
     constexpr int BM = PF_BM, BN = PF_BN, NT = PF_NT, LD = HD + 8;
     constexpr int NC = HD / 32;  // 8-wide dim chunks owned by each thread
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16* Qs = (bf16*)smem_raw;
-    bf16* Ks = Qs + BM * LD;
-    bf16* Vs = Ks + BN * LD;
+    act_t* Qs = (act_t*)smem_raw;
+    act_t* Ks = Qs + BM * LD;
+    act_t* Vs = Ks + BN * LD;
 
     const int s = blockIdx.y;
     const int qlen = (int)query_len[s];
@@ -268,9 +268,9 @@ __device__ __forceinline__ void prefill_attn_impl(
     for (int i = tid; i < BM * (HD / 8); i += NT) {
         const int r = i / (HD / 8), c = i % (HD / 8);
         const int t = t0 + r / G, g = r % G;
-        bf16x8 v = bf16x8{};
-        if (r < tpc * G && t < qlen) v = *(const bf16x8*)(q + (qs + t) * qrow + (u64)(head0 + g) * HD + c * 8);
-        *(bf16x8*)(Qs + r * LD + c * 8) = v;
+        act8 v = act8{};
+        if (r < tpc * G && t < qlen) v = *(const act8*)(q + (qs + t) * qrow + (u64)(head0 + g) * HD + c * 8);
+        *(act8*)(Qs + r * LD + c * 8) = v;
     }
 
     const int row = tid >> 2, r4 = tid & 3;
@@ -291,15 +291,15 @@ __device__ __forceinline__ void prefill_attn_impl(
         for (int i = tid; i < BN * (HD / 8); i += NT) {
             const int j = i / (HD / 8), c = i % (HD / 8);
             const int pos = kt + j;
-            bf16x8 kv = bf16x8{}, vv = bf16x8{};
+            act8 kv = act8{}, vv = act8{};
             if (pos < kv_end) {
                 const u64 blk = bt[pos / block_size];
                 const u64 off = (blk * block_size + pos % block_size) * tok_stride + (u64)kvh * HD + c * 8;
-                kv = *(const bf16x8*)(k_cache + off);
-                vv = *(const bf16x8*)(v_cache + off);
+                kv = *(const act8*)(k_cache + off);
+                vv = *(const act8*)(v_cache + off);
             }
-            *(bf16x8*)(Ks + j * LD + c * 8) = kv;
-            *(bf16x8*)(Vs + j * LD + c * 8) = vv;
+            *(act8*)(Ks + j * LD + c * 8) = kv;
+            *(act8*)(Vs + j * LD + c * 8) = vv;
         }
         __syncthreads();
 
@@ -309,11 +309,11 @@ __device__ __forceinline__ void prefill_attn_impl(
 #pragma unroll 2
         for (int c = 0; c < HD / 8; c++) {
             float qf[8];
-            bf16x8_to_f32(*(const bf16x8*)(Qs + row * LD + c * 8), qf);
+            act8_to_f32(*(const act8*)(Qs + row * LD + c * 8), qf);
 #pragma unroll
             for (int i = 0; i < 16; i++) {
                 float kf[8];
-                bf16x8_to_f32(*(const bf16x8*)(Ks + (r4 + 4 * i) * LD + c * 8), kf);
+                act8_to_f32(*(const act8*)(Ks + (r4 + 4 * i) * LD + c * 8), kf);
 #pragma unroll
                 for (int e = 0; e < 8; e++) sc[i] += qf[e] * kf[e];
             }
@@ -351,7 +351,7 @@ __device__ __forceinline__ void prefill_attn_impl(
 #pragma unroll
                 for (int c = 0; c < NC; c++) {
                     float vf[8];
-                    bf16x8_to_f32(*(const bf16x8*)(Vs + j * LD + c * 32 + r4 * 8), vf);
+                    act8_to_f32(*(const act8*)(Vs + j * LD + c * 32 + r4 * 8), vf);
 #pragma unroll
                     for (int e = 0; e < 8; e++) acc[c][e] += p * vf[e];
                 }
@@ -362,20 +362,20 @@ __device__ __forceinline__ void prefill_attn_impl(
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     if (row_valid) {
         const float inv = 1.f / l;
-        bf16* o = out + (qs + my_tok) * qrow + (u64)(head0 + row % G) * HD;
+        act_t* o = out + (qs + my_tok) * qrow + (u64)(head0 + row % G) * HD;
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             float f[8];
 #pragma unroll
             for (int e = 0; e < 8; e++) f[e] = acc[c][e] * inv;
-            *(bf16x8*)(o + c * 32 + r4 * 8) = f32_to_bf16x8(f);
+            *(act8*)(o + c * 32 + r4 * 8) = f32_to_act8(f);
         }
     }
 }
 
 #define PREFILL_KERNEL(HD)                                                                       \
     extern "C" __global__ void __launch_bounds__(PF_NT) paged_prefill_h##HD(                     \
-        bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache,                      \
+        act_t* out, const act_t* q, const act_t* k_cache, const act_t* v_cache,                      \
         const u32* block_tables, const u32* query_start, const u32* query_len,                   \
         const u32* context_len, int max_blocks, int num_heads, int num_kv_heads, int block_size, \
         float scale, int G, int hchunks, int skip_decode) {                                      \

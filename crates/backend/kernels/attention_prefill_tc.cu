@@ -1,7 +1,7 @@
 // Tensor-core flash attention for the prefill / chunked-prefill path over the paged KV cache
 // (head dims 64 and 128). Same parameters and semantics as paged_prefill_h{HD} in attention.cu.
 //
-// FlashAttention-2 structure, bf16 mma.sync m16n8k16 with f32 accumulation:
+// FlashAttention-2 structure, act_t (bf16 or f16) mma.sync m16n8k16 with f32 accumulation:
 //   * A CTA of NW warps (4 or 8) owns a tile of 16 * NW rows; a row is a (query token, head-in-group) pair,
 //     row r = token t0 + r / G, head head0 + r % G, so one K/V tile serves the G heads of the
 //     GQA group. Each warp owns 16 consecutive rows; rows past the valid ones are clamped to the
@@ -11,12 +11,12 @@
 //   * S = Q·Kᵀ: Q fragments live in registers for the whole kernel (ldmatrix once), K fragments
 //     come from ldmatrix. Online softmax in registers in the log2 domain (ex2.approx); rows are
 //     spread over the 4 lanes of a quad, so row max / sum need two shuffles.
-//   * P is rounded to bf16 and fed straight from the S accumulators as the A operand of P·V;
+//   * P is rounded to act_t and fed straight from the S accumulators as the A operand of P·V;
 //     V fragments come from ldmatrix.trans.
 //   * Causal masking only on tiles that reach past the first row's position; a warp skips a key
 //     tile entirely when all its rows end before it.
 //
-// Shared memory: [2 stages][K, V][64 keys][HD + 8] bf16 (rows padded by 16 bytes: ldmatrix and
+// Shared memory: [2 stages][K, V][64 keys][HD + 8] act_t (rows padded by 16 bytes: ldmatrix and
 // the cp.async stores are conflict-free). Q is staged once in stage 1 (its K then V buffer)
 // before the loop, the output in stage 0 after it. 68 KiB for HD 128, 36 KiB for HD 64, for
 // either warp count.
@@ -56,9 +56,11 @@ __device__ __forceinline__ void pftc_ldsm4_t(u32 addr, u32& r0, u32& r1, u32& r2
 }
 
 // c[0..3] += A(16x16, row) · B(16x8, col); a[] and b0/b1 in the m16n8k16 fragment layouts.
+// The operand type is act_t's (bf16, or f16 in the RV_F16 build).
 __device__ __forceinline__ void pftc_mma(float* c, const u32* a, u32 b0, u32 b1) {
     asm(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "mma.sync.aligned.m16n8k16.row.col.f32." RV_ACT_PTX "." RV_ACT_PTX
+        ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -70,16 +72,13 @@ __device__ __forceinline__ float pftc_ex2(float x) {
     return y;
 }
 
-// Two floats as bf16x2: `lo` in the low half (the lower column index of a fragment pair).
-__device__ __forceinline__ u32 pftc_pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<u32*>(&h);
-}
+// Two floats as an act_t pair: `lo` in the low half (the lower column index of a fragment pair).
+__device__ __forceinline__ u32 pftc_pack(float lo, float hi) { return act_pack2(lo, hi); }
 
 template <int HD, int NW>
 __device__ __forceinline__ void prefill_tc_impl(
-    bf16* __restrict__ out, const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
-    const bf16* __restrict__ v_cache, const u32* __restrict__ block_tables,
+    act_t* __restrict__ out, const act_t* __restrict__ q, const act_t* __restrict__ k_cache,
+    const act_t* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ query_start, const u32* __restrict__ query_len,
     const u32* __restrict__ context_len, int max_blocks, int num_heads, int num_kv_heads,
     int block_size, float scale, int G, int hchunks, int skip_decode) {
@@ -93,7 +92,7 @@ __device__ __forceinline__ void prefill_tc_impl(
     static_assert(BM <= 2 * BN, "Q is staged in stage 1's K and V buffers");
     static_assert(HD % 16 == 0 && (BN * CPR) % NT == 0 && (BM * CPR) % NT == 0, "tiling");
     extern __shared__ __align__(16) unsigned char pftc_smem[];
-    bf16* sm = reinterpret_cast<bf16*>(pftc_smem);
+    act_t* sm = reinterpret_cast<act_t*>(pftc_smem);
     const u32 sm_base = pftc_smem_addr(pftc_smem);
 
     const int s = blockIdx.y;
@@ -148,7 +147,7 @@ __device__ __forceinline__ void prefill_tc_impl(
         const int idx = tid + it * NT;
         const int r = idx / CPR, c = idx % CPR;
         const bool ok = r < nrows;
-        const bf16* src = q;
+        const act_t* src = q;
         if (ok) src = q + (qs + t0 + r / G) * qrow + (u64)(head0 + r % G) * HD + c * 8;
         pftc_cp16(sm_base + (u32)((2 * TILE + r * LD + c * 8) * 2), src, ok);
     }
@@ -162,7 +161,7 @@ __device__ __forceinline__ void prefill_tc_impl(
     // 0-7 / 8-15 of each 16-column step -> a0..a3.
     u32 qf[KD][4];
     {
-        const bf16* qsm = sm + 2 * TILE;
+        const act_t* qsm = sm + 2 * TILE;
         const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         const int cb = (lane >> 4) * 8;
 #pragma unroll
@@ -310,7 +309,7 @@ __device__ __forceinline__ void prefill_tc_impl(
     lB += __shfl_xor_sync(0xffffffffu, lB, 1);
     lB += __shfl_xor_sync(0xffffffffu, lB, 2);
     const float iA = 1.f / lA, iB = 1.f / lB;
-    bf16* osm = sm;
+    act_t* osm = sm;
     {
         const int cb = (lane & 3) * 2;
 #pragma unroll
@@ -327,8 +326,8 @@ __device__ __forceinline__ void prefill_tc_impl(
         const int idx = lane + it * 32;
         const int r = warp * 16 + idx / CPR, c = idx % CPR;
         if (r < nrows) {
-            const bf16x8 v = *reinterpret_cast<const bf16x8*>(osm + r * LD + c * 8);
-            *reinterpret_cast<bf16x8*>(out + (qs + t0 + r / G) * qrow +
+            const act8 v = *reinterpret_cast<const act8*>(osm + r * LD + c * 8);
+            *reinterpret_cast<act8*>(out + (qs + t0 + r / G) * qrow +
                                        (u64)(head0 + r % G) * HD + c * 8) = v;
         }
     }
@@ -336,7 +335,7 @@ __device__ __forceinline__ void prefill_tc_impl(
 
 #define PREFILL_TC_KERNEL(NAME, HD, NW, MINB)                                                    \
     extern "C" __global__ void __launch_bounds__(32 * NW, MINB) NAME(                            \
-        bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache,                      \
+        act_t* out, const act_t* q, const act_t* k_cache, const act_t* v_cache,                      \
         const u32* block_tables, const u32* query_start, const u32* query_len,                   \
         const u32* context_len, int max_blocks, int num_heads, int num_kv_heads, int block_size, \
         float scale, int G, int hchunks, int skip_decode) {                                      \

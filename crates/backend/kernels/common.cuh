@@ -6,31 +6,80 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef unsigned char u8;
-typedef __nv_bfloat16 bf16;
+// The activation / weight / KV-cache element type `act_t`: bf16 by default, f16 when the program is
+// compiled with -DRV_F16 (models run with --dtype float16; the loader compiles the whole source a
+// second time and caches it under its own key). Kernels convert only through the helpers below
+// (act2f / f2act / act8_to_f32 / f32_to_act8 / act_pack2 / act_bits), so one text serves both.
+// Kernel names keep their `_bf16` suffix in both builds.
+#ifdef RV_F16
+typedef __half act_t;
+#define RV_ACT_PTX "f16"
+#else
+typedef __nv_bfloat16 act_t;
+#define RV_ACT_PTX "bf16"
+#endif
 
 #define RV_INF __int_as_float(0x7f800000)
 
-// Eight bf16 values moved as one 16-byte access. `bf16x8{}` is all zeros.
-struct __align__(16) bf16x8 {
+__device__ __forceinline__ float act2f(act_t v) {
+#ifdef RV_F16
+    return __half2float(v);
+#else
+    return __bfloat162float(v);
+#endif
+}
+
+__device__ __forceinline__ act_t f2act(float f) {
+#ifdef RV_F16
+    return __float2half_rn(f);
+#else
+    return __float2bfloat16_rn(f);
+#endif
+}
+
+// The raw 16 bits of a value.
+__device__ __forceinline__ unsigned short act_bits(act_t v) {
+#ifdef RV_F16
+    return __half_as_ushort(v);
+#else
+    return __bfloat16_as_ushort(v);
+#endif
+}
+
+// Two floats as one 32-bit pair: `lo` in the low half (the lower index in memory).
+__device__ __forceinline__ u32 act_pack2(float lo, float hi) {
+#ifdef RV_F16
+    __half2 h = __floats2half2_rn(lo, hi);
+#else
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+#endif
+    return *reinterpret_cast<u32*>(&h);
+}
+
+// Eight act_t values moved as one 16-byte access. `act8{}` is all zeros.
+struct __align__(16) act8 {
     u32 w[4];
 };
 
-__device__ __forceinline__ void bf16x8_to_f32(const bf16x8& v, float* f) {
+__device__ __forceinline__ void act8_to_f32(const act8& v, float* f) {
 #pragma unroll
     for (int i = 0; i < 4; i++) {
+#ifdef RV_F16
+        const float2 p = __half22float2(*reinterpret_cast<const __half2*>(&v.w[i]));
+        f[2 * i] = p.x;
+        f[2 * i + 1] = p.y;
+#else
         // bf16 -> f32 is a 16-bit shift.
         f[2 * i] = __uint_as_float(v.w[i] << 16);
         f[2 * i + 1] = __uint_as_float(v.w[i] & 0xffff0000u);
+#endif
     }
 }
 
-__device__ __forceinline__ bf16x8 f32_to_bf16x8(const float* f) {
-    bf16x8 v;
+__device__ __forceinline__ act8 f32_to_act8(const float* f) {
+    act8 v;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        __nv_bfloat162 h = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-        v.w[i] = *reinterpret_cast<u32*>(&h);
-    }
+    for (int i = 0; i < 4; i++) v.w[i] = act_pack2(f[2 * i], f[2 * i + 1]);
     return v;
 }
 
@@ -49,6 +98,15 @@ __device__ __forceinline__ void pdl_trigger() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+
+#ifndef RV_F16
+// bf16-only names, for kernels not yet written over act_t: they compile in the default build
+// only, so such a kernel fails loudly in the f16 build instead of reading f16 data as bf16.
+typedef __nv_bfloat16 bf16;
+typedef act8 bf16x8;
+__device__ __forceinline__ void bf16x8_to_f32(const bf16x8& v, float* f) { act8_to_f32(v, f); }
+__device__ __forceinline__ bf16x8 f32_to_bf16x8(const float* f) { return f32_to_act8(f); }
+#endif
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

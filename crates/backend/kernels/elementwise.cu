@@ -1,7 +1,7 @@
 // Weight conversion, dummy weights, embedding, norms, elementwise ops, rope + KV-cache write.
 
 // ---------------------------------------------------------------- weight conversion
-// dtype codes (must match cuda/mod.rs): 0 f32, 1 f16, 2 bf16, 3 q4_0, 4 q4_1, 5 q8_0.
+// Source dtype codes (must match cuda/mod.rs): 0 f32, 1 f16, 2 bf16, 3 q4_0, 4 q4_1, 5 q8_0.
 __device__ __forceinline__ float load_f16_bytes(const u8* p) {
     unsigned short bits = (unsigned short)p[0] | ((unsigned short)p[1] << 8);
     return __half2float(__ushort_as_half(bits));
@@ -46,10 +46,10 @@ __device__ __forceinline__ float weight_elem(const u8* __restrict__ src, u64 i, 
     return 0.f;
 }
 
-extern "C" __global__ void convert_weight_bf16(bf16* __restrict__ dst, const u8* __restrict__ src,
+extern "C" __global__ void convert_weight_bf16(act_t* __restrict__ dst, const u8* __restrict__ src,
                                                u64 n, int dtype) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        dst[i] = __float2bfloat16_rn(weight_elem(src, i, dtype));
+        dst[i] = f2act(weight_elem(src, i, dtype));
 }
 
 extern "C" __global__ void convert_weight_f32(float* __restrict__ dst, const u8* __restrict__ src,
@@ -60,7 +60,7 @@ extern "C" __global__ void convert_weight_f32(float* __restrict__ dst, const u8*
 
 // ---------------------------------------------------------------- dummy weights
 // Same stream as the CPU backend's sequential splitmix64: element i uses state
-// (seed ^ C) + (i + 1) * C, so GPU and CPU dummy weights are identical (up to bf16 rounding).
+// (seed ^ C) + (i + 1) * C, so GPU and CPU dummy weights are identical (up to act_t rounding).
 __device__ __forceinline__ float splitmix_uniform(u64 seed, u64 i) {
     const u64 C = 0x9e3779b97f4a7c15ull;
     u64 z = (seed ^ C) + (i + 1) * C;
@@ -71,9 +71,9 @@ __device__ __forceinline__ float splitmix_uniform(u64 seed, u64 i) {
     return (unit * 2.0f - 1.0f) * 1e-3f;
 }
 
-extern "C" __global__ void dummy_fill_bf16(bf16* __restrict__ dst, u64 n, u64 seed) {
+extern "C" __global__ void dummy_fill_bf16(act_t* __restrict__ dst, u64 n, u64 seed) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        dst[i] = __float2bfloat16_rn(splitmix_uniform(seed, i));
+        dst[i] = f2act(splitmix_uniform(seed, i));
 }
 
 extern "C" __global__ void dummy_fill_f32(float* __restrict__ dst, u64 n, u64 seed) {
@@ -83,19 +83,19 @@ extern "C" __global__ void dummy_fill_f32(float* __restrict__ dst, u64 n, u64 se
 
 // ---------------------------------------------------------------- row gathers
 // out[r] = table[idx[r]] for r < rows (grid.x = rows). Out-of-range ids give a zero row.
-extern "C" __global__ void gather_rows_bf16(bf16* __restrict__ out, const bf16* __restrict__ table,
+extern "C" __global__ void gather_rows_bf16(act_t* __restrict__ out, const act_t* __restrict__ table,
                                             const u32* __restrict__ idx, int cols, u32 table_rows) {
     const int r = blockIdx.x;
     const u32 src = idx[r];
-    bf16* o = out + (u64)r * cols;
+    act_t* o = out + (u64)r * cols;
     if (src >= table_rows) {
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = __float2bfloat16_rn(0.f);
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = f2act(0.f);
         return;
     }
-    const bf16* t = table + (u64)src * cols;
+    const act_t* t = table + (u64)src * cols;
     if ((cols & 7) == 0) {
-        const bf16x8* t8 = (const bf16x8*)t;
-        bf16x8* o8 = (bf16x8*)o;
+        const act8* t8 = (const act8*)t;
+        act8* o8 = (act8*)o;
         for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) o8[c] = t8[c];
     } else {
         for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = t[c];
@@ -108,109 +108,109 @@ __device__ __forceinline__ float wload(const W* w, int i);
 template <>
 __device__ __forceinline__ float wload<float>(const float* w, int i) { return w[i]; }
 template <>
-__device__ __forceinline__ float wload<bf16>(const bf16* w, int i) { return __bfloat162float(w[i]); }
+__device__ __forceinline__ float wload<act_t>(const act_t* w, int i) { return act2f(w[i]); }
 
-// If `residual` is non-null: residual += x (stored as bf16), then the norm reads the residual.
+// If `residual` is non-null: residual += x (stored as act_t), then the norm reads the residual.
 template <typename W>
-__device__ void rms_norm_impl(bf16* __restrict__ out, bf16* __restrict__ residual,
-                              const bf16* __restrict__ x, const W* __restrict__ w, int cols, float eps) {
+__device__ void rms_norm_impl(act_t* __restrict__ out, act_t* __restrict__ residual,
+                              const act_t* __restrict__ x, const W* __restrict__ w, int cols, float eps) {
     __shared__ float red[32];
     const u64 row = blockIdx.x;
-    const bf16* xr = x + row * cols;
-    bf16* rr = residual ? residual + row * cols : nullptr;
-    bf16* orow = out + row * cols;
+    const act_t* xr = x + row * cols;
+    act_t* rr = residual ? residual + row * cols : nullptr;
+    act_t* orow = out + row * cols;
     float ss = 0.f;
     const bool vec = (cols & 7) == 0;
     if (vec) {
         for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) {
             float f[8];
-            bf16x8_to_f32(((const bf16x8*)xr)[c], f);
+            act8_to_f32(((const act8*)xr)[c], f);
             if (rr) {
                 float r[8];
-                bf16x8_to_f32(((const bf16x8*)rr)[c], r);
+                act8_to_f32(((const act8*)rr)[c], r);
 #pragma unroll
                 for (int e = 0; e < 8; e++) f[e] += r[e];
-                bf16x8 s = f32_to_bf16x8(f);
-                ((bf16x8*)rr)[c] = s;
-                bf16x8_to_f32(s, f);
+                act8 s = f32_to_act8(f);
+                ((act8*)rr)[c] = s;
+                act8_to_f32(s, f);
             }
 #pragma unroll
             for (int e = 0; e < 8; e++) ss += f[e] * f[e];
         }
     } else {
         for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-            float f = __bfloat162float(xr[c]);
+            float f = act2f(xr[c]);
             if (rr) {
-                bf16 s = __float2bfloat16_rn(f + __bfloat162float(rr[c]));
+                act_t s = f2act(f + act2f(rr[c]));
                 rr[c] = s;
-                f = __bfloat162float(s);
+                f = act2f(s);
             }
             ss += f * f;
         }
     }
     ss = block_sum(ss, red);
     const float inv = rsqrtf(ss / (float)cols + eps);
-    const bf16* src = rr ? rr : xr;  // this thread re-reads only what it wrote itself
+    const act_t* src = rr ? rr : xr;  // this thread re-reads only what it wrote itself
     if (vec) {
         for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) {
             float f[8];
-            bf16x8_to_f32(((const bf16x8*)src)[c], f);
+            act8_to_f32(((const act8*)src)[c], f);
 #pragma unroll
             for (int e = 0; e < 8; e++) f[e] = f[e] * inv * wload<W>(w, c * 8 + e);
-            ((bf16x8*)orow)[c] = f32_to_bf16x8(f);
+            ((act8*)orow)[c] = f32_to_act8(f);
         }
     } else {
         for (int c = threadIdx.x; c < cols; c += blockDim.x)
-            orow[c] = __float2bfloat16_rn(__bfloat162float(src[c]) * inv * wload<W>(w, c));
+            orow[c] = f2act(act2f(src[c]) * inv * wload<W>(w, c));
     }
 }
 
-extern "C" __global__ void rms_norm_wf32(bf16* out, bf16* residual, const bf16* x, const float* w,
+extern "C" __global__ void rms_norm_wf32(act_t* out, act_t* residual, const act_t* x, const float* w,
                                          int cols, float eps) {
     rms_norm_impl<float>(out, residual, x, w, cols, eps);
 }
-extern "C" __global__ void rms_norm_wbf16(bf16* out, bf16* residual, const bf16* x, const bf16* w,
+extern "C" __global__ void rms_norm_wbf16(act_t* out, act_t* residual, const act_t* x, const act_t* w,
                                           int cols, float eps) {
-    rms_norm_impl<bf16>(out, residual, x, w, cols, eps);
+    rms_norm_impl<act_t>(out, residual, x, w, cols, eps);
 }
 
 // ---------------------------------------------------------------- elementwise
-extern "C" __global__ void add_bf16(bf16* __restrict__ x, const bf16* __restrict__ y, u64 n) {
+extern "C" __global__ void add_bf16(act_t* __restrict__ x, const act_t* __restrict__ y, u64 n) {
     const u64 stride = (u64)gridDim.x * blockDim.x;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if ((n & 7) == 0) {
         for (; i < n / 8; i += stride) {
             float a[8], b[8];
-            bf16x8_to_f32(((const bf16x8*)x)[i], a);
-            bf16x8_to_f32(((const bf16x8*)y)[i], b);
+            act8_to_f32(((const act8*)x)[i], a);
+            act8_to_f32(((const act8*)y)[i], b);
 #pragma unroll
             for (int e = 0; e < 8; e++) a[e] += b[e];
-            ((bf16x8*)x)[i] = f32_to_bf16x8(a);
+            ((act8*)x)[i] = f32_to_act8(a);
         }
     } else {
         for (; i < n; i += stride)
-            x[i] = __float2bfloat16_rn(__bfloat162float(x[i]) + __bfloat162float(y[i]));
+            x[i] = f2act(act2f(x[i]) + act2f(y[i]));
     }
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
-extern "C" __global__ void silu_mul_bf16(bf16* __restrict__ out, const bf16* __restrict__ gate,
-                                         const bf16* __restrict__ up, u64 n) {
+extern "C" __global__ void silu_mul_bf16(act_t* __restrict__ out, const act_t* __restrict__ gate,
+                                         const act_t* __restrict__ up, u64 n) {
     const u64 stride = (u64)gridDim.x * blockDim.x;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if ((n & 7) == 0) {
         for (; i < n / 8; i += stride) {
             float g[8], u[8];
-            bf16x8_to_f32(((const bf16x8*)gate)[i], g);
-            bf16x8_to_f32(((const bf16x8*)up)[i], u);
+            act8_to_f32(((const act8*)gate)[i], g);
+            act8_to_f32(((const act8*)up)[i], u);
 #pragma unroll
             for (int e = 0; e < 8; e++) g[e] = silu(g[e]) * u[e];
-            ((bf16x8*)out)[i] = f32_to_bf16x8(g);
+            ((act8*)out)[i] = f32_to_act8(g);
         }
     } else {
         for (; i < n; i += stride)
-            out[i] = __float2bfloat16_rn(silu(__bfloat162float(gate[i])) * __bfloat162float(up[i]));
+            out[i] = f2act(silu(act2f(gate[i])) * act2f(up[i]));
     }
 }
 
@@ -222,11 +222,11 @@ extern "C" __global__ void silu_mul_bf16(bf16* __restrict__ out, const bf16* __r
 // back to k_dst (row stride kv_heads * hd). The last kv_heads are value heads: copied to the
 // cache. Source rows have strides q_stride / k_stride / v_stride (a fused QKV projection's rows
 // hold q, k and v side by side).
-extern "C" __global__ void rope_cache(const bf16* q_src, bf16* q_dst, const bf16* k_src,
-                                      bf16* k_dst, const bf16* __restrict__ v_src, u64 q_stride,
+extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const act_t* k_src,
+                                      act_t* k_dst, const act_t* __restrict__ v_src, u64 q_stride,
                                       u64 k_stride, u64 v_stride, const u32* __restrict__ positions,
                                       const u32* __restrict__ slot_mapping,
-                                      bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
+                                      act_t* __restrict__ k_cache, act_t* __restrict__ v_cache,
                                       int heads, int kv_heads, int hd, int rotary_dim, int neox,
                                       float log2_theta, u64 num_slots) {
     const u64 t = blockIdx.x;
@@ -237,17 +237,17 @@ extern "C" __global__ void rope_cache(const bf16* q_src, bf16* q_dst, const bf16
     if (head >= heads + kv_heads) {  // a value head: copy into the cache
         if (!write) return;
         const int h = head - heads - kv_heads;
-        const bf16* src = v_src + t * v_stride + (u64)h * hd;
-        bf16* dst = v_cache + (u64)slot * kv_heads * hd + (u64)h * hd;
+        const act_t* src = v_src + t * v_stride + (u64)h * hd;
+        act_t* dst = v_cache + (u64)slot * kv_heads * hd + (u64)h * hd;
         for (int d = threadIdx.x; d < hd; d += blockDim.x) dst[d] = src[d];
         return;
     }
     const bool is_q = head < heads;
     const int h = is_q ? head : head - heads;
-    const bf16* src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
-    bf16* dst = is_q ? q_dst + t * (u64)heads * hd + (u64)h * hd
+    const act_t* src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
+    act_t* dst = is_q ? q_dst + t * (u64)heads * hd + (u64)h * hd
                      : (k_dst ? k_dst + t * (u64)kv_heads * hd + (u64)h * hd : nullptr);
-    bf16* kc = (!is_q && write) ? k_cache + (u64)slot * kv_heads * hd + (u64)h * hd : nullptr;
+    act_t* kc = (!is_q && write) ? k_cache + (u64)slot * kv_heads * hd + (u64)h * hd : nullptr;
     const float pos = (float)positions[t];
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         const float inv_freq = exp2f(-log2_theta * (2.0f * (float)i) / (float)rotary_dim);
@@ -255,9 +255,9 @@ extern "C" __global__ void rope_cache(const bf16* q_src, bf16* q_dst, const bf16
         sincosf(pos * inv_freq, &s, &c);
         const int a = neox ? i : 2 * i;
         const int b = neox ? i + half : 2 * i + 1;
-        const float x0 = __bfloat162float(src[a]), x1 = __bfloat162float(src[b]);
-        const bf16 y0 = __float2bfloat16_rn(x0 * c - x1 * s);
-        const bf16 y1 = __float2bfloat16_rn(x0 * s + x1 * c);
+        const float x0 = act2f(src[a]), x1 = act2f(src[b]);
+        const act_t y0 = f2act(x0 * c - x1 * s);
+        const act_t y1 = f2act(x0 * s + x1 * c);
         // Every read of this thread's pair happens before its writes (dst may alias src).
         if (dst) {
             dst[a] = y0;
@@ -270,14 +270,14 @@ extern "C" __global__ void rope_cache(const bf16* q_src, bf16* q_dst, const bf16
     }
     // Dimensions past rotary_dim pass through unrotated.
     for (int d = rotary_dim + threadIdx.x; d < hd; d += blockDim.x) {
-        const bf16 x = src[d];
+        const act_t x = src[d];
         if (dst) dst[d] = x;
         if (kc) kc[d] = x;
     }
 }
 
 // out [T, f] = silu(gu[:, :f]) * gu[:, f:] for a fused gate/up projection gu [T, 2f].
-extern "C" __global__ void silu_mul_fused_bf16(bf16* __restrict__ out, const bf16* __restrict__ gu,
+extern "C" __global__ void silu_mul_fused_bf16(act_t* __restrict__ out, const act_t* __restrict__ gu,
                                                u64 rows, u64 f) {
     const u64 stride = (u64)gridDim.x * blockDim.x;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -286,17 +286,17 @@ extern "C" __global__ void silu_mul_fused_bf16(bf16* __restrict__ out, const bf1
         for (; i < rows * per_row; i += stride) {
             const u64 r = i / per_row, c = i % per_row;
             float g[8], u[8];
-            bf16x8_to_f32(((const bf16x8*)(gu + r * 2 * f))[c], g);
-            bf16x8_to_f32(((const bf16x8*)(gu + r * 2 * f + f))[c], u);
+            act8_to_f32(((const act8*)(gu + r * 2 * f))[c], g);
+            act8_to_f32(((const act8*)(gu + r * 2 * f + f))[c], u);
 #pragma unroll
             for (int e = 0; e < 8; e++) g[e] = silu(g[e]) * u[e];
-            ((bf16x8*)(out + r * f))[c] = f32_to_bf16x8(g);
+            ((act8*)(out + r * f))[c] = f32_to_act8(g);
         }
     } else {
         for (; i < rows * f; i += stride) {
             const u64 r = i / f, c = i % f;
-            out[i] = __float2bfloat16_rn(silu(__bfloat162float(gu[r * 2 * f + c])) *
-                                         __bfloat162float(gu[r * 2 * f + f + c]));
+            out[i] = f2act(silu(act2f(gu[r * 2 * f + c])) *
+                                         act2f(gu[r * 2 * f + f + c]));
         }
     }
 }
@@ -340,20 +340,20 @@ __device__ __forceinline__ void block_argmax_store(float best, int idx, u32* out
     }
 }
 
-extern "C" __global__ void argmax_rows_bf16(u32* __restrict__ out, const bf16* __restrict__ x, int cols) {
-    const bf16* row = x + (u64)blockIdx.x * cols;
+extern "C" __global__ void argmax_rows_bf16(u32* __restrict__ out, const act_t* __restrict__ x, int cols) {
+    const act_t* row = x + (u64)blockIdx.x * cols;
     float best = -RV_INF;
     int idx = 0x7fffffff;
     if ((cols & 7) == 0) {
         for (int c8 = threadIdx.x; c8 < cols / 8; c8 += blockDim.x) {
             float f[8];
-            bf16x8_to_f32(((const bf16x8*)row)[c8], f);
+            act8_to_f32(((const act8*)row)[c8], f);
 #pragma unroll
             for (int e = 0; e < 8; e++) argmax_take(f[e], c8 * 8 + e, best, idx);
         }
     } else {
         for (int c = threadIdx.x; c < cols; c += blockDim.x)
-            argmax_take(__bfloat162float(row[c]), c, best, idx);
+            argmax_take(act2f(row[c]), c, best, idx);
     }
     // Warp, then block reduction of (value, index).
     block_argmax_store(best, idx, out + blockIdx.x);
@@ -377,9 +377,10 @@ __device__ __forceinline__ float gumbel(u64 seed, u64 c) {
     return -logf(-logf(u));
 }
 
-// Order-preserving 16-bit key of a bf16 value (larger value -> larger key).
-__device__ __forceinline__ u32 bf16_key(bf16 v) {
-    const u32 b = (u32)__bfloat16_as_ushort(v);
+// Order-preserving 16-bit key of an act_t value (larger value -> larger key): bf16 and f16 are
+// both sign-magnitude, so flipping works for either.
+__device__ __forceinline__ u32 act_key(act_t v) {
+    const u32 b = (u32)act_bits(v);
     return (b & 0x8000u) ? (~b & 0xffffu) : (b | 0x8000u);
 }
 
@@ -387,7 +388,7 @@ __device__ __forceinline__ u32 bf16_key(bf16 v) {
 // radix passes over the row (weights as 40-bit fixed point, so the result is deterministic).
 // `hist` holds 256 u64; every thread of the block must call it.
 template <typename Pred, typename Weight>
-__device__ u32 radix_threshold(const bf16* row, int cols, Pred pred, Weight weight, u64 target,
+__device__ u32 radix_threshold(const act_t* row, int cols, Pred pred, Weight weight, u64 target,
                                u64* hist, u32* s_out) {
     u32 hi = 0;
     u64 above = 0;
@@ -395,8 +396,8 @@ __device__ u32 radix_threshold(const bf16* row, int cols, Pred pred, Weight weig
         for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
         __syncthreads();
         for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-            const bf16 v = row[c];
-            const u32 k = bf16_key(v);
+            const act_t v = row[c];
+            const u32 k = act_key(v);
             if (!pred(c, v, k)) continue;
             if (pass == 1 && (k >> 8) != hi) continue;
             atomicAdd(&hist[pass == 0 ? (k >> 8) : (k & 255u)], weight(v));
@@ -440,10 +441,10 @@ __device__ u32 radix_threshold(const bf16* row, int cols, Pred pred, Weight weig
 // kept), drawn by the Gumbel-max trick: argmax_c(x*inv_temp + G_c) over the kept tokens with
 // G_c = -log(-log(u_c)) and u_c a SplitMix64 hash of (seeds[r], c), so the draw is a pure
 // function of the row seed. The host reference `sample_rows_host` uses the same formulas.
-extern "C" __global__ void sample_rows_bf16(u32* __restrict__ out, const bf16* __restrict__ x, int cols,
+extern "C" __global__ void sample_rows_bf16(u32* __restrict__ out, const act_t* __restrict__ x, int cols,
                                             const float* __restrict__ rp,
                                             const u64* __restrict__ seeds) {
-    const bf16* row = x + (u64)blockIdx.x * cols;
+    const act_t* row = x + (u64)blockIdx.x * cols;
     const float it = rp[4 * blockIdx.x];
     const float top_p = rp[4 * blockIdx.x + 1];
     const float min_p = rp[4 * blockIdx.x + 2];
@@ -463,28 +464,28 @@ extern "C" __global__ void sample_rows_bf16(u32* __restrict__ out, const bf16* _
     float m = 0.f;
     if (use_minp || use_p) {
         float lm = -RV_INF;
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) lm = fmaxf(lm, __bfloat162float(row[c]));
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) lm = fmaxf(lm, act2f(row[c]));
         m = block_max(lm, red);
     }
     if (use_k) {
         kmin = radix_threshold(
-            row, cols, [](int, bf16, u32) { return true; }, [](bf16) { return (u64)1; },
+            row, cols, [](int, act_t, u32) { return true; }, [](act_t) { return (u64)1; },
             (u64)top_k, hist, s_out);
     }
     if (use_minp) vmin = m + logf(min_p) / it;
     if (use_p) {
         const u32 k0 = kmin;
         const float v0 = vmin;
-        auto elig = [=](int, bf16 v, u32 k) { return k >= k0 && __bfloat162float(v) >= v0; };
-        auto mass = [=](bf16 v) {
-            const float w = __expf((__bfloat162float(v) - m) * it);  // in (0, 1]
+        auto elig = [=](int, act_t v, u32 k) { return k >= k0 && act2f(v) >= v0; };
+        auto mass = [=](act_t v) {
+            const float w = __expf((act2f(v) - m) * it);  // in (0, 1]
             return (u64)(w * 1099511627776.0f);                     // 2^40
         };
         // Total eligible mass, then the nucleus threshold.
         u64 local = 0;
         for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-            const bf16 v = row[c];
-            if (elig(c, v, bf16_key(v))) local += mass(v);
+            const act_t v = row[c];
+            if (elig(c, v, act_key(v))) local += mass(v);
         }
         for (int o = 16; o > 0; o >>= 1) local += __shfl_xor_sync(0xffffffffu, local, o);
         if (threadIdx.x == 0) hist[0] = 0;
@@ -501,10 +502,10 @@ extern "C" __global__ void sample_rows_bf16(u32* __restrict__ out, const bf16* _
     float best = -RV_INF;
     int idx = 0x7fffffff;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        const bf16 b = row[c];
-        float v = __bfloat162float(b);
+        const act_t b = row[c];
+        float v = act2f(b);
         if (sampled) {
-            if (bf16_key(b) < kmin || v < vmin) continue;
+            if (act_key(b) < kmin || v < vmin) continue;
             v = v * it + gumbel(seed, (u64)c);
         }
         argmax_take(v, c, best, idx);

@@ -28,18 +28,19 @@ __device__ __forceinline__ uint4 ld_stream16(const uint4* p) {
     return v;
 }
 
+// Eight act_t values (one 16-byte load) to f32.
 __device__ __forceinline__ void u4_to_f32(const uint4& v, float* f) {
-    const u32 w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
+    act8 a;
+    a.w[0] = v.x;
+    a.w[1] = v.y;
+    a.w[2] = v.z;
+    a.w[3] = v.w;
+    act8_to_f32(a, f);
 }
 
 template <int MODE, int T>
-__device__ __forceinline__ void gemv_impl(bf16* __restrict__ out, const bf16* __restrict__ x,
-                                          const bf16* __restrict__ w, const float* __restrict__ g,
+__device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* __restrict__ x,
+                                          const act_t* __restrict__ w, const float* __restrict__ g,
                                           int ntok, int n, int k, float eps) {
     // One block per row pair; its GEMV_WARPS warps split k, so each warp has one or a few
     // rounds of loads in flight (a warp walking a whole row alone is bound by load latency).
@@ -154,20 +155,20 @@ __device__ __forceinline__ void gemv_impl(bf16* __restrict__ out, const bf16* __
     const float inv = MODE != GEMV_ADD ? rsqrtf(q / (float)k + eps) : 1.f;
     if (MODE == GEMV_SWIGLU) {
         const float gv = s0 * inv, uv = s1 * inv;
-        out[(u64)t * n + r0] = __float2bfloat16_rn(gv / (1.f + __expf(-gv)) * uv);
+        out[(u64)t * n + r0] = f2act(gv / (1.f + __expf(-gv)) * uv);
     } else if (MODE == GEMV_NORM) {
-        out[(u64)t * n + r0] = __float2bfloat16_rn(s0 * inv);
-        if (has1) out[(u64)t * n + r1] = __float2bfloat16_rn(s1 * inv);
+        out[(u64)t * n + r0] = f2act(s0 * inv);
+        if (has1) out[(u64)t * n + r1] = f2act(s1 * inv);
     } else {
-        bf16* o = out + (u64)t * n;
-        o[r0] = __float2bfloat16_rn(__bfloat162float(o[r0]) + s0);
-        if (has1) o[r1] = __float2bfloat16_rn(__bfloat162float(o[r1]) + s1);
+        act_t* o = out + (u64)t * n;
+        o[r0] = f2act(act2f(o[r0]) + s0);
+        if (has1) o[r1] = f2act(act2f(o[r1]) + s1);
     }
 }
 
 #define GEMV_KERNEL(mode_name, MODE, T)                                                         \
     extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)                               \
-        gemv_##mode_name##_t##T(bf16* out, const bf16* x, const bf16* w, const float* g,        \
+        gemv_##mode_name##_t##T(act_t* out, const act_t* x, const act_t* w, const float* g,        \
                                 int ntok, int n, int k, float eps) {                            \
         gemv_impl<MODE, T>(out, x, w, g, ntok, n, k, eps);                                      \
     }

@@ -12,13 +12,15 @@ pub mod batch;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dtype;
 pub mod error;
 pub mod ops;
 pub mod weight;
 
 pub use batch::{BatchLayout, SeqLayout};
+pub use dtype::{DtypeRequest, ModelDtype};
 pub use error::BackendError;
-pub use ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle, SampleRow};
+pub use ops::{AttentionSpec, Backend, GeluKind, KvCacheSpec, RopeSpec, RopeStyle, SampleRow};
 pub use weight::{HostWeight, WeightDtype};
 
 pub type Result<T> = std::result::Result<T, BackendError>;

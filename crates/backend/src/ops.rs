@@ -20,6 +20,27 @@ pub struct RopeSpec {
     pub rotary_dim: usize,
 }
 
+/// Which GELU an op computes (torch's `approximate='none'` / `'tanh'`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeluKind {
+    /// `0.5·x·(1 + erf(x/√2))`: HF's `gelu`.
+    Erf,
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`: HF's `gelu_pytorch_tanh`, `gelu_new`,
+    /// `gelu_fast`.
+    Tanh,
+}
+
+impl GeluKind {
+    /// The GELU an HF config's `hidden_act` / `hidden_activation` names, if it is one of these.
+    pub fn from_hf_name(name: &str) -> Option<Self> {
+        match name {
+            "gelu" | "gelu_python" => Some(GeluKind::Erf),
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Some(GeluKind::Tanh),
+            _ => None,
+        }
+    }
+}
+
 /// Attention geometry of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionSpec {
@@ -224,6 +245,29 @@ pub trait Backend: Send + Sync + 'static {
     /// `out = silu(gu[:, :f]) * gu[:, f:]` for a fused gate/up projection `gu: [T, 2f]`.
     fn silu_mul_fused(&self, gu: &Self::Tensor, out: &mut Self::Tensor) -> Result<()> {
         let _ = (gu, out);
+        Err(crate::BackendError::Device(format!(
+            "{} has no fused projections",
+            self.name()
+        )))
+    }
+    /// `out = gelu(x)` (GPT-2 / GPT-NeoX / Falcon MLPs) in the form `kind` names.
+    fn gelu(&self, x: &Self::Tensor, kind: GeluKind, out: &mut Self::Tensor) -> Result<()>;
+    /// `out = gelu(gate) * up` (GeGLU MLPs).
+    fn gelu_mul(
+        &self,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+        kind: GeluKind,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// `out = gelu(gu[:, :f]) * gu[:, f:]` for a fused gate/up projection `gu: [T, 2f]`.
+    fn gelu_mul_fused(
+        &self,
+        gu: &Self::Tensor,
+        kind: GeluKind,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (gu, kind, out);
         Err(crate::BackendError::Device(format!(
             "{} has no fused projections",
             self.name()

@@ -143,7 +143,7 @@ impl Engine {
         max_model_len=None, block_size=16, max_num_batched_tokens=None, max_num_seqs=None,
         kv_cache_memory=None, gpu_memory_utilization=0.9, swap_space=0.0, enable_prefix_caching=true,
         scheduling_policy="fcfs".to_string(), seed=0, skip_tokenizer_init=false, threads=0,
-        enforce_eager=false,
+        enforce_eager=false, dtype="auto".to_string(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -164,6 +164,7 @@ impl Engine {
         skip_tokenizer_init: bool,
         threads: usize,
         enforce_eager: bool,
+        dtype: String,
     ) -> PyResult<Self> {
         let scheduling_policy = match scheduling_policy.as_str() {
             "fcfs" => SchedulingPolicy::Fcfs,
@@ -193,6 +194,7 @@ impl Engine {
             skip_tokenizer_init,
             threads,
             enforce_eager,
+            dtype,
             ..EngineArgs::default()
         };
         let (llm, model_path) = py

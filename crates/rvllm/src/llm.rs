@@ -5,7 +5,7 @@ use crate::model_fetch;
 use anyhow::{bail, Context, Result};
 use rvllm_backend::cpu::kv_cache::KV_ELEM_BYTES as CPU_KV_ELEM_BYTES;
 use rvllm_backend::cpu::CpuBackend;
-use rvllm_backend::Backend;
+use rvllm_backend::{Backend, DtypeRequest};
 use rvllm_engine::{
     EngineConfig, LlmEngine, PromptInput, RequestOutput, RequestSpec, SamplingParams,
     SchedulingPolicy, TextCodec,
@@ -54,6 +54,11 @@ pub struct EngineArgs {
     pub threads: usize,
     /// No CUDA graphs for decode steps (vLLM's `enforce_eager`).
     pub enforce_eager: bool,
+    /// vLLM's `dtype`: `auto` (the checkpoint config's `torch_dtype`; bfloat16 when it has none,
+    /// for GGUF files and for float32 checkpoints), `bfloat16`, `float16` / `half`, or
+    /// `float32` / `float`. The CUDA backend computes in the 16-bit type chosen; the CPU backend
+    /// computes in float32 whatever is asked.
+    pub dtype: String,
 }
 
 impl Default for EngineArgs {
@@ -75,6 +80,7 @@ impl Default for EngineArgs {
             skip_tokenizer_init: false,
             threads: 0,
             enforce_eager: false,
+            dtype: "auto".into(),
         }
     }
 }
@@ -139,6 +145,18 @@ enum KvBudget {
     },
 }
 
+/// The HF `config.json` of a dummy-weight model: `path` is the file or its directory.
+fn read_hf_config(path: &Path) -> Result<serde_json::Value> {
+    let cfg_path = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("reading {}", cfg_path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))
+}
+
 fn load_model<B: Backend>(
     backend: &B,
     args: &EngineArgs,
@@ -146,15 +164,7 @@ fn load_model<B: Backend>(
 ) -> Result<(LlamaModel<B>, Option<Arc<Tokenizer>>)> {
     let t0 = std::time::Instant::now();
     let loaded = if args.load_format == "dummy" {
-        let cfg_path = if path.is_dir() {
-            path.join("config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let json = read_hf_config(path)?;
         let cfg = ModelConfig::from_hf_json(&json)?;
         (
             LlamaModel::load(backend, cfg, &DummyWeights { seed: args.seed })?,
@@ -208,6 +218,8 @@ impl LLM {
                 .num_threads(args.threads)
                 .build_global();
         }
+        // Checked before anything is loaded or fetched.
+        DtypeRequest::parse(&args.dtype).map_err(anyhow::Error::msg)?;
         let path = match &args.model {
             Some(p) => p.clone(),
             None => model_fetch::ensure_default_model()?,
@@ -235,14 +247,31 @@ impl LLM {
         }
     }
 
+    /// The 16-bit type a GPU model computes in: `args.dtype`, with `auto` resolved from the
+    /// config's `torch_dtype` for dummy-weight models (bfloat16 for GGUF files).
+    #[cfg(feature = "cuda")]
+    fn gpu_dtype(args: &EngineArgs, path: &Path) -> Result<rvllm_backend::ModelDtype> {
+        let req = DtypeRequest::parse(&args.dtype).map_err(anyhow::Error::msg)?;
+        let torch_dtype = if req == DtypeRequest::Auto && args.load_format == "dummy" {
+            read_hf_config(path)?["torch_dtype"]
+                .as_str()
+                .map(str::to_string)
+        } else {
+            None
+        };
+        req.resolve_gpu(torch_dtype.as_deref())
+            .map_err(anyhow::Error::msg)
+    }
+
     #[cfg(feature = "cuda")]
     fn new_cuda(args: &EngineArgs, path: &Path) -> Result<Self> {
         use rvllm_backend::cuda::CudaBackend;
+        let dtype = Self::gpu_dtype(args, path)?;
         let t0 = std::time::Instant::now();
-        let backend = CudaBackend::new(0).context("starting the CUDA backend")?;
+        let backend = CudaBackend::with_dtype(0, dtype).context("starting the CUDA backend")?;
         let info = backend.info();
         tracing::info!(
-            "CUDA: {} ({} SMs), kernels for {} {} in {:.0} ms; backend up in {:.0} ms",
+            "CUDA: {} ({} SMs), dtype {dtype}, kernels for {} {} in {:.0} ms; backend up in {:.0} ms",
             info.name,
             info.sm_count,
             info.compile.arch,
@@ -281,6 +310,11 @@ impl LLM {
         kv_elem_bytes: usize,
         budget: impl FnOnce(&B) -> Result<KvBudget>,
     ) -> Result<Self> {
+        if backend.name() == "cpu" {
+            if let Ok(DtypeRequest::Exact(d)) = DtypeRequest::parse(&args.dtype) {
+                tracing::info!("dtype {d}: the CPU backend computes in float32 (dtype ignored)");
+            }
+        }
         let (model, tokenizer) = load_model(&backend, args, path)?;
         let cfg = model.config.clone();
         let max_model_len = args

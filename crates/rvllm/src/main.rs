@@ -63,7 +63,8 @@ enum Command {
         #[arg(long, default_value = "tests/reference/greedy_continuations.json")]
         reference: PathBuf,
     },
-    /// Logits of a dummy-weight model on the GPU against the CPU backend in f32.
+    /// Logits of a dummy-weight model on the GPU against the CPU backend in f32 (and, for
+    /// `--dtype all`, the float16 logits against the bfloat16 ones).
     #[cfg(feature = "cuda")]
     CompareLogits {
         /// Directory with config.json.
@@ -73,6 +74,9 @@ enum Command {
         prompt_len: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// GPU dtype(s) to check: `bfloat16`, `float16` / `half`, or `all` (both).
+        #[arg(long, default_value = "bfloat16", value_parser = ["bfloat16", "float16", "half", "all"])]
+        dtype: String,
     },
     /// Check every CUDA op against the CPU backend on random inputs, then time kernels.
     #[cfg(feature = "cuda")]
@@ -80,6 +84,9 @@ enum Command {
         /// Also run the kernel micro-benchmarks.
         #[arg(long)]
         bench: bool,
+        /// Backend dtype(s) to check (and bench): `bfloat16`, `float16` / `half`, or `all`.
+        #[arg(long, default_value = "all", value_parser = ["bfloat16", "float16", "half", "all"])]
+        dtype: String,
     },
 }
 
@@ -165,6 +172,11 @@ struct EngineFlags {
     /// Run every step op by op: no CUDA graphs for decode steps.
     #[arg(long)]
     enforce_eager: bool,
+    /// Model dtype: `auto` (the config's torch_dtype; bfloat16 for GGUF files or when absent),
+    /// `bfloat16`, `float16` / `half`, `float32` / `float` (CPU only). The CUDA backend computes
+    /// in it; the CPU backend always computes in float32.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "half", "float32", "float"])]
+    dtype: String,
 }
 
 impl EngineFlags {
@@ -190,6 +202,7 @@ impl EngineFlags {
             },
             seed: self.seed,
             enforce_eager: self.enforce_eager,
+            dtype: self.dtype.clone(),
             skip_tokenizer_init: false,
             threads: self.threads,
         }
@@ -262,6 +275,18 @@ impl SamplingFlags {
     }
 }
 
+/// The GPU dtypes a check covers: `all` is both, else the one named (the CLI's value parser
+/// admits only these names).
+#[cfg(feature = "cuda")]
+fn gpu_dtypes(name: &str) -> Vec<rvllm_backend::ModelDtype> {
+    use rvllm_backend::ModelDtype;
+    match name {
+        "all" => vec![ModelDtype::Bf16, ModelDtype::F16],
+        "float16" | "half" => vec![ModelDtype::F16],
+        _ => vec![ModelDtype::Bf16],
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -306,14 +331,27 @@ fn run(cli: Cli) -> Result<()> {
             })?;
         }
         #[cfg(feature = "cuda")]
-        Command::GpuCheck { bench } => {
+        Command::GpuCheck { bench, dtype } => {
+            use rvllm_backend::cuda::selftest;
+            let dtypes = gpu_dtypes(&dtype);
             let mut report = String::new();
-            let ok = rvllm_backend::cuda::selftest::selftest(&mut report);
+            let mut ok = Ok(true);
+            for &d in &dtypes {
+                match selftest::selftest_dtype(&mut report, d) {
+                    Ok(pass) => ok = ok.map(|all| all && pass),
+                    Err(e) => {
+                        ok = Err(e);
+                        break;
+                    }
+                }
+            }
             println!("{report}");
             if bench {
-                let mut b = String::new();
-                rvllm_backend::cuda::selftest::bench(&mut b);
-                println!("{b}");
+                for &d in &dtypes {
+                    let mut b = String::new();
+                    selftest::bench_dtype(&mut b, d);
+                    println!("{b}");
+                }
             }
             match ok {
                 Ok(true) => println!("gpu-check: all ops match the CPU reference"),
@@ -336,27 +374,45 @@ fn run(cli: Cli) -> Result<()> {
             config,
             prompt_len,
             seed,
+            dtype,
         } => {
             let text = std::fs::read_to_string(config.join("config.json"))?;
             let cfg = rvllm_model::ModelConfig::from_hf_json(&serde_json::from_str(&text)?)?;
             let tokens: Vec<u32> = (0..prompt_len as u32)
                 .map(|i| 1000 + i * 37 % 20000)
                 .collect();
-            let t = std::time::Instant::now();
-            let gpu = rvllm_backend::cuda::CudaBackend::new(0)?;
-            let g = rvllm::devcheck::dummy_logits(&gpu, &cfg, seed, &tokens)?;
-            drop(gpu);
-            println!("gpu forward done in {:.1}s", t.elapsed().as_secs_f64());
+            let mut gpu_logits = Vec::new();
+            for d in gpu_dtypes(&dtype) {
+                let t = std::time::Instant::now();
+                let gpu = rvllm_backend::cuda::CudaBackend::with_dtype(0, d)?;
+                let g = rvllm::devcheck::dummy_logits(&gpu, &cfg, seed, &tokens)?;
+                drop(gpu);
+                println!("gpu {d} forward done in {:.1}s", t.elapsed().as_secs_f64());
+                gpu_logits.push((d, g));
+            }
             let c = rvllm::devcheck::dummy_logits(
                 &rvllm_backend::cpu::CpuBackend::new(),
                 &cfg,
                 seed,
                 &tokens,
             )?;
-            let (rel, max) = rvllm::devcheck::rel_error(&g, &c);
-            println!("compare-logits: {} logits, relative L2 error {rel:.3e}, max abs diff {max:.3e} (bound 2e-2)", g.len());
-            if rel.is_nan() || rel >= 2e-2 {
-                anyhow::bail!("GPU logits differ from the CPU f32 reference");
+            let mut bad = Vec::new();
+            for (d, g) in &gpu_logits {
+                let (rel, max) = rvllm::devcheck::rel_error(g, &c);
+                println!("compare-logits {d}: {} logits, relative L2 error {rel:.3e}, max abs diff {max:.3e} (bound 2e-2)", g.len());
+                if rel.is_nan() || rel >= 2e-2 {
+                    bad.push(format!("{d} vs the CPU f32 reference"));
+                }
+            }
+            if let [(a, ga), (b, gb)] = gpu_logits.as_slice() {
+                let (rel, max) = rvllm::devcheck::rel_error(gb, ga);
+                println!("compare-logits {b} vs {a}: relative L2 error {rel:.3e}, max abs diff {max:.3e} (bound 2e-2)");
+                if rel.is_nan() || rel >= 2e-2 {
+                    bad.push(format!("{b} vs {a}"));
+                }
+            }
+            if !bad.is_empty() {
+                anyhow::bail!("GPU logits differ: {}", bad.join(", "));
             }
         }
         Command::Fetch => {

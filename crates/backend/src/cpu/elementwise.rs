@@ -1,5 +1,7 @@
 //! Element-wise CPU kernels used by several ops: sums of squares (RMS norm), SiLU-and-multiply,
-//! and the 8-lane AVX2 `exp` they and the attention softmax share.
+//! GELU (and GELU-and-multiply), and the 8-lane AVX2 `exp` they and the attention softmax share.
+
+use crate::ops::GeluKind;
 
 /// `Σ x²` with 8 independent partial sums: a plain `sum()` is one sequential chain of float
 /// additions (4 cycles each) that the compiler may not reorder or vectorize.
@@ -29,6 +31,40 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 fn silu_mul_scalar(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// √(2/π), the tanh GELU's scale.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// `gelu(x)` in the form `kind` names, in f32.
+#[inline]
+pub fn gelu(x: f32, kind: GeluKind) -> f32 {
+    match kind {
+        // 1 + erf(z) == erfc(-z), without the cancellation of 1 + erf(z) for negative x.
+        GeluKind::Erf => 0.5 * x * libm::erfcf(-x * std::f32::consts::FRAC_1_SQRT_2),
+        GeluKind::Tanh => {
+            // 0.5·(1 + tanh(u)) == 1 / (1 + e^(-2u)): no cancellation either; a large negative x
+            // gives x / inf = -0, not a NaN.
+            let u = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+            x / (1.0 + (-2.0 * u).exp())
+        }
+    }
+}
+
+/// `out[i] = gelu(a[i]) · b[i]`, or `gelu(a[i])` when `b` is None, over the common length.
+pub fn gelu_mul(a: &[f32], b: Option<&[f32]>, kind: GeluKind, out: &mut [f32]) {
+    match b {
+        Some(b) => {
+            for ((o, &x), &u) in out.iter_mut().zip(a).zip(b) {
+                *o = gelu(x, kind) * u;
+            }
+        }
+        None => {
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = gelu(x, kind);
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@ pub mod rope;
 pub mod simd;
 pub mod weight;
 
-use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec};
+use crate::ops::{AttentionSpec, Backend, GeluKind, KvCacheSpec, RopeSpec};
 use crate::{BackendError, BatchLayout, HostWeight, Result};
 pub use batch::CpuBatch;
 pub use kv_cache::CpuKvCache;
@@ -346,6 +346,71 @@ impl Backend for CpuBackend {
             .zip(gate.data.par_chunks(cols).zip(up.data.par_chunks(cols)))
             .with_min_len((rows_per_task(cols) / 4).max(1))
             .for_each(|(o, (g, u))| elementwise::silu_mul(g, u, o));
+        Ok(())
+    }
+
+    fn gelu(&self, x: &CpuTensor, kind: GeluKind, out: &mut CpuTensor) -> Result<()> {
+        check("gelu", out.data.len() == x.data.len(), || {
+            format!(
+                "x [{}, {}], out [{}, {}]",
+                x.rows, x.cols, out.rows, out.cols
+            )
+        })?;
+        let cols = out.cols.max(1);
+        out.data
+            .par_chunks_mut(cols)
+            .zip(x.data.par_chunks(cols))
+            .with_min_len((rows_per_task(cols) / 8).max(1))
+            .for_each(|(o, x)| elementwise::gelu_mul(x, None, kind, o));
+        Ok(())
+    }
+
+    fn gelu_mul(
+        &self,
+        gate: &CpuTensor,
+        up: &CpuTensor,
+        kind: GeluKind,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        check(
+            "gelu_mul",
+            gate.data.len() == up.data.len() && out.data.len() == up.data.len(),
+            || "length mismatch".into(),
+        )?;
+        let cols = out.cols.max(1);
+        out.data
+            .par_chunks_mut(cols)
+            .zip(gate.data.par_chunks(cols).zip(up.data.par_chunks(cols)))
+            .with_min_len((rows_per_task(cols) / 8).max(1))
+            .for_each(|(o, (g, u))| elementwise::gelu_mul(g, Some(u), kind, o));
+        Ok(())
+    }
+
+    /// The CPU keeps projections apart (`concat_rows` gives None), so models never call this
+    /// here; it exists as the reference of the fused GPU kernel.
+    fn gelu_mul_fused(&self, gu: &CpuTensor, kind: GeluKind, out: &mut CpuTensor) -> Result<()> {
+        check(
+            "gelu_mul_fused",
+            gu.cols == 2 * out.cols
+                && gu.rows == out.rows
+                && gu.data.len() == gu.rows * gu.cols
+                && out.data.len() == out.rows * out.cols,
+            || {
+                format!(
+                    "gu [{}, {}] -> out [{}, {}]",
+                    gu.rows, gu.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        let f = out.cols.max(1);
+        out.data
+            .par_chunks_mut(f)
+            .zip(gu.data.par_chunks(2 * f))
+            .with_min_len((rows_per_task(f) / 8).max(1))
+            .for_each(|(o, row)| {
+                let (g, u) = row.split_at(f);
+                elementwise::gelu_mul(g, Some(u), kind, o)
+            });
         Ok(())
     }
 

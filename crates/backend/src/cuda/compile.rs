@@ -1,7 +1,7 @@
 //! Run-time compilation of the kernels with NVRTC, for the exact architecture of the device,
 //! with an on-disk cache of the resulting CUBIN keyed by a hash of source + options + arch.
 
-use crate::{BackendError, Result};
+use crate::{BackendError, ModelDtype, Result};
 use cudarc::driver::{CudaContext, CudaModule};
 use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys, Ptx};
 use std::ffi::{CStr, CString};
@@ -21,7 +21,20 @@ pub const SOURCES: &[(&str, &str)] = &[
         "attention_prefill_tc.cu",
         include_str!("../../kernels/attention_prefill_tc.cu"),
     ),
+    ("gelu.cu", include_str!("../../kernels/gelu.cu")),
 ];
+
+/// Files whose kernels live in the core module only: attention variant modules leave them out.
+const CORE_ONLY: &[&str] = &["elementwise.cu", "gelu.cu", "gemv.cu"];
+
+/// NVRTC options selecting the kernels' element type `act_t` (kernels/common.cuh): `-DRV_F16`
+/// for f16, none for the default bf16.
+pub fn dtype_options(dtype: ModelDtype) -> Vec<String> {
+    match dtype {
+        ModelDtype::Bf16 => Vec::new(),
+        ModelDtype::F16 => vec!["-DRV_F16".to_string()],
+    }
+}
 
 /// The whole program text, every kernel variant included (the compile test builds this).
 pub fn kernel_source() -> String {
@@ -51,9 +64,6 @@ pub fn core_source() -> String {
     }
     s
 }
-
-/// Files whose kernels are all in the core module (an attention variant does not need them).
-const CORE_ONLY: [&str; 2] = ["elementwise.cu", "gemv.cu"];
 
 /// One attention variant: the attention templates plus the macro line that instantiates it.
 pub fn variant_source(instantiation: &str) -> String {
@@ -223,8 +233,13 @@ pub struct CompileInfo {
     pub log: String,
 }
 
-/// Loads the module of `src` for the context's device, compiling it if it is not cached.
-pub fn load_module(ctx: &Arc<CudaContext>, src: &str) -> Result<(Arc<CudaModule>, CompileInfo)> {
+/// Loads the module of `src` compiled for `dtype` on the context's device, compiling it if it is
+/// not cached (the options, `dtype`'s included, are part of the cache key).
+pub fn load_module(
+    ctx: &Arc<CudaContext>,
+    src: &str,
+    dtype: ModelDtype,
+) -> Result<(Arc<CudaModule>, CompileInfo)> {
     let (major, minor) = ctx
         .compute_capability()
         .map_err(|e| BackendError::Device(format!("compute capability: {e:?}")))?;
@@ -237,7 +252,8 @@ pub fn load_module(ctx: &Arc<CudaContext>, src: &str) -> Result<(Arc<CudaModule>
                 .into(),
         ));
     }
-    let opts = compile_options(&arch, &includes);
+    let mut opts = compile_options(&arch, &includes);
+    opts.extend(dtype_options(dtype));
     let (va, vb) = nvrtc_version();
     let ver = format!("nvrtc {va}.{vb}");
     let key = fnv1a(&[

@@ -1,4 +1,5 @@
-//! `out = x · wᵀ` through cuBLASLt: bf16 operands, f32 accumulation, bf16 or f32 output.
+//! `out = x · wᵀ` through cuBLASLt: bf16 or f16 operands (the backend's dtype), f32 accumulation,
+//! output in the operand type or f32.
 //!
 //! Row-major `w [n, k]` is column-major `[k, n]`; row-major `x [t, k]` is column-major `[k, t]`;
 //! row-major `out [t, n]` is column-major `[n, t]`. So in cuBLAS terms
@@ -6,7 +7,7 @@
 //! Descriptors, layouts and the heuristic's algorithm are built once per shape and cached, so a
 //! call is one `cublasLtMatmul` (host-side only work besides it: capturable into a CUDA graph).
 
-use crate::{BackendError, Result};
+use crate::{BackendError, ModelDtype, Result};
 use cudarc::cublaslt::{result as lt, sys};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -42,6 +43,8 @@ impl Drop for Plan {
 pub(crate) struct Gemm {
     handle: sys::cublasLtHandle_t,
     ws_size: usize,
+    /// Operand (and 16-bit output) type: `CUDA_R_16BF` or `CUDA_R_16F`.
+    elem: sys::cudaDataType_t,
     plans: HashMap<Key, Plan>,
     /// The heuristic's algorithm per shape bucket (`bucket`): prefill steps have a different
     /// token count nearly every step, and a heuristic query costs the host ~0.1-1 ms while the
@@ -74,11 +77,15 @@ fn err(what: &str, e: lt::CublasError) -> BackendError {
 }
 
 impl Gemm {
-    pub(crate) fn new(ws_size: usize) -> Result<Self> {
+    pub(crate) fn new(ws_size: usize, dtype: ModelDtype) -> Result<Self> {
         let handle = lt::create_handle().map_err(|e| err("create handle", e))?;
         Ok(Gemm {
             handle,
             ws_size,
+            elem: match dtype {
+                ModelDtype::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
+                ModelDtype::F16 => sys::cudaDataType_t::CUDA_R_16F,
+            },
             plans: HashMap::new(),
             algos: HashMap::new(),
         })
@@ -93,7 +100,7 @@ impl Gemm {
     }
 
     fn make_plan(&mut self, key: Key) -> Result<Plan> {
-        let bf = sys::cudaDataType_t::CUDA_R_16BF;
+        let bf = self.elem;
         let out_ty = if key.out_f32 {
             sys::cudaDataType_t::CUDA_R_32F
         } else {

@@ -1,6 +1,7 @@
-//! The CUDA backend: bf16 activations and KV cache on one device, NVRTC-compiled kernels
-//! (crates/backend/kernels/*.cu, built at start for the device's exact architecture and cached on
-//! disk), cuBLASLt for the matmuls. Every op is enqueued on one stream with no host
+//! The CUDA backend: 16-bit activations, weights and KV cache on one device (bf16, or f16 for
+//! `--dtype float16`: the kernels are compiled for the backend's [`ModelDtype`]), NVRTC-compiled
+//! kernels (crates/backend/kernels/*.cu, built at start for the device's exact architecture and
+//! cached on disk), cuBLASLt for the matmuls. Every op is enqueued on one stream with no host
 //! synchronization except `to_host` / `read_blocks` / `write_blocks` and weight loading, so a
 //! decode step can be captured into a CUDA graph (cudarc's per-buffer event tracking is turned
 //! off before the first allocation for that reason).
@@ -10,8 +11,8 @@ mod gemm;
 mod matvec;
 pub mod selftest;
 
-use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
-use crate::{BackendError, BatchLayout, HostWeight, Result, WeightDtype};
+use crate::ops::{AttentionSpec, Backend, GeluKind, KvCacheSpec, RopeSpec, RopeStyle};
+use crate::{BackendError, BatchLayout, HostWeight, ModelDtype, Result, WeightDtype};
 use cudarc::driver::{
     result as dr, sys as dsys, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream,
     DevicePtr, DeviceRepr, PinnedHostSlice,
@@ -101,8 +102,10 @@ fn check(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<
 
 // ------------------------------------------------------------------------------------ buffers
 
-/// A device buffer of bf16 or f32 elements.
+/// A device buffer of 16-bit or f32 elements.
 pub enum DevBuf {
+    /// Elements of the backend's [`ModelDtype`] (bf16 or f16 bits; `half::bf16` is only the
+    /// 2-byte storage type here, the values are converted through the backend's dtype).
     Bf16(CudaSlice<bf16>),
     F32(CudaSlice<f32>),
 }
@@ -125,7 +128,8 @@ fn raw_ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     p
 }
 
-/// An activation `[rows, cols]` (row-major), bf16 unless allocated with `alloc_f32` (logits).
+/// An activation `[rows, cols]` (row-major), in the backend's dtype unless allocated with
+/// `alloc_f32` (logits).
 pub struct CudaTensor {
     pub rows: usize,
     pub cols: usize,
@@ -149,7 +153,7 @@ pub struct CudaGraphExec(cudarc::driver::CudaGraph);
 // The graph's handles are used only through the backend, from one thread at a time.
 unsafe impl Send for CudaGraphExec {}
 
-/// A weight on the device: matrices as bf16 (quantized and f32/f16 ones converted at load),
+/// A weight on the device: matrices in the backend's dtype (other dtypes converted at load),
 /// 1-D weights (`rows == 1`: norms) as f32.
 pub struct CudaWeight {
     pub rows: usize,
@@ -270,6 +274,8 @@ pub struct CudaBackend {
     epoch: std::sync::atomic::AtomicU64,
     /// Set while a graph is being captured: nothing may be allocated then.
     capturing: std::sync::atomic::AtomicBool,
+    /// The element type of activations, matrix weights and the KV cache.
+    dtype: ModelDtype,
 }
 
 /// Runs `f`, turning a panic (cudarc panics when a dynamically loaded library or symbol is
@@ -350,6 +356,9 @@ const CORE_KERNELS: [&str; 26] = [
     "gemv_swiglu_t8",
 ];
 
+/// GELU kernels of the core module (kernels/gelu.cu).
+const GELU_KERNELS: [&str; 3] = ["gelu_bf16", "gelu_mul_bf16", "gelu_mul_fused_bf16"];
+
 fn decode_kernel_name(attn: &AttentionSpec) -> String {
     let group = attn.num_heads / attn.num_kv_heads.max(1);
     let g = divisor_at_most(group, DECODE_MAX_G);
@@ -423,19 +432,25 @@ fn dtype_code(d: WeightDtype) -> i32 {
 }
 
 impl CudaBackend {
-    /// Opens device `ordinal`: context, one stream, kernels (compiled or from the disk cache),
-    /// cuBLASLt. Any missing library, driver or device is an error, never a panic.
+    /// Opens device `ordinal` with bf16 activations, weights and KV cache: context, one stream,
+    /// kernels (compiled or from the disk cache), cuBLASLt. Any missing library, driver or
+    /// device is an error, never a panic.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_dtype(ordinal, ModelDtype::Bf16)
+    }
+
+    /// [`CudaBackend::new`] computing in `dtype` (the kernels are compiled for it).
+    pub fn with_dtype(ordinal: usize, dtype: ModelDtype) -> Result<Self> {
         let n = probe()?;
         if ordinal >= n {
             return Err(BackendError::Device(format!(
                 "CUDA device {ordinal} requested, {n} present"
             )));
         }
-        no_panic("starting the CUDA backend", || Self::open(ordinal))
+        no_panic("starting the CUDA backend", || Self::open(ordinal, dtype))
     }
 
-    fn open(ordinal: usize) -> Result<Self> {
+    fn open(ordinal: usize, dtype: ModelDtype) -> Result<Self> {
         let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("creating the CUDA context", e))?;
         // Before any allocation: slices made from here on carry no events (graph capture).
         unsafe { ctx.disable_event_tracking() };
@@ -448,15 +463,15 @@ impl CudaBackend {
         let max_smem_optin =
             attr(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
                 as usize;
-        let (module, compile) = compile::load_module(&ctx, &compile::core_source())?;
+        let (module, compile) = compile::load_module(&ctx, &compile::core_source(), dtype)?;
         let mut funcs = HashMap::new();
-        for name in CORE_KERNELS {
+        for name in CORE_KERNELS.iter().chain(GELU_KERNELS.iter()) {
             let f = module
                 .load_function(name)
                 .map_err(|e| dev_err(&format!("kernel {name} missing from the module"), e))?;
             funcs.insert(name.to_string(), f);
         }
-        let gemm = gemm::Gemm::new(GEMM_WORKSPACE)?;
+        let gemm = gemm::Gemm::new(GEMM_WORKSPACE, dtype)?;
         let workspace = unsafe { stream.alloc::<u8>(GEMM_WORKSPACE) }
             .map_err(|e| dev_err("allocating the cuBLASLt workspace", e))?;
         let done = ctx
@@ -483,11 +498,37 @@ impl CudaBackend {
             force_decode_partition: AtomicUsize::new(0),
             epoch: std::sync::atomic::AtomicU64::new(0),
             capturing: std::sync::atomic::AtomicBool::new(false),
+            dtype,
         })
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// The element type of activations, matrix weights and the KV cache.
+    pub fn dtype(&self) -> ModelDtype {
+        self.dtype
+    }
+
+    /// Host values as the little-endian bytes of this backend's dtype (rounded to nearest): the
+    /// format of `write_blocks` / `read_blocks` and of activations.
+    pub fn act_bytes(&self, v: &[f32]) -> Vec<u8> {
+        v.iter()
+            .flat_map(|&x| self.dtype.to_bits(x).to_le_bytes())
+            .collect()
+    }
+
+    /// The inverse of [`CudaBackend::act_bytes`] (a trailing odd byte is ignored).
+    pub fn act_bytes_to_f32(&self, b: &[u8]) -> Vec<f32> {
+        b.chunks_exact(2)
+            .map(|c| self.dtype.from_bits(u16::from_le_bytes([c[0], c[1]])))
+            .collect()
+    }
+
+    /// Host values as 16-bit elements of this backend's dtype.
+    fn to_act(&self, data: &[f32]) -> Vec<u16> {
+        data.iter().map(|&v| self.dtype.to_bits(v)).collect()
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -637,7 +678,8 @@ impl CudaBackend {
     fn load_variant(&self, name: &str) -> Result<CudaFunction> {
         let inst = compile::instantiation_for(name)
             .ok_or_else(|| BackendError::Device(format!("no kernel {name}")))?;
-        let (module, _) = compile::load_module(&self.ctx, &compile::variant_source(&inst))?;
+        let (module, _) =
+            compile::load_module(&self.ctx, &compile::variant_source(&inst), self.dtype)?;
         let f = module
             .load_function(name)
             .map_err(|e| dev_err(&format!("kernel {name} missing from its module"), e))?;
@@ -713,12 +755,12 @@ impl CudaBackend {
         })
     }
 
-    /// Uploads a host matrix as a bf16 activation (rounding to nearest).
+    /// Uploads a host matrix as an activation of the backend's dtype (rounding to nearest).
     pub fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CudaTensor> {
         check("upload", data.len() == rows * cols, || {
             format!("{} values for [{rows}, {cols}]", data.len())
         })?;
-        let host: Vec<bf16> = data.iter().map(|&v| bf16::from_f32(v)).collect();
+        let host = self.to_act(data);
         let t = self.alloc(rows, cols)?;
         if let DevBuf::Bf16(s) = &t.buf {
             self.htod(raw_ptr(s, &self.stream), &host)?;
@@ -726,19 +768,19 @@ impl CudaBackend {
         Ok(t)
     }
 
-    /// Overwrites a bf16 tensor with host values (rounded to bf16), in place.
+    /// Overwrites a 16-bit tensor with host values (rounded to the backend's dtype), in place.
     pub fn write_tensor(&self, t: &mut CudaTensor, data: &[f32]) -> Result<()> {
         check("write_tensor", data.len() == t.rows * t.cols, || {
             format!("{} values for [{}, {}]", data.len(), t.rows, t.cols)
         })?;
-        let host: Vec<bf16> = data.iter().map(|&v| bf16::from_f32(v)).collect();
+        let host = self.to_act(data);
         let p = self.bf16_ptr("write_tensor", &t.buf)?;
         self.htod(p, &host)?;
         // `host` is pageable and dropped on return: wait for the copy.
         self.synchronize()
     }
 
-    /// Fills a tensor's bytes with 0xFF (NaN in bf16 and f32): a poison for tests.
+    /// Fills a tensor's bytes with 0xFF (NaN in bf16, f16 and f32): a poison for tests.
     pub fn poison(&self, t: &mut CudaTensor) -> Result<()> {
         let bytes = t.rows * t.cols * if t.buf.is_f32() { 4 } else { 2 };
         self.memset(t.buf.ptr(&self.stream), 0xff, bytes)
@@ -904,10 +946,11 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// The pointer of a 16-bit (backend dtype) buffer; f32 buffers are an error.
     fn bf16_ptr(&self, op: &'static str, t: &DevBuf) -> Result<u64> {
         match t {
             DevBuf::Bf16(s) => Ok(raw_ptr(s, &self.stream)),
-            DevBuf::F32(_) => Err(shape_err(op, "expected a bf16 buffer, got f32".into())),
+            DevBuf::F32(_) => Err(shape_err(op, "expected a 16-bit buffer, got f32".into())),
         }
     }
 
@@ -1201,9 +1244,9 @@ impl CudaBackend {
                 Ok(v)
             }
             DevBuf::Bf16(s) => {
-                let mut v = vec![bf16::ZERO; n];
+                let mut v = vec![0u16; n];
                 self.dtoh(&mut v, raw_ptr(s, &self.stream))?;
-                Ok(v.into_iter().map(|x| x.to_f32()).collect())
+                Ok(v.into_iter().map(|x| self.dtype.from_bits(x)).collect())
             }
         }
     }
@@ -1255,7 +1298,8 @@ impl Backend for CudaBackend {
         })?;
         let n = w.rows * w.cols;
         let as_f32 = w.rows == 1;
-        if !as_f32 && w.dtype == WeightDtype::BF16 {
+        // Already in the backend's dtype: copied as is.
+        if !as_f32 && w.dtype == self.dtype.weight_dtype() {
             let dst = self.alloc_raw::<bf16>(n)?;
             self.htod(raw_ptr(&dst, &self.stream), w.bytes)?;
             return Ok(CudaWeight {
@@ -1825,6 +1869,90 @@ impl Backend for CudaBackend {
 
     fn matvec_add(&self, x: &CudaTensor, w: &CudaWeight, residual: &mut CudaTensor) -> Result<()> {
         self.matvec("matvec_add", matvec::MatvecMode::Add, x, w, None, residual)
+    }
+
+    fn gelu(&self, x: &CudaTensor, kind: GeluKind, out: &mut CudaTensor) -> Result<()> {
+        let n = x.rows * x.cols;
+        check("gelu", out.rows * out.cols == n, || {
+            format!(
+                "x [{}, {}], out [{}, {}]",
+                x.rows, x.cols, out.rows, out.cols
+            )
+        })?;
+        let xp = self.bf16_ptr("gelu", &x.buf)?;
+        let op = self.bf16_ptr("gelu", &out.buf)?;
+        self.launch(
+            "gelu_bf16",
+            (self.grid_for(n.div_ceil(8), 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(op),
+                Arg::P(xp),
+                Arg::U(n as u64),
+                Arg::I((kind == GeluKind::Tanh) as i32),
+            ],
+        )
+    }
+
+    fn gelu_mul(
+        &self,
+        gate: &CudaTensor,
+        up: &CudaTensor,
+        kind: GeluKind,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let n = gate.rows * gate.cols;
+        check(
+            "gelu_mul",
+            up.rows * up.cols == n && out.rows * out.cols == n,
+            || "length mismatch".into(),
+        )?;
+        let gp = self.bf16_ptr("gelu_mul", &gate.buf)?;
+        let up_ = self.bf16_ptr("gelu_mul", &up.buf)?;
+        let op = self.bf16_ptr("gelu_mul", &out.buf)?;
+        self.launch(
+            "gelu_mul_bf16",
+            (self.grid_for(n.div_ceil(8), 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(op),
+                Arg::P(gp),
+                Arg::P(up_),
+                Arg::U(n as u64),
+                Arg::I((kind == GeluKind::Tanh) as i32),
+            ],
+        )
+    }
+
+    fn gelu_mul_fused(&self, gu: &CudaTensor, kind: GeluKind, out: &mut CudaTensor) -> Result<()> {
+        check(
+            "gelu_mul_fused",
+            gu.cols == 2 * out.cols && gu.rows == out.rows,
+            || {
+                format!(
+                    "gu [{}, {}] -> out [{}, {}]",
+                    gu.rows, gu.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        let n = out.rows * out.cols;
+        let gp = self.bf16_ptr("gelu_mul_fused", &gu.buf)?;
+        let op = self.bf16_ptr("gelu_mul_fused", &out.buf)?;
+        self.launch(
+            "gelu_mul_fused_bf16",
+            (self.grid_for(n.div_ceil(8), 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(op),
+                Arg::P(gp),
+                Arg::U(out.rows as u64),
+                Arg::U(out.cols as u64),
+                Arg::I((kind == GeluKind::Tanh) as i32),
+            ],
+        )
     }
 
     fn rope_qkv_and_cache(

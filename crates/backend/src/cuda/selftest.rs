@@ -2,14 +2,15 @@
 //! and micro-benchmarks of paged decode attention and the cuBLASLt matmuls.
 //!
 //! Both are plain functions returning a text report, for a CLI subcommand to call on the GPU
-//! machine. Inputs are drawn from a seed printed in the report (`RVLLM_SELFTEST_SEED` replays
-//! one); every activation is rounded to bf16 before both backends see it, and every GPU output is
-//! poisoned with NaN before the op so unwritten elements fail.
+//! machine. The self-test runs once per model dtype (bf16, f16). Inputs are drawn from a seed
+//! printed in the report (`RVLLM_SELFTEST_SEED` replays one); every activation is rounded to bf16
+//! before both backends see it (such values are exact in f16 too, bar subnormals), and every GPU
+//! output is poisoned with NaN before the op so unwritten elements fail.
 
 use super::{CudaBackend, CudaBatch, CudaKvCache, CudaTensor};
 use crate::cpu::{CpuBackend, CpuKvCache, CpuTensor};
-use crate::ops::{AttentionSpec, Backend, KvCacheSpec, RopeSpec, RopeStyle};
-use crate::{BatchLayout, HostWeight, Result, WeightDtype};
+use crate::ops::{AttentionSpec, Backend, GeluKind, KvCacheSpec, RopeSpec, RopeStyle};
+use crate::{BatchLayout, HostWeight, ModelDtype, Result, WeightDtype};
 use half::{bf16, f16};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -62,9 +63,21 @@ struct Checker<'a> {
     report: &'a mut String,
     pass: usize,
     fail: usize,
+    /// The backend's dtype: f16 keeps 3 more mantissa bits than bf16.
+    dtype: ModelDtype,
 }
 
 impl Checker<'_> {
+    /// `tol`, a bound set for bf16 outputs, for this run's dtype: a quarter of it for f16 (whose
+    /// rounding is 8x finer), where the GPU's 16-bit rounding dominates the error. Matmuls keep
+    /// their bound: there the CPU reference's 8-bit activations dominate.
+    fn tight(&self, tol: f64) -> f64 {
+        match self.dtype {
+            ModelDtype::Bf16 => tol,
+            ModelDtype::F16 => tol / 4.0,
+        }
+    }
+
     fn line(&mut self, s: String) {
         self.report.push_str(&s);
         self.report.push('\n');
@@ -217,12 +230,6 @@ fn bf16_bytes(v: &[f32]) -> Vec<u8> {
         .collect()
 }
 
-fn bytes_bf16_to_f32(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(2)
-        .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect()
-}
-
 fn bytes_f16_to_f32(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(2)
         .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -242,7 +249,7 @@ fn fill_caches(
     let be = s.block_size * s.num_kv_heads * s.head_dim;
     let vals = rng.bf16_vec(s.num_blocks * 2 * s.num_layers * be, amp);
     let blocks: Vec<u32> = (0..s.num_blocks as u32).collect();
-    gpu.write_blocks(gc, &blocks, &bf16_bytes(&vals))?;
+    gpu.write_blocks(gc, &blocks, &gpu.act_bytes(&vals))?;
     cpu.write_blocks(cc, &blocks, &f16_bytes(&vals))?;
     Ok(())
 }
@@ -331,7 +338,7 @@ fn case_norms(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
                 &format!("rms_norm [{rows}, {cols}] w {wdt:?}"),
                 &gpu.to_host(&go)?,
                 &co.data,
-                1e-2,
+                c.tight(1e-2),
             );
 
             let r = rng.bf16_vec(rows * cols, 3.0);
@@ -345,13 +352,13 @@ fn case_norms(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
                 &format!("add_rms_norm out [{rows}, {cols}] w {wdt:?}"),
                 &gpu.to_host(&go)?,
                 &co.data,
-                1e-2,
+                c.tight(1e-2),
             );
             c.cmp(
                 &format!("add_rms_norm residual [{rows}, {cols}]"),
                 &gpu.to_host(&gr)?,
                 &cr.data,
-                1e-2,
+                c.tight(1e-2),
             );
         }
     }
@@ -377,7 +384,7 @@ fn case_elementwise(
             &format!("silu_mul [{rows}, {cols}]"),
             &gpu.to_host(&go)?,
             &co.data,
-            1e-2,
+            c.tight(1e-2),
         );
 
         let mut gx = gpu.upload(rows, cols, &cg.data)?;
@@ -388,8 +395,69 @@ fn case_elementwise(
             &format!("add [{rows}, {cols}]"),
             &gpu.to_host(&gx)?,
             &cx.data,
-            1e-2,
+            c.tight(1e-2),
         );
+    }
+    Ok(())
+}
+
+/// The GELU ops in both forms against the CPU: plain, gated and from a fused [gate | up]
+/// projection; rows with and without 16-byte vectors; planted ±30 (the tails) and 0.
+fn case_gelu(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+    for kind in [GeluKind::Erf, GeluKind::Tanh] {
+        for &(rows, cols) in &[(7usize, 1536usize), (1, 16384), (3, 101)] {
+            let n = rows * cols;
+            let mut x = rng.bf16_vec(n, 6.0);
+            x[..3].copy_from_slice(&[-30.0, 30.0, 0.0]);
+            let u = rng.bf16_vec(n, 2.0);
+            let (gx, gu) = (gpu.upload(rows, cols, &x)?, gpu.upload(rows, cols, &u)?);
+            let (cx, cu) = (cpu_t(rows, cols, x.clone()), cpu_t(rows, cols, u.clone()));
+
+            let mut go = gpu_out(gpu, rows, cols)?;
+            let mut co = cpu_zeros(rows, cols);
+            gpu.gelu(&gx, kind, &mut go)?;
+            cpu.gelu(&cx, kind, &mut co)?;
+            c.cmp(
+                &format!("gelu {kind:?} [{rows}, {cols}]"),
+                &gpu.to_host(&go)?,
+                &co.data,
+                c.tight(1e-2),
+            );
+
+            let mut go = gpu_out(gpu, rows, cols)?;
+            let mut co = cpu_zeros(rows, cols);
+            gpu.gelu_mul(&gx, &gu, kind, &mut go)?;
+            cpu.gelu_mul(&cx, &cu, kind, &mut co)?;
+            let gated = gpu.to_host(&go)?;
+            c.cmp(
+                &format!("gelu_mul {kind:?} [{rows}, {cols}]"),
+                &gated,
+                &co.data,
+                c.tight(1e-2),
+            );
+
+            // The same gate and up values stacked as one [rows, 2 * cols] projection.
+            let stacked: Vec<f32> = x
+                .chunks(cols)
+                .zip(u.chunks(cols))
+                .flat_map(|(g, u)| g.iter().chain(u).copied())
+                .collect();
+            let ggu = gpu.upload(rows, 2 * cols, &stacked)?;
+            let mut gf = gpu_out(gpu, rows, cols)?;
+            gpu.gelu_mul_fused(&ggu, kind, &mut gf)?;
+            let fused = gpu.to_host(&gf)?;
+            c.cmp(
+                &format!("gelu_mul_fused {kind:?} [{rows}, {cols}]"),
+                &fused,
+                &co.data,
+                c.tight(1e-2),
+            );
+            c.truth(
+                &format!("gelu_mul_fused {kind:?} [{rows}, {cols}] == gelu_mul"),
+                fused == gated,
+                "bitwise equal".into(),
+            );
+        }
     }
     Ok(())
 }
@@ -542,15 +610,17 @@ fn case_dummy(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend) -> Result<()
             &format!("dummy_weight [{rows}, {cols}] vs CPU stream"),
             &g,
             cv,
-            1e-2,
+            c.tight(1e-2),
         );
         let max = g.iter().fold(0f32, |m, v| m.max(v.abs()));
         let mean = g.iter().map(|&v| v as f64).sum::<f64>() / g.len() as f64;
         let var = g.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / g.len() as f64;
         let want_sd = 1e-3 / 3f64.sqrt();
+        // Values near ±1e-3 may round up to the dtype's nearest value (f16: 1.0004e-3).
+        let bound = 1e-3f32.max(gpu.dtype().round(1e-3)) * 1.0001;
         c.truth(
             &format!("dummy_weight [{rows}, {cols}] range"),
-            max <= 1.0001e-3
+            max <= bound
                 && mean.abs() < 5.0 * want_sd / (g.len() as f64).sqrt() + 1e-6
                 && (var.sqrt() / want_sd - 1.0).abs() < 0.05,
             format!(
@@ -577,7 +647,7 @@ fn case_blocks(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut R
     gpu.copy_blocks(&mut gc, &pairs)?;
     cpu.copy_blocks(&mut cc, &pairs)?;
     let blocks: Vec<u32> = (0..32).collect();
-    let g = bytes_bf16_to_f32(&gpu.read_blocks(&gc, &blocks)?);
+    let g = gpu.act_bytes_to_f32(&gpu.read_blocks(&gc, &blocks)?);
     let cv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
     c.cmp("copy_blocks + read_blocks (all blocks)", &g, &cv, 1e-7);
     // Swap out / in through other blocks.
@@ -671,12 +741,22 @@ fn case_rope(
     gpu.rope_and_cache(&mut gq, &mut gk, &gv, &rope, &attn, &gb, &mut gc, 1)?;
     cpu.rope_and_cache(&mut cq, &mut ck, &cv, &rope, &attn, &cb, &mut cc, 1)?;
     let name = format!("rope {style:?} rd={rotary_dim} {heads}/{kvh}x{hd}");
-    c.cmp(&format!("{name} q"), &gpu.to_host(&gq)?, &cq.data, 1e-2);
-    c.cmp(&format!("{name} k"), &gpu.to_host(&gk)?, &ck.data, 1e-2);
+    c.cmp(
+        &format!("{name} q"),
+        &gpu.to_host(&gq)?,
+        &cq.data,
+        c.tight(1e-2),
+    );
+    c.cmp(
+        &format!("{name} k"),
+        &gpu.to_host(&gk)?,
+        &ck.data,
+        c.tight(1e-2),
+    );
     let blocks: Vec<u32> = (0..nb as u32).collect();
-    let g = bytes_bf16_to_f32(&gpu.read_blocks(&gc, &blocks)?);
+    let g = gpu.act_bytes_to_f32(&gpu.read_blocks(&gc, &blocks)?);
     let cvv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
-    c.cmp(&format!("{name} cache"), &g, &cvv, 1e-2);
+    c.cmp(&format!("{name} cache"), &g, &cvv, c.tight(1e-2));
     Ok(())
 }
 
@@ -749,11 +829,16 @@ fn case_fused(
     let (mut cq, mut ck, cv) = (cpu_t(t, qd, q), cpu_t(t, kd, k), cpu_t(t, kd, v));
     cpu.rope_and_cache(&mut cq, &mut ck, &cv, &rope, &attn, &cb, &mut cc, 1)?;
     let name = format!("rope_qkv {style:?} rd={rotary_dim} {heads}/{kvh}x{hd}");
-    c.cmp(&format!("{name} q"), &gpu.to_host(&gq)?, &cq.data, 1e-2);
+    c.cmp(
+        &format!("{name} q"),
+        &gpu.to_host(&gq)?,
+        &cq.data,
+        c.tight(1e-2),
+    );
     let blocks: Vec<u32> = (0..nb as u32).collect();
-    let g = bytes_bf16_to_f32(&gpu.read_blocks(&gc, &blocks)?);
+    let g = gpu.act_bytes_to_f32(&gpu.read_blocks(&gc, &blocks)?);
     let cvv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
-    c.cmp(&format!("{name} cache"), &g, &cvv, 1e-2);
+    c.cmp(&format!("{name} cache"), &g, &cvv, c.tight(1e-2));
 
     // silu_mul_fused vs silu_mul of the halves.
     let (rows, f) = (7usize, 1000usize);
@@ -768,7 +853,12 @@ fn case_fused(
     gpu.silu_mul_fused(&ggu, &mut go)?;
     let mut co = cpu_zeros(rows, f);
     cpu.silu_mul(&cpu_t(rows, f, gate), &cpu_t(rows, f, up), &mut co)?;
-    c.cmp("silu_mul_fused", &gpu.to_host(&go)?, &co.data, 1e-2);
+    c.cmp(
+        "silu_mul_fused",
+        &gpu.to_host(&go)?,
+        &co.data,
+        c.tight(1e-2),
+    );
 
     // concat_rows: the stacked weight is the parts, in order.
     let parts: Vec<Vec<f32>> = [(48usize, 64usize), (16, 64), (16, 64)]
@@ -1045,7 +1135,7 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
         let layout = padded_decode_layout(rng, ctxs, bucket, bs, mb, nb)?;
         let s = gc.spec;
         let be = s.block_size * s.num_kv_heads * s.head_dim;
-        let cache_vals = bf16_bytes(&rng.bf16_vec(nb * 2 * be, 1.0));
+        let cache_vals = gpu.act_bytes(&rng.bf16_vec(nb * 2 * be, 1.0));
         let blocks: Vec<u32> = (0..nb as u32).collect();
         let (qv, kv, vv) = (
             rng.bf16_vec(bucket * heads * hd, 2.0),
@@ -1089,7 +1179,7 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
         let mut cq = cpu_t(bucket, heads * hd, qv.clone());
         let mut ck = cpu_t(bucket, kvh * hd, kv.clone());
         let cvv = cpu_t(bucket, kvh * hd, vv.clone());
-        let f32_vals = bytes_bf16_to_f32(&cache_vals);
+        let f32_vals = gpu.act_bytes_to_f32(&cache_vals);
         cpu.write_blocks(&mut cc, &blocks, &f16_bytes(&f32_vals))?;
         let cb = cpu.upload_batch(&layout)?;
         cpu.rope_and_cache(&mut cq, &mut ck, &cvv, &rope, &attn, &cb, &mut cc, 0)?;
@@ -1099,7 +1189,7 @@ fn case_graph(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
             &format!("graph replay {round} attention vs CPU"),
             &ga[..real * row],
             &co.data[..real * row],
-            2e-2,
+            c.tight(2e-2),
         );
     }
     Ok(())
@@ -1172,13 +1262,23 @@ fn case_attention(
         &format!("attention {label} {heads}/{kvh}x{hd} part {part} seqs {seqs:?}"),
         &gpu.to_host(&go)?,
         &co.data,
-        2e-2,
+        c.tight(2e-2),
     );
     Ok(())
 }
 
-/// Runs every check; `Ok(true)` when all passed. `Err` only when the backend cannot start.
+/// Runs every check for each model dtype (bf16, then f16); `Ok(true)` when all passed. `Err`
+/// only when the backend cannot start.
 pub fn selftest(report: &mut String) -> Result<bool> {
+    let mut ok = true;
+    for dtype in [ModelDtype::Bf16, ModelDtype::F16] {
+        ok &= selftest_dtype(report, dtype)?;
+    }
+    Ok(ok)
+}
+
+/// Runs every check on a backend computing in `dtype`; `Ok(true)` when all passed.
+pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
     let seed = std::env::var("RVLLM_SELFTEST_SEED")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -1189,11 +1289,11 @@ pub fn selftest(report: &mut String) -> Result<bool> {
                 .unwrap_or(1)
         });
     let t0 = Instant::now();
-    let gpu = CudaBackend::new(0)?;
+    let gpu = CudaBackend::with_dtype(0, dtype)?;
     let info = gpu.info().clone();
     let _ = writeln!(
         report,
-        "device {} ({}), cc {}.{}, {} SMs, {:.1} GiB, smem opt-in {} KiB",
+        "== dtype {dtype}: device {} ({}), cc {}.{}, {} SMs, {:.1} GiB, smem opt-in {} KiB",
         info.ordinal,
         info.name,
         info.compute_capability.0,
@@ -1222,11 +1322,13 @@ pub fn selftest(report: &mut String) -> Result<bool> {
         report,
         pass: 0,
         fail: 0,
+        dtype,
     };
     c.run("embed", |c| case_embed_gather(c, &gpu, &cpu, &mut rng));
     c.run("norms", |c| case_norms(c, &gpu, &cpu, &mut rng));
     c.run("elementwise", |c| case_elementwise(c, &gpu, &cpu, &mut rng));
     c.run("matvec", |c| case_matvec(c, &gpu, &cpu, &mut rng));
+    c.run("gelu", |c| case_gelu(c, &gpu, &cpu, &mut rng));
     c.run("dummy_weight", |c| case_dummy(c, &gpu, &cpu));
     c.run("blocks", |c| case_blocks(c, &gpu, &cpu, &mut rng));
     for &(h, kv, hd) in &[(32usize, 8usize, 128usize), (9, 3, 64)] {
@@ -1399,7 +1501,7 @@ pub fn selftest(report: &mut String) -> Result<bool> {
     let (pass, fail) = (c.pass, c.fail);
     let _ = writeln!(
         c.report,
-        "selftest: {pass} passed, {fail} failed ({:.1} s)",
+        "selftest {dtype}: {pass} passed, {fail} failed ({:.1} s)",
         t0.elapsed().as_secs_f64()
     );
     Ok(fail == 0)
@@ -1456,7 +1558,8 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
     gpu.fill_kv_cache_random(&mut cache, rng.next_u64())?;
     let _ = writeln!(
         report,
-        "paged decode attention, Llama-3-8B geometry {heads}q/{kvh}kv/{hd}, block {bs}, bf16 KV:"
+        "paged decode attention, Llama-3-8B geometry {heads}q/{kvh}kv/{hd}, block {bs}, {} KV:",
+        gpu.dtype()
     );
     let _ = writeln!(
         report,
@@ -1513,7 +1616,8 @@ fn bench_prefill(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Resul
     gpu.fill_kv_cache_random(&mut cache, rng.next_u64())?;
     let _ = writeln!(
         report,
-        "paged prefill attention (causal), {heads}q/{kvh}kv/{hd}, block {bs}, bf16 KV:"
+        "paged prefill attention (causal), {heads}q/{kvh}kv/{hd}, block {bs}, {} KV:",
+        gpu.dtype()
     );
     let _ = writeln!(
         report,
@@ -1572,7 +1676,8 @@ fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result
     let ts = [1usize, 8, 32, 128, 256, 4096];
     let _ = writeln!(
         report,
-        "cuBLASLt bf16 matmul out[t,n] = x[t,k]·w[n,k]ᵀ (f32 accumulate):"
+        "cuBLASLt {} matmul out[t,n] = x[t,k]·w[n,k]ᵀ (f32 accumulate):",
+        gpu.dtype()
     );
     let _ = writeln!(
         report,
@@ -1658,9 +1763,14 @@ fn bench_matvec(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result
     Ok(())
 }
 
-/// Micro-benchmarks (paged decode attention, cuBLASLt matmuls) appended to `report`.
+/// Micro-benchmarks (paged decode attention, cuBLASLt matmuls) appended to `report`, bf16.
 pub fn bench(report: &mut String) {
-    let gpu = match CudaBackend::new(0) {
+    bench_dtype(report, ModelDtype::Bf16)
+}
+
+/// [`bench`] on a backend computing in `dtype`.
+pub fn bench_dtype(report: &mut String, dtype: ModelDtype) {
+    let gpu = match CudaBackend::with_dtype(0, dtype) {
         Ok(g) => g,
         Err(e) => {
             let _ = writeln!(report, "bench: CUDA backend unavailable: {e}");
@@ -1731,32 +1841,36 @@ mod tests {
             println!("SKIP: CUDA headers not found (set CUDA_HOME)");
             return;
         }
-        let opts = super::super::compile::compile_options("sm_90a", &inc);
-        let src = super::super::compile::kernel_source();
-        match super::super::compile::compile_cubin(&src, &opts) {
-            Ok((cubin, log)) => {
-                assert!(!cubin.is_empty());
-                if !log.trim().is_empty() {
-                    println!("NVRTC log:\n{log}");
-                }
-            }
-            Err(e) => panic!("{e}"),
-        }
-        // What the backend compiles at run time: the core module and single variants.
         use super::super::compile::{core_source, instantiation_for, variant_source};
-        let mut srcs = vec![core_source()];
-        for name in [
-            "paged_decode_h128_g4",
-            "paged_prefill_h64",
-            "paged_prefill_tc_h128",
-            "paged_prefill_tc8_h64",
-        ] {
-            let inst = instantiation_for(name).expect("a variant kernel name");
-            srcs.push(variant_source(&inst));
-        }
-        for src in srcs {
-            if let Err(e) = super::super::compile::compile_cubin(&src, &opts) {
-                panic!("{e}");
+        // Both element types: the default bf16 program and the -DRV_F16 one.
+        for dtype in [ModelDtype::Bf16, ModelDtype::F16] {
+            let mut opts = super::super::compile::compile_options("sm_90a", &inc);
+            opts.extend(super::super::compile::dtype_options(dtype));
+            let src = super::super::compile::kernel_source();
+            match super::super::compile::compile_cubin(&src, &opts) {
+                Ok((cubin, log)) => {
+                    assert!(!cubin.is_empty());
+                    if !log.trim().is_empty() {
+                        println!("NVRTC log ({dtype}):\n{log}");
+                    }
+                }
+                Err(e) => panic!("{dtype}: {e}"),
+            }
+            // What the backend compiles at run time: the core module and single variants.
+            let mut srcs = vec![core_source()];
+            for name in [
+                "paged_decode_h128_g4",
+                "paged_prefill_h64",
+                "paged_prefill_tc_h128",
+                "paged_prefill_tc8_h64",
+            ] {
+                let inst = instantiation_for(name).expect("a variant kernel name");
+                srcs.push(variant_source(&inst));
+            }
+            for src in srcs {
+                if let Err(e) = super::super::compile::compile_cubin(&src, &opts) {
+                    panic!("{dtype}: {e}");
+                }
             }
         }
         assert_eq!(

@@ -4,7 +4,6 @@ import difflib
 import numbers
 import os
 import time
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _rvllm
@@ -93,6 +92,9 @@ _MAPPED: Dict[str, Tuple[str, str]] = {
     # Checked against the model (see _check_tokenizer).
     "tokenizer": ("tokenizer", ""),
 }
+
+# vLLM's dtype names rvllm accepts (float32 on the CPU backend only).
+_DTYPES = ("auto", "bfloat16", "float16", "half", "float32", "float")
 
 ENGINE_KWARGS = sorted(set(IGNORED_ENGINE_ARGS) | set(_ONLY_VALUES) | set(_MAPPED))
 
@@ -192,16 +194,12 @@ def _engine_args(model: Any, tensor_parallel_size: Any, dtype: Any, download_dir
 
     if not isinstance(dtype, str):
         raise _type_error("dtype", "a str", dtype)
-    if dtype not in ("auto", "float32", "float"):
-        if dtype in ("float16", "half", "bfloat16"):
-            warnings.warn(
-                f"LLM(dtype={dtype!r}): rvllm's CPU backend computes in float32 with the weights "
-                "as stored in the GGUF file; dtype is ignored",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        else:
-            raise ValueError(f"LLM(): unknown dtype {dtype!r} (use 'auto')")
+    if dtype not in _DTYPES:
+        raise ValueError(
+            f"LLM(): unknown dtype {dtype!r} (use one of {', '.join(map(repr, _DTYPES))})")
+    # The CUDA backend computes in the 16-bit type chosen ('auto': the checkpoint's, bfloat16
+    # for GGUF files); the CPU backend computes in float32 whatever is asked.
+    args["dtype"] = dtype
 
     if download_dir is not None and not isinstance(download_dir, (str, os.PathLike)):
         raise _type_error("download_dir", "a path or None", download_dir)
@@ -429,8 +427,9 @@ class LLM:
             ``$RVLLM_HOME/models`` (default ``~/.cache/rvllm/models``).
         tensor_parallel_size: 1 (this build runs on one device).
         trust_remote_code: Accepted and ignored (GGUF files hold no code).
-        dtype: ``"auto"`` (``"float32"`` too; ``"float16"``/``"bfloat16"`` warn and are
-            ignored: the CPU backend computes in float32).
+        dtype: ``"auto"`` (the checkpoint's; bfloat16 for GGUF files), ``"bfloat16"``,
+            ``"float16"``/``"half"``: what the CUDA backend computes in; ``"float32"`` is for
+            the CPU backend, which computes in float32 whatever is asked.
         download_dir: Where the default model is stored.
         **engine_kwargs: vLLM's engine arguments; see ``rvllm.llm.ENGINE_KWARGS`` and
             docs/PYTHON.md for how each maps. Unknown ones raise TypeError.
