@@ -20,6 +20,8 @@ pub const SOURCES: &[(&str, &str)] = &[
         "attention_prefill_tc.cu",
         include_str!("../../kernels/attention_prefill_tc.cu"),
     ),
+    // Uses elementwise.cu's sampling helpers: core module only.
+    ("sampling.cu", include_str!("../../kernels/sampling.cu")),
 ];
 
 /// The whole program text, every kernel variant included (the compile test builds this).
@@ -51,11 +53,14 @@ pub fn core_source() -> String {
     s
 }
 
+/// Files whose kernels are all in the core module (an attention variant does not need them).
+const CORE_ONLY: [&str; 2] = ["elementwise.cu", "sampling.cu"];
+
 /// One attention variant: the attention templates plus the macro line that instantiates it.
 pub fn variant_source(instantiation: &str) -> String {
     let mut s = String::new();
     for (name, text) in SOURCES {
-        if *name == "elementwise.cu" {
+        if CORE_ONLY.contains(name) {
             continue;
         }
         s.push_str(&format!("// ---- {name}\n"));
