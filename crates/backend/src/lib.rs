@@ -15,12 +15,14 @@ pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod ops;
+pub mod sample_plan;
 pub mod weight;
 
 pub use batch::{BatchLayout, SeqLayout};
 pub use dtype::{DtypeRequest, ModelDtype};
 pub use error::BackendError;
 pub use ops::{AttentionSpec, Backend, GeluKind, KvCacheSpec, RopeSpec, RopeStyle, SampleRow};
+pub use sample_plan::{PlanEntry, PlanRow, PlannedSample, SamplePlan};
 pub use weight::{HostWeight, WeightDtype};
 
 pub type Result<T> = std::result::Result<T, BackendError>;

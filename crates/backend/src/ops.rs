@@ -130,9 +130,34 @@ pub trait Backend: Send + Sync + 'static {
     /// enqueued on the device.
     fn sample_rows_into(&self, t: &Self::Tensor, ids: &mut Self::Ids) -> Result<()>;
     /// Whether rows sampled with a temperature should use `sample_rows_into` (true on GPUs,
-    /// where it keeps logits on the device) rather than the host sampler.
+    /// where it keeps logits on the device) rather than the host sampler; such a backend also
+    /// runs [`Backend::sample_rows_planned`] on the device.
     fn samples_on_device(&self) -> bool {
         false
+    }
+    /// Processes each row of `t` as `plan` says (allowed tokens, logit bias, `min_tokens`
+    /// masks, penalties), samples it, and takes raw logprobs where asked; `t` is left as it
+    /// was. Synchronizes (the results are on the host). The default runs the host formulas
+    /// of [`crate::sample_plan`] on a copy of `t`; a device backend keeps the logits on the
+    /// device and only copies a few words per row back.
+    fn sample_rows_planned(
+        &self,
+        t: &Self::Tensor,
+        ids: &mut Self::Ids,
+        plan: &crate::SamplePlan,
+    ) -> Result<Vec<crate::PlannedSample>> {
+        let _ = ids;
+        let (rows, cols) = self.shape(t);
+        plan.validate(rows, cols)
+            .map_err(|detail| BackendError::Shape {
+                op: "sample_rows_planned",
+                detail,
+            })?;
+        Ok(crate::sample_plan::sample_plan_host(
+            &self.to_host(t)?,
+            cols,
+            plan,
+        ))
     }
     /// The first `n` ids, after all enqueued work finished.
     fn ids_to_host(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>>;

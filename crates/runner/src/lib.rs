@@ -5,6 +5,7 @@
 //! [`rvllm_engine::Executor`].
 
 pub mod decode_graphs;
+pub mod device_sampling;
 pub mod model_runner;
 pub mod sampler;
 pub mod step_profile;

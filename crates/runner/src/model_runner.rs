@@ -1,10 +1,11 @@
 //! One step on one device: swaps and copies of KV blocks, the forward pass, sampling.
 
 use crate::decode_graphs::{BucketState, DecodeGraphs};
+use crate::device_sampling::{self, is_plain_row, is_plan_row, sample_row, to_sampled};
 use crate::sampler::{self, SampleRequest};
 use crate::step_profile::StepProfile;
 use rayon::prelude::*;
-use rvllm_backend::{Backend, BatchLayout, SampleRow};
+use rvllm_backend::{Backend, BatchLayout, SamplePlan, SampleRow};
 use rvllm_engine::{Executor, SampleInfo, SampledToken, SchedulerOutput};
 use rvllm_model::{ForwardBuffers, LlamaModel};
 use std::collections::HashMap;
@@ -45,6 +46,9 @@ pub struct ModelRunner<B: Backend> {
     profile: StepProfile,
     /// Host swap space: KV bytes of swapped-out blocks, by host block id.
     swap_space: HashMap<u32, Vec<u8>>,
+    /// `RVLLM_HOST_SAMPLING=1`: rows with logits processing or logprobs use the host sampler
+    /// even where the backend samples on the device (to compare the two).
+    host_sampling: bool,
     /// The step runs inside this pool, so the ops' parallel loops start from a pool thread and
     /// the caller sleeps once per step instead of once per op (measured 25-40% of a t=1 matmul).
     pool: std::sync::Arc<rayon::ThreadPool>,
@@ -87,6 +91,7 @@ impl<B: Backend> ModelRunner<B> {
             ids,
             profile: StepProfile::from_env(),
             swap_space: HashMap::new(),
+            host_sampling: std::env::var("RVLLM_HOST_SAMPLING").is_ok_and(|v| v.trim() == "1"),
             pool: std::sync::Arc::new(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(rayon::current_num_threads())
@@ -152,23 +157,6 @@ impl<B: Backend> ModelRunner<B> {
     }
 }
 
-/// A row the device decides without copying logits back: the argmax of the raw logits, or (on
-/// a backend that samples on the device) a draw from softmax(logits / T) with top-k, top-p and
-/// min-p; no logprobs, penalties, biases, masks or extra samples (those rows use the host
-/// sampler).
-fn is_device_row(info: &SampleInfo, device_sampling: bool) -> bool {
-    let p = &info.params;
-    (p.is_greedy() || device_sampling)
-        && info.num_samples == 1
-        && p.logprobs.is_none()
-        && p.repetition_penalty == 1.0
-        && p.presence_penalty == 0.0
-        && p.frequency_penalty == 0.0
-        && p.logit_bias.as_ref().is_none_or(|b| b.is_empty())
-        && p.allowed_token_ids.is_none()
-        && info.output_tokens.len() >= p.min_tokens as usize
-}
-
 impl<B: Backend> Executor for ModelRunner<B> {
     fn execute(&mut self, step: &SchedulerOutput) -> Result<Vec<Vec<SampledToken>>, String> {
         let pool = self.pool.clone();
@@ -190,20 +178,47 @@ impl<B: Backend> ModelRunner<B> {
         let samplers: Vec<&SampleInfo> =
             step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
         let device_sampling = self.backend.samples_on_device();
-        let all_device = samplers.iter().all(|i| is_device_row(i, device_sampling));
-        let row_params: Vec<SampleRow> = if all_device {
-            samplers.iter().map(|i| device_row_params(i)).collect()
+        let all_plain = samplers.iter().all(|i| is_plain_row(i, device_sampling));
+        // Rows with processing or logprobs: on the device when every row of the step can be.
+        let plan = (!all_plain
+            && device_sampling
+            && !self.host_sampling
+            && samplers.iter().all(|i| is_plan_row(i)))
+        .then(|| device_sampling::build_plan(&samplers, self.model.config.vocab_size));
+        let on_device = all_plain || plan.is_some();
+        let row_params: Vec<SampleRow> = if on_device {
+            samplers.iter().map(|i| sample_row(i)).collect()
         } else {
             Vec::new()
         };
         let decode_only = step.seqs.iter().all(|s| s.token_ids.len() == 1);
         let ntok = layout.num_tokens();
 
-        if all_device && decode_only && self.graphs.enabled {
-            if let Some(ids) = self.decode_with_graph(&layout, &row_params)? {
-                self.profile.end(ntok, true);
-                return Ok(ids.into_iter().map(device_token).collect());
-            }
+        if on_device
+            && decode_only
+            && self.graphs.enabled
+            && self.decode_with_graph(&layout, &row_params)?
+        {
+            let n = samplers.len();
+            let out = match &plan {
+                // The graph ran the forward (and a plain draw, unused): the logits of the
+                // real rows are the first `n` rows of the step buffer.
+                Some(plan) => {
+                    let b = &self.backend;
+                    b.set_rows(&mut self.bufs.logits, n)
+                        .map_err(|e| e.to_string())?;
+                    sample_planned(b, &self.bufs.logits, &mut self.ids, plan, &samplers)?
+                }
+                None => {
+                    let ids = self
+                        .backend
+                        .ids_to_host(&self.ids, n)
+                        .map_err(|e| e.to_string())?;
+                    ids.into_iter().map(device_token).collect()
+                }
+            };
+            self.profile.end(ntok, true);
+            return Ok(out);
         }
 
         let b = &self.backend;
@@ -233,7 +248,12 @@ impl<B: Backend> ModelRunner<B> {
             &owned
         };
         self.profile.forwarded();
-        if all_device && b.shape(logits).0 <= max_rows {
+        if let (Some(plan), true) = (&plan, b.shape(logits).0 <= max_rows) {
+            let out = sample_planned(b, logits, &mut self.ids, plan, &samplers)?;
+            self.profile.end(ntok, decode_only);
+            return Ok(out);
+        }
+        if all_plain && b.shape(logits).0 <= max_rows {
             b.write_sample_params(&mut self.ids, &row_params)
                 .map_err(|e| e.to_string())?;
             b.sample_rows_into(logits, &mut self.ids)
@@ -250,22 +270,23 @@ impl<B: Backend> ModelRunner<B> {
         Ok(out)
     }
 
-    /// A pure greedy decode step through the bucket's captured graph. `None` when this step
-    /// cannot use a graph (too many sequences, or the backend has none).
+    /// A decode step through the bucket's captured graph: the forward into `self.bufs` and a
+    /// plain device draw into `self.ids`. `false` when this step cannot use a graph (too many
+    /// sequences, or the backend has none).
     fn decode_with_graph(
         &mut self,
         layout: &BatchLayout,
         row_params: &[SampleRow],
-    ) -> Result<Option<Vec<u32>>, String> {
+    ) -> Result<bool, String> {
         let n = layout.seqs.len();
         let Some(bucket) = self.graphs.bucket_for(n) else {
-            return Ok(None);
+            return Ok(false);
         };
         if bucket > self.bufs.max_rows || bucket > self.bufs.max_tokens {
-            return Ok(None);
+            return Ok(false);
         }
         let Some(padded) = self.graphs.pad(layout, bucket) else {
-            return Ok(None);
+            return Ok(false);
         };
         let b = &self.backend;
         let err = |e: rvllm_backend::BackendError| e.to_string();
@@ -333,8 +354,7 @@ impl<B: Backend> ModelRunner<B> {
             }
         }
         self.profile.forwarded();
-        let ids = b.ids_to_host(&self.ids, n).map_err(err)?;
-        Ok(Some(ids))
+        Ok(true)
     }
 
     fn sample_on_host(
@@ -350,54 +370,65 @@ impl<B: Backend> ModelRunner<B> {
                 samplers.len()
             ));
         }
-        let out = samplers
-            .par_iter()
-            .zip(host.par_chunks(vocab))
-            .map(|(info, row)| {
-                (0..info.num_samples)
-                    .map(|k| {
-                        let mut l = row.to_vec();
-                        let req = SampleRequest {
-                            params: &info.params,
-                            prompt_tokens: &info.prompt_tokens,
-                            output_tokens: &info.output_tokens,
-                            seed: info.seed,
-                            sample_index: info.sample_index + k,
-                            eos_token_id: info.eos_token_id,
-                            ignore_eos: info.params.ignore_eos,
-                        };
-                        let s = sampler::sample(&mut l, &req);
-                        SampledToken {
-                            token: s.token,
-                            logprob: s.logprob,
-                            rank: s.rank,
-                            top_logprobs: s.top_logprobs,
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(out)
+        Ok(sample_rows_on_host(samplers, host))
     }
 }
 
-/// The device-sampling parameters of a row (greedy: argmax). The seed is the host sampler's
-/// per-step seed, so a seeded request draws reproducibly under any batching.
-fn device_row_params(info: &SampleInfo) -> SampleRow {
-    let p = &info.params;
-    if p.is_greedy() {
-        return SampleRow::GREEDY;
-    }
-    SampleRow {
-        inv_temp: 1.0 / p.effective_temperature(),
-        seed: sampler::step_seed(
-            info.seed,
-            info.sample_index,
-            info.output_tokens.len() as u64,
-        ),
-        top_k: p.top_k_limit().unwrap_or(0),
-        top_p: p.top_p.clamp(f32::MIN_POSITIVE, 1.0),
-        min_p: p.min_p.clamp(0.0, 1.0),
+/// The host sampler over rows of logits, one row per sampler.
+fn sample_rows_on_host(samplers: &[&SampleInfo], host: &[f32]) -> Vec<Vec<SampledToken>> {
+    let vocab = (host.len() / samplers.len().max(1)).max(1);
+    samplers
+        .par_iter()
+        .zip(host.par_chunks(vocab))
+        .map(|(info, row)| {
+            (0..info.num_samples)
+                .map(|k| {
+                    let mut l = row.to_vec();
+                    let req = SampleRequest {
+                        params: &info.params,
+                        prompt_tokens: &info.prompt_tokens,
+                        output_tokens: &info.output_tokens,
+                        seed: info.seed,
+                        sample_index: info.sample_index + k,
+                        eos_token_id: info.eos_token_id,
+                        ignore_eos: info.params.ignore_eos,
+                    };
+                    let s = sampler::sample(&mut l, &req);
+                    SampledToken {
+                        token: s.token,
+                        logprob: s.logprob,
+                        rank: s.rank,
+                        top_logprobs: s.top_logprobs,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The planned rows of `logits` sampled on the device. Should the device fail (e.g. no memory
+/// for the processed rows), the host sampler takes the step: the logits are left untouched.
+fn sample_planned<B: Backend>(
+    b: &B,
+    logits: &B::Tensor,
+    ids: &mut B::Ids,
+    plan: &SamplePlan,
+    samplers: &[&SampleInfo],
+) -> Result<Vec<Vec<SampledToken>>, String> {
+    match b.sample_rows_planned(logits, ids, plan) {
+        Ok(rows) => Ok(rows.into_iter().map(to_sampled).collect()),
+        Err(e) => {
+            tracing::warn!("device sampling failed, sampling this step on the host: {e}");
+            let host = b.to_host(logits).map_err(|e| e.to_string())?;
+            if host.len() != samplers.len() * b.shape(logits).1 {
+                return Err(format!(
+                    "got {} logits for {} rows",
+                    host.len(),
+                    samplers.len()
+                ));
+            }
+            Ok(sample_rows_on_host(samplers, &host))
+        }
     }
 }
 

@@ -22,10 +22,12 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../kernels/attention_prefill_tc.cu"),
     ),
     ("gelu.cu", include_str!("../../kernels/gelu.cu")),
+    // Uses elementwise.cu's sampling helpers: core module only.
+    ("sampling.cu", include_str!("../../kernels/sampling.cu")),
 ];
 
 /// Files whose kernels live in the core module only: attention variant modules leave them out.
-const CORE_ONLY: &[&str] = &["elementwise.cu", "gelu.cu", "gemv.cu"];
+const CORE_ONLY: &[&str] = &["elementwise.cu", "gelu.cu", "gemv.cu", "sampling.cu"];
 
 /// NVRTC options selecting the kernels' element type `act_t` (kernels/common.cuh): `-DRV_F16`
 /// for f16, none for the default bf16.

@@ -9,6 +9,7 @@
 pub mod compile;
 mod gemm;
 mod matvec;
+mod sampling;
 pub mod selftest;
 
 use crate::ops::{AttentionSpec, Backend, GeluKind, KvCacheSpec, RopeSpec, RopeStyle};
@@ -145,6 +146,8 @@ pub struct CudaIds {
     params: CudaSlice<f32>,
     seeds: CudaSlice<u64>,
     len: usize,
+    /// Buffers of `sample_rows_planned`, allocated on first use.
+    plan: sampling::PlanBuffers,
 }
 
 /// A captured CUDA graph, replayed on the backend's stream.
@@ -465,7 +468,11 @@ impl CudaBackend {
                 as usize;
         let (module, compile) = compile::load_module(&ctx, &compile::core_source(), dtype)?;
         let mut funcs = HashMap::new();
-        for name in CORE_KERNELS.iter().chain(GELU_KERNELS.iter()) {
+        for name in CORE_KERNELS
+            .iter()
+            .chain(GELU_KERNELS.iter())
+            .chain(sampling::KERNELS.iter())
+        {
             let f = module
                 .load_function(name)
                 .map_err(|e| dev_err(&format!("kernel {name} missing from the module"), e))?;
@@ -1495,6 +1502,7 @@ impl Backend for CudaBackend {
             params: self.alloc_raw::<f32>(4 * n)?,
             seeds: self.alloc_raw::<u64>(n)?,
             len: n,
+            plan: Default::default(),
         };
         // Greedy until told otherwise (1/temperature 0).
         self.memset(raw_ptr(&ids.params, &self.stream), 0, 4 * n.max(1) * 4)?;
@@ -1555,6 +1563,15 @@ impl Backend for CudaBackend {
 
     fn samples_on_device(&self) -> bool {
         true
+    }
+
+    fn sample_rows_planned(
+        &self,
+        t: &CudaTensor,
+        ids: &mut CudaIds,
+        plan: &crate::SamplePlan,
+    ) -> Result<Vec<crate::PlannedSample>> {
+        self.plan_sample(t, ids, plan, None)
     }
 
     fn ids_to_host(&self, ids: &CudaIds, n: usize) -> Result<Vec<u32>> {

@@ -16,6 +16,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+mod sampling;
+
 // ------------------------------------------------------------------------------------ helpers
 
 /// splitmix64: seeded, reproducible, no dependency.
@@ -1498,6 +1500,9 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
     c.run("matmul", |c| case_matmul(c, &gpu, &cpu, &mut rng));
     c.run("graph", |c| case_graph(c, &gpu, &cpu, &mut rng));
     c.run("sampling", |c| case_sampling(c, &gpu, &mut rng));
+    c.run("planned sampling", |c| {
+        sampling::case_planned(c, &gpu, &mut rng)
+    });
     let (pass, fail) = (c.pass, c.fail);
     let _ = writeln!(
         c.report,
