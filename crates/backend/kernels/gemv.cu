@@ -1,7 +1,7 @@
 // ---------------------------------------------------------------- small-batch projections
-// A decode step of a few tokens is bound by reading each weight once from HBM. Here a block works
-// on two weight rows at a time (its warps split k) and streams them with 16-byte loads that
-// bypass L1, while the T (<= 8) input rows stay in L1/L2 for every block. The RMS norm of the input (prologue) and the residual add
+// A decode step of a few tokens is bound by reading each weight once from HBM. Here a block owns
+// two weight rows (its warps split k) and streams them with 16-byte loads that bypass L1, while
+// the T (<= 8) input rows stay in L1/L2 for every block. The RMS norm of the input (prologue) and the residual add
 // or SwiGLU (epilogue) are folded in, so a decode layer runs no separate norm, add or
 // activation kernel, and no split-K reduce:
 //   NORM:   out[t][r]  = (w[r] . (x[t] * g)) * inv_rms(x[t])
@@ -38,9 +38,18 @@ __device__ __forceinline__ void u4_to_f32(const uint4& v, float* f) {
     act8_to_f32(a, f);
 }
 
-// Rows of work item `pair`: (r0, r1), r1 == r0 when the last pair has one row.
-template <int MODE>
-__device__ __forceinline__ void gemv_rows(int pair, int n, int& r0, int& r1, bool& has1) {
+template <int MODE, int T>
+__device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* __restrict__ x,
+                                          const act_t* __restrict__ w, const float* __restrict__ g,
+                                          int ntok, int n, int k, float eps) {
+    // One block per row pair; its GEMV_WARPS warps split k, so each warp has one or a few
+    // rounds of loads in flight (a warp walking a whole row alone is bound by load latency).
+    __shared__ float red[GEMV_WARPS][3 * T];
+    const int pair = blockIdx.x;
+    const int wid = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    int r0, r1;
+    bool has1;
     if (MODE == GEMV_SWIGLU) {
         r0 = pair;
         r1 = pair + n;
@@ -50,47 +59,10 @@ __device__ __forceinline__ void gemv_rows(int pair, int n, int& r0, int& r1, boo
         has1 = r0 + 1 < n;
         r1 = has1 ? r0 + 1 : r0;
     }
-}
-
-// One round of weight loads: GEMV_UNROLL chunks of both rows for this lane.
-template <int MODE>
-__device__ __forceinline__ void gemv_load(uint4* a, uint4* b, const act_t* __restrict__ w,
-                                          int pair, int n, int k, int c0, int nch) {
-    int r0, r1;
-    bool has1;
-    gemv_rows<MODE>(pair, n, r0, r1, has1);
     const uint4* w0 = (const uint4*)(w + (u64)r0 * k);
     const uint4* w1 = (const uint4*)(w + (u64)r1 * k);
-#pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
-        const int c = c0 + 32 * GEMV_WARPS * u;
-        if (c < nch) {
-            a[u] = ld_stream16(w0 + c);
-            b[u] = ld_stream16(w1 + c);
-        }
-    }
-}
-
-template <int MODE, int T>
-__device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* __restrict__ x,
-                                          const act_t* __restrict__ w, const float* __restrict__ g,
-                                          int ntok, int n, int k, float eps) {
-    // Persistent blocks: block b serves pairs b, b + gridDim.x, ... Its GEMV_WARPS warps split
-    // k, and each warp walks the (pair, round) steps with the next step's weight loads issued
-    // before the current step's math, so an SM's loads never stop between pairs (one pair per
-    // block left a latency bubble at every block boundary and wave).
-    __shared__ float red[2][GEMV_WARPS][3 * T];
-    const int npairs = MODE == GEMV_SWIGLU ? n : (n + 1) >> 1;
-    const int wid = threadIdx.x >> 5;
-    const int lane = threadIdx.x & 31;
     const int nch = k >> 3;
     const int stride = 32 * GEMV_WARPS;
-    const int per_round = stride * GEMV_UNROLL;
-    const int rounds = (nch + per_round - 1) / per_round;  // the same for every lane
-    const int first = wid * 32 + lane;
-    int pair = blockIdx.x;
-    if (pair >= npairs) return;
-    int round = 0;
     float acc0[T], acc1[T], ss[T];
 #pragma unroll
     for (int t = 0; t < T; t++) acc0[t] = acc1[t] = ss[t] = 0.f;
@@ -99,22 +71,29 @@ __device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* 
     // until our writes are done.
     pdl_trigger();
     uint4 a[GEMV_UNROLL], b[GEMV_UNROLL];
-    gemv_load<MODE>(a, b, w, pair, n, k, first, nch);
+    const int first = wid * 32 + lane;
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        const int c = first + stride * u;
+        if (c < nch) {
+            a[u] = ld_stream16(w0 + c);
+            b[u] = ld_stream16(w1 + c);
+        }
+    }
     // x and the residual are the predecessor's output: wait for it (the first weight loads
     // above are already in flight).
     pdl_wait();
-    int parity = 0;
-    while (true) {
-        int next_pair = pair, next_round = round + 1;
-        if (next_round == rounds) {
-            next_round = 0;
-            next_pair += gridDim.x;
+    for (int c0 = first; c0 < nch; c0 += stride * GEMV_UNROLL) {
+        if (c0 != first) {
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int c = c0 + stride * u;
+                if (c < nch) {
+                    a[u] = ld_stream16(w0 + c);
+                    b[u] = ld_stream16(w1 + c);
+                }
+            }
         }
-        const bool more = next_pair < npairs;
-        uint4 na[GEMV_UNROLL], nb[GEMV_UNROLL];
-        if (more) gemv_load<MODE>(na, nb, w, next_pair, n, k, first + next_round * per_round, nch);
-
-        const int c0 = first + round * per_round;
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             const int c = c0 + stride * u;
@@ -148,58 +127,42 @@ __device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* 
                 }
             }
         }
+    }
 
-        if (round == rounds - 1) {
-            // Warp sums, then across the block's warps (double-buffered: a warp running ahead
-            // writes the other half, and cannot lap warp 0 without passing the next barrier).
+    // Warp sums, then across the block's warps.
 #pragma unroll
-            for (int t = 0; t < T; t++) {
-                const float s0 = warp_sum(acc0[t]);
-                const float s1 = warp_sum(acc1[t]);
-                const float q = MODE != GEMV_ADD ? warp_sum(ss[t]) : 0.f;
-                if (lane == 0) {
-                    red[parity][wid][3 * t] = s0;
-                    red[parity][wid][3 * t + 1] = s1;
-                    red[parity][wid][3 * t + 2] = q;
-                }
-                acc0[t] = acc1[t] = ss[t] = 0.f;
-            }
-            __syncthreads();
-            const int t = lane;
-            if (wid == 0 && t < ntok && t < T) {
-                int r0, r1;
-                bool has1;
-                gemv_rows<MODE>(pair, n, r0, r1, has1);
-                float s0 = 0.f, s1 = 0.f, q = 0.f;
-#pragma unroll
-                for (int i = 0; i < GEMV_WARPS; i++) {
-                    s0 += red[parity][i][3 * t];
-                    s1 += red[parity][i][3 * t + 1];
-                    q += red[parity][i][3 * t + 2];
-                }
-                const float inv = MODE != GEMV_ADD ? rsqrtf(q / (float)k + eps) : 1.f;
-                if (MODE == GEMV_SWIGLU) {
-                    const float gv = s0 * inv, uv = s1 * inv;
-                    out[(u64)t * n + r0] = f2act(gv / (1.f + __expf(-gv)) * uv);
-                } else if (MODE == GEMV_NORM) {
-                    out[(u64)t * n + r0] = f2act(s0 * inv);
-                    if (has1) out[(u64)t * n + r1] = f2act(s1 * inv);
-                } else {
-                    act_t* o = out + (u64)t * n;
-                    o[r0] = f2act(act2f(o[r0]) + s0);
-                    if (has1) o[r1] = f2act(act2f(o[r1]) + s1);
-                }
-            }
-            parity ^= 1;
+    for (int t = 0; t < T; t++) {
+        const float s0 = warp_sum(acc0[t]);
+        const float s1 = warp_sum(acc1[t]);
+        const float q = MODE != GEMV_ADD ? warp_sum(ss[t]) : 0.f;
+        if (lane == 0) {
+            red[wid][3 * t] = s0;
+            red[wid][3 * t + 1] = s1;
+            red[wid][3 * t + 2] = q;
         }
-        if (!more) break;
+    }
+    __syncthreads();
+    if (wid != 0) return;
+    const int t = lane;
+    if (t >= ntok || t >= T) return;
+    float s0 = 0.f, s1 = 0.f, q = 0.f;
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            a[u] = na[u];
-            b[u] = nb[u];
-        }
-        pair = next_pair;
-        round = next_round;
+    for (int i = 0; i < GEMV_WARPS; i++) {
+        s0 += red[i][3 * t];
+        s1 += red[i][3 * t + 1];
+        q += red[i][3 * t + 2];
+    }
+    const float inv = MODE != GEMV_ADD ? rsqrtf(q / (float)k + eps) : 1.f;
+    if (MODE == GEMV_SWIGLU) {
+        const float gv = s0 * inv, uv = s1 * inv;
+        out[(u64)t * n + r0] = f2act(gv / (1.f + __expf(-gv)) * uv);
+    } else if (MODE == GEMV_NORM) {
+        out[(u64)t * n + r0] = f2act(s0 * inv);
+        if (has1) out[(u64)t * n + r1] = f2act(s1 * inv);
+    } else {
+        act_t* o = out + (u64)t * n;
+        o[r0] = f2act(act2f(o[r0]) + s0);
+        if (has1) o[r1] = f2act(act2f(o[r1]) + s1);
     }
 }
 

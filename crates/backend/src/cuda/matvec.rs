@@ -38,34 +38,6 @@ impl MatvecMode {
 }
 
 impl CudaBackend {
-    /// Blocks of `name` (`WARPS_PER_BLOCK` warps, no dynamic shared memory) one SM holds at
-    /// once, from the driver's occupancy calculator (registers decide it); cached.
-    fn resident_blocks(&self, name: &str) -> Result<usize> {
-        static CACHE: std::sync::OnceLock<
-            std::sync::Mutex<std::collections::HashMap<String, usize>>,
-        > = std::sync::OnceLock::new();
-        let cache = CACHE.get_or_init(Default::default);
-        if let Some(&n) = cache.lock().unwrap().get(name) {
-            return Ok(n);
-        }
-        let f = self.func(name)?;
-        let mut n: std::ffi::c_int = 0;
-        // SAFETY: `f` is a loaded function of this context; `n` outlives the call.
-        unsafe {
-            cudarc::driver::sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                &mut n,
-                f.cu_function(),
-                (WARPS_PER_BLOCK * 32) as std::ffi::c_int,
-                0,
-            )
-        }
-        .result()
-        .map_err(|e| BackendError::Device(format!("occupancy of {name}: {e:?}")))?;
-        let n = (n.max(1)) as usize;
-        cache.lock().unwrap().insert(name.to_string(), n);
-        Ok(n)
-    }
-
     /// Launches the `mode` kernel: `x: [T, k]` with `T <= MATVEC_MAX_TOKENS`, `w: [n, k]` (or
     /// `[2n, k]` for SwiGLU), `out: [T, n]`, `norm`: the f32 norm weight of length `k` and eps.
     pub(super) fn matvec(
@@ -129,17 +101,15 @@ impl CudaBackend {
         let xp = self.bf16_ptr(op, &x.buf)?;
         let wp = self.bf16_ptr(op, &w.buf)?;
         let op_ = self.bf16_ptr(op, &out.buf)?;
-        // Work items: two output columns (SwiGLU: one, which reads a gate and an up row). The
-        // blocks are persistent: as many as fit on the device at once, each looping over items.
-        let items = if mode == MatvecMode::Swiglu {
+        // One block per two output columns (SwiGLU: per column, which reads a gate and an up
+        // row).
+        let blocks = if mode == MatvecMode::Swiglu {
             n
         } else {
             n.div_ceil(2)
-        };
-        let name = format!("gemv_{}_t{tt}", mode.name());
-        let blocks = items.min(self.info.sm_count * self.resident_blocks(&name)?) as u32;
+        } as u32;
         self.launch_pdl(
-            &name,
+            &format!("gemv_{}_t{tt}", mode.name()),
             (blocks, 1, 1),
             ((WARPS_PER_BLOCK * 32) as u32, 1, 1),
             0,
