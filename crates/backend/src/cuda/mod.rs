@@ -1163,13 +1163,10 @@ impl CudaBackend {
         let s = &self.stream;
         self.launch(
             "rope_cache",
-            (
-                batch.num_tokens as u32,
-                (attn.num_heads + 2 * attn.num_kv_heads) as u32,
-                1,
-            ),
-            ((hd / 2).clamp(32, 256) as u32, 1, 1),
-            0,
+            (batch.num_tokens as u32, 1, 1),
+            (256, 1, 1),
+            // cos and sin of the token's rotary_dim / 2 angles
+            (rope.rotary_dim * 4) as u32,
             &[
                 Arg::P(q_src),
                 Arg::P(q_dst),
