@@ -15,6 +15,16 @@
 //! faster, so that part, not the weight or activation loads, is what to attack next. Tried
 //! without a measurable gain: 4 rows × 2 tiles per kernel call (intrinsics: LLVM spills the
 //! accumulators; inline asm without spills: same speed as 4 × 1).
+//!
+//! Later measurements (this 2-core Zen 3 EPYC, ~2.9 GHz unloaded; `RAYON_NUM_THREADS=1
+//! matmul_bench kern`, old and new binaries interleaved, best of 3): Q4_1 1536×576 at t=64
+//! takes ~700 µs = ~80 G multiply-adds/s = ~27 per cycle, i.e. ~38 cycles per 4-row ×
+//! 8-row-tile block (1024 MACs, ~140 instructions of which 40 are broadcast loads). At t=16
+//! with weights streamed from DRAM (`matmul_bench step`, one thread) the whole decode step's
+//! matmuls run at about the in-cache rate (~32 ms for 2.16 G MACs = 67 G/s, incl. the slower
+//! Q8_0 lm_head), so batched decode is not weight-bandwidth-bound. Also tried without a gain: `vbroadcastss` instead of
+//! `vpbroadcastd` for the activation dwords (same time); taking the scale product `d_w·d_x`
+//! and the Q4_1 `m·s` FMA off the integer sums' dependency chain (7% slower: 706 → 762 µs).
 
 #[cfg(target_arch = "x86_64")]
 pub use x86::*;
