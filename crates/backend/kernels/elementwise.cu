@@ -215,8 +215,8 @@ extern "C" __global__ void silu_mul_bf16(act_t* __restrict__ out, const act_t* _
 }
 
 // ---------------------------------------------------------------- rope + cache write
-// grid (T), block 256, dynamic shared memory rotary_dim floats: one CTA per token, one thread
-// per rotated pair of a head. Heads [0, heads) are query heads: rotated from q_src into q_dst (q_dst row
+// grid (T, S), block 256, dynamic shared memory rotary_dim floats: S CTAs per token (S > 1 for
+// small steps), each with every S-th head, one thread per rotated pair. Heads [0, heads) are query heads: rotated from q_src into q_dst (q_dst row
 // stride heads * hd; may alias q_src). The next kv_heads are key heads: rotated, written to the
 // cache at slot_mapping[t] (0xffffffff = a padding row, not written) and, if k_dst is not null,
 // back to k_dst (row stride kv_heads * hd). The last kv_heads are value heads: copied to the
@@ -243,10 +243,13 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
         sincosf(pos * inv_freq, &cs[half + i], &cs[i]);
     }
     __syncthreads();
-    // Rotated pairs of every query and key head.
+    // Rotated pairs of the query and key heads of this block's share (head % gridDim.y ==
+    // blockIdx.y: small steps spread a token's heads over several blocks).
     const int qk_heads = heads + kv_heads;
-    for (int p = threadIdx.x; p < qk_heads * half; p += blockDim.x) {
-        const int head = p / half, i = p - head * half;
+    const int hs = gridDim.y, h0 = blockIdx.y;
+    const int my_heads = (qk_heads - h0 + hs - 1) / hs;
+    for (int p = threadIdx.x; p < my_heads * half; p += blockDim.x) {
+        const int head = h0 + (p / half) * hs, i = p % half;
         const bool is_q = head < heads;
         const int h = is_q ? head : head - heads;
         const act_t* src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
@@ -271,8 +274,8 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
     }
     // Dimensions past rotary_dim pass through unrotated.
     const int rest = hd - rotary_dim;
-    for (int p = threadIdx.x; p < qk_heads * rest; p += blockDim.x) {
-        const int head = p / rest, d = rotary_dim + (p - head * rest);
+    for (int p = threadIdx.x; p < my_heads * rest; p += blockDim.x) {
+        const int head = h0 + (p / rest) * hs, d = rotary_dim + p % rest;
         const bool is_q = head < heads;
         const int h = is_q ? head : head - heads;
         const act_t* src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
@@ -285,9 +288,10 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
     }
     // Values: copied into the cache.
     if (!write) return;
-    for (int e = threadIdx.x; e < kv_heads * hd; e += blockDim.x) {
-        const int h = e / hd, d = e - h * hd;
-        v_cache[(u64)slot * kv_heads * hd + e] = v_src[t * v_stride + (u64)h * hd + d];
+    const int my_v = (kv_heads - h0 + hs - 1) / hs;
+    for (int e = threadIdx.x; e < my_v * hd; e += blockDim.x) {
+        const int h = h0 + (e / hd) * hs, d = e % hd;
+        v_cache[(u64)slot * kv_heads * hd + (u64)h * hd + d] = v_src[t * v_stride + (u64)h * hd + d];
     }
 }
 

@@ -418,6 +418,14 @@ fn prefill_tc_smem(hd: usize) -> usize {
     4 * PREFILL_BM * (hd + 8) * 2
 }
 
+/// CTAs per token of the rope kernel: enough for ~2 per SM on an H100 at small steps (a decode
+/// step of one token would otherwise be one CTA walking all its heads), one at large ones.
+fn rope_head_split(tokens: usize, attn: &AttentionSpec) -> usize {
+    264usize
+        .div_ceil(tokens.max(1))
+        .clamp(1, attn.num_heads + attn.num_kv_heads)
+}
+
 /// Largest divisor of `n` that is `<= cap`.
 fn divisor_at_most(n: usize, cap: usize) -> usize {
     (1..=cap.min(n)).rev().find(|d| n % *d == 0).unwrap_or(1)
@@ -1163,7 +1171,7 @@ impl CudaBackend {
         let s = &self.stream;
         self.launch(
             "rope_cache",
-            (batch.num_tokens as u32, 1, 1),
+            (batch.num_tokens as u32, rope_head_split(batch.num_tokens, attn) as u32, 1),
             (256, 1, 1),
             // cos and sin of the token's rotary_dim / 2 angles
             (rope.rotary_dim * 4) as u32,
