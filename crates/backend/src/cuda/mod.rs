@@ -389,9 +389,36 @@ const CORE_KERNELS: [&str; 26] = [
 /// GELU kernels of the core module (kernels/gelu.cu).
 const GELU_KERNELS: [&str; 3] = ["gelu_bf16", "gelu_mul_bf16", "gelu_mul_fused_bf16"];
 
+/// Query heads per CTA of the decode kernel for GQA groups of `group` heads. The single-pass
+/// kernel takes at most 8 and halves an even count above 4: two adjacent CTAs of 4 heads (the
+/// second read of K/V mostly from L2) beat one of 8 on the H100 (64q/8kv/128: 2,041-2,114 vs
+/// 1,965-2,043 GB/s at batch 64-256, 13.6 vs 16.9 us at batch 1 x 2048; the G = 8 kernel needs 244
+/// registers, 2 CTAs per SM). RVLLM_DECODE_MAX_G=n (experiments) caps it at n instead.
+fn decode_heads_per_cta(group: usize) -> usize {
+    if decode_attn_mode() == DECODE_ATTN_OLD {
+        return divisor_at_most(group, DECODE_MAX_G);
+    }
+    static MAX_G: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let cap = *MAX_G.get_or_init(|| {
+        std::env::var("RVLLM_DECODE_MAX_G")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&g| (1..=DECODE_MAX_G).contains(&g))
+    });
+    if let Some(cap) = cap {
+        return divisor_at_most(group, cap);
+    }
+    let g = divisor_at_most(group, DECODE_MAX_G);
+    if g > 4 && g % 2 == 0 {
+        g / 2
+    } else {
+        g
+    }
+}
+
 fn decode_kernel_name(attn: &AttentionSpec) -> String {
     let group = attn.num_heads / attn.num_kv_heads.max(1);
-    let g = divisor_at_most(group, DECODE_MAX_G);
+    let g = decode_heads_per_cta(group);
     if decode_attn_mode() == DECODE_ATTN_OLD {
         format!("paged_decode_h{}_g{g}", attn.head_dim)
     } else {
@@ -1191,7 +1218,7 @@ impl CudaBackend {
     ) -> Result<()> {
         let hd = attn.head_dim;
         let group = attn.num_heads / attn.num_kv_heads;
-        let g = divisor_at_most(group, DECODE_MAX_G);
+        let g = decode_heads_per_cta(group);
         let hchunks = group / g;
         let chunks = attn.num_kv_heads * hchunks;
         let ctas = b.num_seqs * chunks;

@@ -1706,7 +1706,8 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
             let part = if mode == super::DECODE_ATTN_OLD {
                 gpu.decode_partition(b * kvh, max_ctx)
             } else {
-                gpu.decode_partition_v2(b * kvh, max_ctx, hd)
+                let g = super::decode_heads_per_cta(heads / kvh);
+                gpu.decode_partition_v2(b * kvh * (heads / kvh / g), max_ctx, hd)
             };
             res.push((part, ms * 1e3, bytes / (ms * 1e-3) / 1e9));
         }
