@@ -229,6 +229,296 @@ extern "C" __global__ void paged_decode_reduce(act_t* __restrict__ out, const fl
     }
 }
 
+// ---------------------------------------------------------------- decode, single pass (v2)
+// CTA = (KV head chunk of G query heads, sequence, context partition): blockIdx.x is the head
+// chunk so the CTAs of one sequence run together and read neighbouring 256-byte K/V rows.
+// Each warp streams whole token groups: per iteration every thread issues L 16-byte K loads
+// and L 16-byte V loads at once (block numbers from a shared-memory copy of the partition's
+// block table), then updates an online softmax (base-2 exponent) for its G heads. Warps merge
+// through shared memory; with several partitions the last CTA of a (sequence, head chunk) to
+// finish (atomic counter, reset by it) merges the partitions, so there is no reduce launch.
+#define DEC2_NT 128
+#define DEC2_NW 4
+
+__device__ __forceinline__ float rv_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <int HD, int G, int L>
+__device__ __forceinline__ void decode2_impl(
+    act_t* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ max_logits,
+    float* __restrict__ exp_sums, u32* __restrict__ counters, const act_t* __restrict__ q,
+    const act_t* __restrict__ k_cache, const act_t* __restrict__ v_cache,
+    const u32* __restrict__ block_tables, const u32* __restrict__ query_start,
+    const u32* __restrict__ query_len, const u32* __restrict__ context_len, int max_blocks,
+    int num_heads, int num_kv_heads, int block_size, int bs_shift, float scale, int part_size,
+    int hchunks) {
+    constexpr int NT = DEC2_NT, NW = DEC2_NW;
+    constexpr int TPT = HD / 8;         // threads per token row, 16 bytes each
+    constexpr int TPW = 32 / TPT;       // token rows per warp load
+    // L: K (and V) loads per thread per iteration
+    constexpr int TOK = L * TPW;        // tokens per warp iteration
+    // [NW][G][HD] partial outputs, [NW][G] maxima, [NW][G] sums, then the block numbers.
+    extern __shared__ __align__(16) float dsm[];
+    float* s_acc = dsm;
+    float* s_m = s_acc + NW * G * HD;
+    float* s_l = s_m + NW * G;
+    u32* s_bt = (u32*)(s_l + NW * G);
+    __shared__ int s_last;
+
+    const int s = blockIdx.y;
+    if (query_len[s] != 1) return;
+    const int kvh = blockIdx.x / hchunks, chunk = blockIdx.x % hchunks;
+    const int group = num_heads / num_kv_heads;
+    const int head0 = kvh * group + chunk * G;
+    const int ctx = (int)context_len[s];
+    const int start = blockIdx.z * part_size;
+    if (start >= ctx) return;
+    const int n = min(start + part_size, ctx) - start;
+    const int num_parts = (ctx + part_size - 1) / part_size;
+    const int max_parts = gridDim.z;
+    const u64 tok = query_start[s];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tl = lane % TPT, row = lane / TPT;
+    const u64 tok_stride = (u64)num_kv_heads * HD;
+    const act_t* kbase = k_cache + (u64)kvh * HD + tl * 8;
+    const act_t* vbase = v_cache + (u64)kvh * HD + tl * 8;
+
+    const int fb = start / block_size;
+    const int nbt = (start + n - 1) / block_size - fb + 1;
+    const u32* bt = block_tables + (u64)s * max_blocks + fb;
+    for (int i = tid; i < nbt; i += NT) s_bt[i] = bt[i];
+
+    constexpr float LOG2E = 1.4426950408889634f;
+    float qv[G][8];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        act8 t = *(const act8*)(q + tok * num_heads * HD + (u64)(head0 + g) * HD + tl * 8);
+        act8_to_f32(t, qv[g]);
+#pragma unroll
+        for (int e = 0; e < 8; e++) qv[g][e] *= scale * LOG2E;
+    }
+    __syncthreads();
+
+    float m[G], l[G], acc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        m[g] = -RV_INF;
+        l[g] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[g][e] = 0.f;
+    }
+
+    // Warp-uniform loop: the shuffles below see every lane.
+    for (int it = warp * TOK; it < n; it += NW * TOK) {
+        act8 kr[L], vr[L];
+#pragma unroll
+        for (int i = 0; i < L; i++) {
+            const int pos = start + min(it + row + i * TPW, n - 1);  // past the end: reread, masked
+            int bi, off;
+            if (bs_shift >= 0) {
+                bi = pos >> bs_shift;
+                off = pos & (block_size - 1);
+            } else {
+                bi = pos / block_size;
+                off = pos - bi * block_size;
+            }
+            const u64 o = ((u64)s_bt[bi - fb] * block_size + off) * tok_stride;
+            kr[i] = *(const act8*)(kbase + o);
+            vr[i] = *(const act8*)(vbase + o);
+        }
+        float sc[L][G];
+#pragma unroll
+        for (int i = 0; i < L; i++) {
+            float kf[8];
+            act8_to_f32(kr[i], kf);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float d = 0.f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) d += qv[g][e] * kf[e];
+                sc[i][g] = d;
+            }
+        }
+#pragma unroll
+        for (int o = TPT / 2; o > 0; o >>= 1)
+#pragma unroll
+            for (int i = 0; i < L; i++)
+#pragma unroll
+                for (int g = 0; g < G; g++) sc[i][g] += __shfl_xor_sync(0xffffffffu, sc[i][g], o);
+#pragma unroll
+        for (int i = 0; i < L; i++)
+            if (it + row + i * TPW >= n)
+#pragma unroll
+                for (int g = 0; g < G; g++) sc[i][g] = -RV_INF;
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float mx = sc[0][g];
+#pragma unroll
+            for (int i = 1; i < L; i++) mx = fmaxf(mx, sc[i][g]);
+#pragma unroll
+            for (int o = TPT; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float mn = fmaxf(m[g], mx);
+            const float alpha = rv_ex2(m[g] - mn);
+            m[g] = mn;
+            l[g] *= alpha;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] *= alpha;
+        }
+#pragma unroll
+        for (int i = 0; i < L; i++) {
+            float vf[8];
+            act8_to_f32(vr[i], vf);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                const float p = rv_ex2(sc[i][g] - m[g]);
+                l[g] += p;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[g][e] += p * vf[e];
+            }
+        }
+    }
+    // Rows of the warp share m; add their sums and outputs.
+#pragma unroll
+    for (int o = TPT; o < 32; o <<= 1)
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+        }
+    if (row == 0) {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float4* d = (float4*)(s_acc + (warp * G + g) * HD + tl * 8);
+            d[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+            d[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+        }
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            s_m[warp * G + g] = m[g];
+            s_l[warp * G + g] = l[g];
+        }
+    }
+    __syncthreads();
+    const u64 rbase = ((u64)s * num_heads + head0) * max_parts;  // row of (head0, part 0)
+    for (int i = tid; i < G * HD; i += NT) {
+        const int g = i / HD, d = i % HD;
+        float M = -RV_INF;
+#pragma unroll
+        for (int w = 0; w < NW; w++) M = fmaxf(M, s_m[w * G + g]);
+        float o = 0.f, sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < NW; w++) {
+            const float c = rv_ex2(s_m[w * G + g] - M);
+            o += c * s_acc[(w * G + g) * HD + d];
+            sum += c * s_l[w * G + g];
+        }
+        if (num_parts == 1) {
+            out[tok * num_heads * HD + (u64)(head0 + g) * HD + d] = f2act(o / sum);
+        } else {
+            const u64 r = rbase + (u64)g * max_parts + blockIdx.z;
+            tmp_out[r * HD + d] = o / sum;
+            if (d == 0) {
+                max_logits[r] = M;
+                exp_sums[r] = sum;
+            }
+        }
+    }
+    if (num_parts == 1) return;
+
+    // ---- the last partition to finish merges all of them
+    __threadfence();
+    __syncthreads();
+    u32* counter = counters + (u64)s * gridDim.x + blockIdx.x;
+    if (tid == 0) s_last = atomicAdd(counter, 1u) == (u32)(num_parts - 1);
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    float* s_w = s_acc;  // [G][num_parts] weights (host keeps max_parts <= NW * HD)
+    float* s_inv = s_m;  // [G]
+    for (int g = warp; g < G; g += NW) {
+        const u64 r = rbase + (u64)g * max_parts;
+        float M = -RV_INF;
+        for (int p = lane; p < num_parts; p += 32) M = fmaxf(M, __ldcg(max_logits + r + p));
+        M = warp_max(M);
+        float sum = 0.f;
+        for (int p = lane; p < num_parts; p += 32) {
+            const float w = __ldcg(exp_sums + r + p) * rv_ex2(__ldcg(max_logits + r + p) - M);
+            s_w[g * num_parts + p] = w;
+            sum += w;
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) s_inv[g] = 1.f / sum;
+    }
+    __syncthreads();
+    // One float4 of one head per thread; 8 partitions' loads in flight per step.
+    for (int i = tid; i < G * HD / 4; i += NT) {
+        const int g = i / (HD / 4), d4 = i % (HD / 4);
+        const float4* src = (const float4*)(tmp_out + (rbase + (u64)g * max_parts) * HD) + d4;
+        const float* w = s_w + g * num_parts;
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int p0 = 0; p0 < num_parts; p0 += 8) {
+            float4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                v[u] = p0 + u < num_parts ? __ldcg(src + (u64)(p0 + u) * (HD / 4))
+                                          : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const float c = p0 + u < num_parts ? w[p0 + u] : 0.f;
+                o.x += c * v[u].x;
+                o.y += c * v[u].y;
+                o.z += c * v[u].z;
+                o.w += c * v[u].w;
+            }
+        }
+        const float inv = s_inv[g];
+        const float f[4] = {o.x * inv, o.y * inv, o.z * inv, o.w * inv};
+        act_t* dst = out + tok * num_heads * HD + (u64)(head0 + g) * HD + d4 * 4;
+        *(u32*)dst = act_pack2(f[0], f[1]);
+        *(u32*)(dst + 2) = act_pack2(f[2], f[3]);
+    }
+    if (tid == 0) *counter = 0u;  // ready for the next launch (and graph replay)
+}
+
+#define DECODE2_ARGS                                                                             \
+    act_t *out, float *tmp_out, float *max_logits, float *exp_sums, u32 *counters,               \
+        const act_t *q, const act_t *k_cache, const act_t *v_cache, const u32 *block_tables,     \
+        const u32 *query_start, const u32 *query_len, const u32 *context_len, int max_blocks,    \
+        int num_heads, int num_kv_heads, int block_size, int bs_shift, float scale,              \
+        int part_size, int hchunks
+#define DECODE2_PASS                                                                             \
+    out, tmp_out, max_logits, exp_sums, counters, q, k_cache, v_cache, block_tables,             \
+        query_start, query_len, context_len, max_blocks, num_heads, num_kv_heads, block_size,    \
+        bs_shift, scale, part_size, hchunks
+#define DECODE2_KERNEL(HD, G)                                                                    \
+    extern "C" __global__ void __launch_bounds__(DEC2_NT)                                        \
+        paged_decode_v2_h##HD##_g##G(DECODE2_ARGS) {                                             \
+        pdl_trigger();                                                                           \
+        decode2_impl<HD, G, 4>(DECODE2_PASS);                                                   \
+    }
+// Explicit loads per thread per iteration (experiments: RVLLM_DECODE_L).
+#define DECODE2_KERNEL_L(HD, G, L)                                                               \
+    extern "C" __global__ void __launch_bounds__(DEC2_NT)                                        \
+        paged_decode_v2_h##HD##_g##G##_l##L(DECODE2_ARGS) {                                      \
+        pdl_trigger();                                                                           \
+        decode2_impl<HD, G, L>(DECODE2_PASS);                                                    \
+    }
+#define DECODE2_ALL_G(HD)                                                                        \
+    DECODE2_KERNEL(HD, 1)                                                                        \
+    DECODE2_KERNEL(HD, 2)                                                                        \
+    DECODE2_KERNEL(HD, 3)                                                                        \
+    DECODE2_KERNEL(HD, 4)                                                                        \
+    DECODE2_KERNEL(HD, 5)                                                                        \
+    DECODE2_KERNEL(HD, 6)                                                                        \
+    DECODE2_KERNEL(HD, 7)                                                                        \
+    DECODE2_KERNEL(HD, 8)
+
 // ---------------------------------------------------------------- general (prefill) path
 #define PF_BM 64
 #define PF_BN 64
@@ -389,6 +679,9 @@ __device__ __forceinline__ void prefill_attn_impl(
 DECODE_ALL_G(64)
 DECODE_ALL_G(128)
 DECODE_ALL_G(256)
+DECODE2_ALL_G(64)
+DECODE2_ALL_G(128)
+DECODE2_ALL_G(256)
 PREFILL_KERNEL(64)
 PREFILL_KERNEL(96)
 PREFILL_KERNEL(128)

@@ -336,7 +336,9 @@ fn run(cli: Cli) -> Result<()> {
             let dtypes = gpu_dtypes(&dtype);
             let mut report = String::new();
             let mut ok = Ok(true);
-            for &d in &dtypes {
+            // RVLLM_BENCH_ONLY=1 with --bench: the micro-benchmarks alone.
+            let skip = bench && std::env::var("RVLLM_BENCH_ONLY").as_deref() == Ok("1");
+            for &d in dtypes.iter().filter(|_| !skip) {
                 match selftest::selftest_dtype(&mut report, d) {
                     Ok(pass) => ok = ok.map(|all| all && pass),
                     Err(e) => {

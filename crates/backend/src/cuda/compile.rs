@@ -86,6 +86,18 @@ pub fn variant_source(instantiation: &str) -> String {
 /// The macro line instantiating kernel `name`, for kernels compiled on demand.
 pub fn instantiation_for(name: &str) -> Option<String> {
     let num = |s: &str| s.parse::<u32>().ok();
+    if let Some(rest) = name.strip_prefix("paged_decode_v2_h") {
+        let (hd, g) = rest.split_once("_g")?;
+        if let Some((g, l)) = g.split_once("_l") {
+            return Some(format!(
+                "DECODE2_KERNEL_L({}, {}, {})",
+                num(hd)?,
+                num(g)?,
+                num(l)?
+            ));
+        }
+        return Some(format!("DECODE2_KERNEL({}, {})", num(hd)?, num(g)?));
+    }
     if let Some(rest) = name.strip_prefix("paged_decode_h") {
         let (hd, g) = rest.split_once("_g")?;
         return Some(format!("DECODE_KERNEL({}, {})", num(hd)?, num(g)?));

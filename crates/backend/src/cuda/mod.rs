@@ -32,6 +32,12 @@ const DECODE_HDS: [usize; 3] = [64, 128, 256];
 /// Head dims with a general (prefill) kernel instantiation.
 const PREFILL_HDS: [usize; 4] = [64, 96, 128, 256];
 const DECODE_MAX_G: usize = 8;
+/// Warps per CTA of the single-pass decode kernel (DEC2_NW in attention.cu).
+const DECODE_V2_WARPS: usize = 4;
+/// The single-pass decode kernel splits contexts until the grid has this many CTAs per SM (4
+/// fit at once). H100 sweep of 2 / 4 / 8 / 16 and fixed partitions 256..2048: 2 was the best or
+/// within 2% of the best on every benchmarked shape (batch 1..256, contexts 1100..8192).
+const DECODE_V2_CTAS_PER_SM: usize = 2;
 const PREFILL_MAX_G: usize = 16;
 const PREFILL_BM: usize = 64;
 /// Head dims with a tensor-core prefill kernel (kernels/attention_prefill_tc.cu).
@@ -45,6 +51,27 @@ const PREFILL_TC_4: usize = 1;
 const PREFILL_TC_OFF: usize = 2;
 /// Tensor cores, 8 warps x 16 rows per CTA (the default).
 const PREFILL_TC_8: usize = 3;
+
+/// Decode attention kernel: 0 = as RVLLM_DECODE_ATTN says (`old` picks the two-phase kernel),
+/// else one of the `DECODE_ATTN_*` values below. The self-test and the bench set it for A/B runs.
+static DECODE_ATTN_MODE: AtomicUsize = AtomicUsize::new(0);
+/// Single-pass kernel with the partition merge folded in (`paged_decode_v2_*`, the default).
+const DECODE_ATTN_V2: usize = 1;
+/// Two-phase kernel (scores, then P·V) plus `paged_decode_reduce` (RVLLM_DECODE_ATTN=old).
+const DECODE_ATTN_OLD: usize = 2;
+
+fn decode_attn_mode() -> usize {
+    static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    match DECODE_ATTN_MODE.load(Ordering::Relaxed) {
+        0 => *ENV.get_or_init(|| {
+            match std::env::var("RVLLM_DECODE_ATTN").as_deref().map(str::trim) {
+                Ok("old") => DECODE_ATTN_OLD,
+                _ => DECODE_ATTN_V2,
+            }
+        }),
+        m => m,
+    }
+}
 
 /// Which prefill kernel serves head dims 64 / 128 (`PREFILL_TC_*`).
 fn prefill_tc_mode() -> usize {
@@ -270,6 +297,9 @@ pub struct CudaBackend {
     staging: Mutex<Staging>,
     /// Partition outputs of the split decode attention, grown on demand.
     scratch: Mutex<Option<CudaSlice<f32>>>,
+    /// Arrival counters of the single-pass decode kernel, one per (sequence, head chunk); zero
+    /// between launches (the last CTA of each resets its counter).
+    decode_counters: Mutex<Option<CudaSlice<u32>>>,
     info: DeviceInfo,
     /// Tokens per decode-attention partition; 0 picks it per call (see `decode_partition`).
     pub force_decode_partition: AtomicUsize,
@@ -362,10 +392,47 @@ const CORE_KERNELS: [&str; 26] = [
 /// GELU kernels of the core module (kernels/gelu.cu).
 const GELU_KERNELS: [&str; 3] = ["gelu_bf16", "gelu_mul_bf16", "gelu_mul_fused_bf16"];
 
+/// Query heads per CTA of the decode kernel for GQA groups of `group` heads. The single-pass
+/// kernel takes at most 8 and halves an even count above 4: two adjacent CTAs of 4 heads (the
+/// second read of K/V mostly from L2) beat one of 8 on the H100 (64q/8kv/128: 2,041-2,114 vs
+/// 1,965-2,043 GB/s at batch 64-256, 13.6 vs 16.9 us at batch 1 x 2048; the G = 8 kernel needs 244
+/// registers, 2 CTAs per SM). RVLLM_DECODE_MAX_G=n (experiments) caps it at n instead.
+fn decode_heads_per_cta(group: usize) -> usize {
+    if decode_attn_mode() == DECODE_ATTN_OLD {
+        return divisor_at_most(group, DECODE_MAX_G);
+    }
+    static MAX_G: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let cap = *MAX_G.get_or_init(|| {
+        std::env::var("RVLLM_DECODE_MAX_G")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&g| (1..=DECODE_MAX_G).contains(&g))
+    });
+    if let Some(cap) = cap {
+        return divisor_at_most(group, cap);
+    }
+    let g = divisor_at_most(group, DECODE_MAX_G);
+    if g > 4 && g % 2 == 0 {
+        g / 2
+    } else {
+        g
+    }
+}
+
 fn decode_kernel_name(attn: &AttentionSpec) -> String {
     let group = attn.num_heads / attn.num_kv_heads.max(1);
-    let g = divisor_at_most(group, DECODE_MAX_G);
-    format!("paged_decode_h{}_g{g}", attn.head_dim)
+    let g = decode_heads_per_cta(group);
+    if decode_attn_mode() == DECODE_ATTN_OLD {
+        format!("paged_decode_h{}_g{g}", attn.head_dim)
+    } else {
+        // RVLLM_DECODE_L=n (experiments): the variant issuing n K and n V loads per iteration.
+        static L: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let suffix = L.get_or_init(|| match std::env::var("RVLLM_DECODE_L") {
+            Ok(l) if l.trim().parse::<u32>().is_ok() => format!("_l{}", l.trim()),
+            _ => String::new(),
+        });
+        format!("paged_decode_v2_h{}_g{g}{suffix}", attn.head_dim)
+    }
 }
 
 /// The prefill kernel for `hd` and its (tile rows, threads, dynamic shared memory).
@@ -509,6 +576,7 @@ impl CudaBackend {
             workspace,
             staging: Mutex::new(Staging { host: None, done }),
             scratch: Mutex::new(None),
+            decode_counters: Mutex::new(None),
             info,
             force_decode_partition: AtomicUsize::new(0),
             epoch: std::sync::atomic::AtomicU64::new(0),
@@ -986,6 +1054,59 @@ impl CudaBackend {
         Ok(raw_ptr(s.as_ref().unwrap(), &self.stream))
     }
 
+    /// Zeroed decode arrival counters, at least `n`; returns their pointer.
+    fn decode_counters(&self, n: usize) -> Result<u64> {
+        let mut s = self.decode_counters.lock().unwrap();
+        if s.as_ref().map(|b| b.len()).unwrap_or(0) < n {
+            if self.capturing.load(Ordering::SeqCst) {
+                return Err(BackendError::Device(
+                    "decode counters too small while capturing a graph (run the shape eagerly first)"
+                        .into(),
+                ));
+            }
+            *s = None;
+            let n = n.next_power_of_two();
+            let buf = self.alloc_raw::<u32>(n)?;
+            self.memset(raw_ptr(&buf, &self.stream), 0, n * 4)?;
+            *s = Some(buf);
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(raw_ptr(s.as_ref().unwrap(), &self.stream))
+    }
+
+    /// Tokens per partition of the single-pass decode kernel for `ctas_per_part` CTAs per
+    /// partition and contexts up to `max_ctx`: the largest power of two (4096..64) that still
+    /// gives `DECODE_V2_CTAS_PER_SM` x the SM count CTAs (whole contexts of up to 4096 tokens
+    /// when the batch alone fills the grid). `force_decode_partition` / RVLLM_DECODE_PARTITION
+    /// override it.
+    pub fn decode_partition_v2(&self, ctas_per_part: usize, max_ctx: usize, hd: usize) -> usize {
+        let forced = self.force_decode_partition.load(Ordering::Relaxed);
+        let env = std::env::var("RVLLM_DECODE_PARTITION")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut p = if forced > 0 {
+            forced
+        } else if let Some(p) = env {
+            p
+        } else {
+            let target = DECODE_V2_CTAS_PER_SM * self.info.sm_count;
+            let mut best = 64;
+            for p in [4096usize, 2048, 1024, 512, 256, 128] {
+                if ctas_per_part * max_ctx.div_ceil(p) >= target {
+                    best = p;
+                    break;
+                }
+            }
+            best
+        }
+        .clamp(16, 4096);
+        // The merge keeps [G][partitions] weights in the [NW][G][hd] shared buffer.
+        while max_ctx.div_ceil(p) > 4 * hd {
+            p *= 2;
+        }
+        p
+    }
+
     /// Tokens per decode partition: the largest of 512..64 that still gives >= 2 waves, else 32.
     pub fn decode_partition(&self, ctas_per_part: usize, max_ctx: usize) -> usize {
         let forced = self.force_decode_partition.load(Ordering::Relaxed);
@@ -1025,6 +1146,9 @@ impl CudaBackend {
         let g = divisor_at_most(group, DECODE_MAX_G);
         let hchunks = group / g;
         let ctas = b.num_seqs * attn.num_kv_heads * hchunks;
+        if decode_attn_mode() != DECODE_ATTN_OLD {
+            return self.decode_attention_v2(q, out, attn, b, kc, vc, block_size);
+        }
         let part = self.decode_partition(ctas, b.max_context);
         let max_parts = b.max_context.div_ceil(part).max(1);
         let (tmp, ml, es) = if max_parts > 1 {
@@ -1092,6 +1216,80 @@ impl CudaBackend {
             )?;
         }
         Ok(())
+    }
+
+    /// The single-pass decode kernel (`paged_decode_v2_*`): grid (head chunks, sequences,
+    /// partitions); with several partitions the last CTA of each (sequence, head chunk) merges.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_attention_v2(
+        &self,
+        q: u64,
+        out: u64,
+        attn: &AttentionSpec,
+        b: &CudaBatch,
+        kc: u64,
+        vc: u64,
+        block_size: usize,
+    ) -> Result<()> {
+        let hd = attn.head_dim;
+        let group = attn.num_heads / attn.num_kv_heads;
+        let g = decode_heads_per_cta(group);
+        let hchunks = group / g;
+        let chunks = attn.num_kv_heads * hchunks;
+        let ctas = b.num_seqs * chunks;
+        let mut part = self.decode_partition_v2(ctas, b.max_context, hd);
+        // Shared memory holds the partition's block numbers: at most 1024 of them.
+        part = part.min(1024 * block_size);
+        let max_parts = b.max_context.div_ceil(part).max(1);
+        let (tmp, ml, es, cnt) = if max_parts > 1 {
+            let n_rows = b.num_seqs * attn.num_heads * max_parts;
+            let base = self.scratch(n_rows * (hd + 2))?;
+            let cnt = self.decode_counters(ctas)?;
+            (
+                base,
+                base + (n_rows * hd * 4) as u64,
+                base + (n_rows * (hd + 1) * 4) as u64,
+                cnt,
+            )
+        } else {
+            (0, 0, 0, 0)
+        };
+        let nbt = part.min(b.max_context.max(1)).div_ceil(block_size) + 1;
+        let smem = (DECODE_V2_WARPS * g * (hd + 2) + nbt) * 4;
+        let bs_shift = if block_size.is_power_of_two() {
+            block_size.trailing_zeros() as i32
+        } else {
+            -1
+        };
+        let s = &self.stream;
+        self.launch(
+            &decode_kernel_name(attn),
+            (chunks as u32, b.num_seqs as u32, max_parts as u32),
+            (128, 1, 1),
+            smem as u32,
+            &[
+                Arg::P(out),
+                Arg::P(tmp),
+                Arg::P(ml),
+                Arg::P(es),
+                Arg::P(cnt),
+                Arg::P(q),
+                Arg::P(kc),
+                Arg::P(vc),
+                Arg::P(b.ptr(s, b.offs.block_tables)),
+                Arg::P(b.ptr(s, b.offs.query_start)),
+                Arg::P(b.ptr(s, b.offs.query_len)),
+                Arg::P(b.ptr(s, b.offs.context_len)),
+                Arg::I(b.max_blocks as i32),
+                Arg::I(attn.num_heads as i32),
+                Arg::I(attn.num_kv_heads as i32),
+                Arg::I(block_size as i32),
+                Arg::I(bs_shift),
+                Arg::F(attn.scale),
+                Arg::I(part as i32),
+                Arg::I(hchunks as i32),
+            ],
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -1214,7 +1214,24 @@ fn case_attention(
     seqs: &[(usize, usize)],
     partition: usize,
 ) -> Result<()> {
-    let bs = 16;
+    case_attention_bs(c, gpu, cpu, rng, label, heads, kvh, hd, seqs, partition, 16)
+}
+
+/// [`case_attention`] with KV blocks of `bs` tokens.
+#[allow(clippy::too_many_arguments)]
+fn case_attention_bs(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    label: &str,
+    heads: usize,
+    kvh: usize,
+    hd: usize,
+    seqs: &[(usize, usize)],
+    partition: usize,
+    bs: usize,
+) -> Result<()> {
     let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
     let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + 3;
     let spec = KvCacheSpec {
@@ -1261,7 +1278,7 @@ fn case_attention(
         partition.to_string()
     };
     c.cmp(
-        &format!("attention {label} {heads}/{kvh}x{hd} part {part} seqs {seqs:?}"),
+        &format!("attention {label} {heads}/{kvh}x{hd} block {bs} part {part} seqs {seqs:?}"),
         &gpu.to_host(&go)?,
         &co.data,
         c.tight(2e-2),
@@ -1397,6 +1414,63 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
             0,
         )
     });
+    // Single-pass decode kernel: GQA groups 1..8 at head dim 128 and G = 8 at 64 / 256 over
+    // ragged contexts (not multiples of 16), batch 1 over many partitions (the last CTA merges),
+    // KV blocks of 12 (no power of two) and 32 tokens; then the old two-phase kernel.
+    let ragged = [(1usize, 1usize), (1, 17), (1, 100), (1, 1025), (1, 2999)];
+    for g in 1..=8usize {
+        c.run("decode G", |c| {
+            case_attention(c, &gpu, &cpu, &mut rng, "decode", 2 * g, 2, 128, &ragged, 0)
+        });
+    }
+    for hd in [64usize, 256] {
+        for part in [0usize, 64] {
+            c.run("decode G8", |c| {
+                case_attention(c, &gpu, &cpu, &mut rng, "decode", 16, 2, hd, &ragged, part)
+            });
+        }
+    }
+    for part in [0usize, 16, 64, 100] {
+        c.run("decode batch 1", |c| {
+            case_attention(
+                c,
+                &gpu,
+                &cpu,
+                &mut rng,
+                "decode",
+                32,
+                8,
+                128,
+                &[(1, 2049)],
+                part,
+            )
+        });
+    }
+    for (bs, part) in [(12usize, 0usize), (12, 100), (32, 0), (32, 48)] {
+        c.run("decode block", |c| {
+            case_attention_bs(
+                c, &gpu, &cpu, &mut rng, "decode", 32, 8, 128, &ragged, part, bs,
+            )
+        });
+    }
+    super::DECODE_ATTN_MODE.store(super::DECODE_ATTN_OLD, Ordering::Relaxed);
+    for part in [0usize, 128] {
+        c.run("decode old", |c| {
+            case_attention(
+                c,
+                &gpu,
+                &cpu,
+                &mut rng,
+                "decode old",
+                32,
+                8,
+                128,
+                &ragged,
+                part,
+            )
+        });
+    }
+    super::DECODE_ATTN_MODE.store(0, Ordering::Relaxed);
     // Mixed prefill + chunked prefill + decodes, and prefill only.
     let mixed = [
         (100usize, 100usize),
@@ -1542,15 +1616,36 @@ fn time_ms(
 }
 
 fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
-    let (heads, kvh, hd, bs) = (32usize, 8usize, 128usize, 16usize);
+    let (kvh, hd, bs) = (8usize, 128usize, 16usize);
+    // RVLLM_BENCH_HEADS=64: a GQA group of 8 (Llama-3-70B's) instead of Llama-3-8B's 4.
+    let heads = std::env::var("RVLLM_BENCH_HEADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&h| h > 0 && h % kvh == 0)
+        .unwrap_or(32);
     let attn = AttentionSpec {
         num_heads: heads,
         num_kv_heads: kvh,
         head_dim: hd,
         scale: 1.0 / (hd as f32).sqrt(),
     };
-    let batches = [1usize, 4, 16, 64];
-    let ctxs = [2048usize, 4096, 8192];
+    // (batch, context, ragged: contexts uniform in [0.9, 1.1] x context, launch geometry for
+    // contexts up to this many tokens as a captured decode graph has; 0 = the batch's longest).
+    let shapes: [(usize, usize, bool, usize); 13] = [
+        (1, 2048, false, 0),
+        (4, 4096, false, 0),
+        (16, 2048, false, 0),
+        (16, 8192, false, 0),
+        (64, 2048, false, 0),
+        (64, 4096, false, 0),
+        (64, 8192, false, 0),
+        (128, 1100, false, 0),
+        (256, 1100, false, 0),
+        (256, 1100, true, 0),
+        (256, 1100, true, 4096),
+        (1, 2048, false, 4096),
+        (64, 2048, true, 4096),
+    ];
     let max_tokens = 64 * 8192;
     let spec = KvCacheSpec {
         num_layers: 1,
@@ -1563,39 +1658,75 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
     gpu.fill_kv_cache_random(&mut cache, rng.next_u64())?;
     let _ = writeln!(
         report,
-        "paged decode attention, Llama-3-8B geometry {heads}q/{kvh}kv/{hd}, block {bs}, {} KV:",
+        "paged decode attention, {heads}q/{kvh}kv/{hd} (32q: Llama-3-8B), block {bs}, {} KV \
+         (old = two-phase kernel + reduce, new = single-pass v2; same cache, same batches):",
         gpu.dtype()
     );
     let _ = writeln!(
         report,
-        "{:>6} {:>6} {:>6} {:>10} {:>10}",
-        "batch", "ctx", "part", "us", "KV GB/s"
+        "{:>6} {:>6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>9} {:>8} {:>7}",
+        "batch",
+        "ctx",
+        "ragged",
+        "launch",
+        "old part",
+        "old us",
+        "old GB/s",
+        "new part",
+        "new us",
+        "new GB/s"
     );
-    for &ctx in &ctxs {
-        for &b in &batches {
-            let tables = block_tables(rng, &vec![ctx; b], bs, spec.num_blocks);
-            let mut layout = BatchLayout {
-                block_size: bs as u32,
-                ..Default::default()
-            };
-            for t in &tables {
-                layout.push_seq(&[0], (ctx - 1) as u32, t, true);
-            }
-            let batch = gpu.upload_batch(&layout)?;
-            let q = gpu.upload(b, heads * hd, &rng.bf16_vec(b * heads * hd, 2.0))?;
-            let mut out = gpu.alloc(b, heads * hd)?;
+    for &(b, ctx, ragged, launch) in &shapes {
+        let ctxs: Vec<usize> = (0..b)
+            .map(|_| {
+                if ragged {
+                    ctx * 9 / 10 + rng.below(ctx / 5 + 1)
+                } else {
+                    ctx
+                }
+            })
+            .collect();
+        let tables = block_tables(rng, &ctxs, bs, spec.num_blocks);
+        let mut layout = BatchLayout {
+            block_size: bs as u32,
+            launch_max_context: launch as u32,
+            ..Default::default()
+        };
+        for (t, &c) in tables.iter().zip(&ctxs) {
+            layout.push_seq(&[0], (c - 1) as u32, t, true);
+        }
+        let batch = gpu.upload_batch(&layout)?;
+        let q = gpu.upload(b, heads * hd, &rng.bf16_vec(b * heads * hd, 2.0))?;
+        let mut out = gpu.alloc(b, heads * hd)?;
+        let bytes = (ctxs.iter().sum::<usize>() * kvh * hd * 2 * 2) as f64;
+        let max_ctx = ctxs.iter().copied().max().unwrap_or(1).max(launch);
+        let mut res = Vec::new();
+        for mode in [super::DECODE_ATTN_OLD, super::DECODE_ATTN_V2] {
+            super::DECODE_ATTN_MODE.store(mode, Ordering::Relaxed);
             let ms = time_ms(gpu, 3, 20, |_| {
                 gpu.paged_attention(&q, &attn, &batch, &cache, 0, &mut out)
-            })?;
-            let bytes = (b * ctx * kvh * hd * 2 * 2) as f64;
-            let part = gpu.decode_partition(b * kvh, ctx);
-            let _ = writeln!(
-                report,
-                "{b:>6} {ctx:>6} {part:>6} {:>10.1} {:>10.0}",
-                ms * 1e3,
-                bytes / (ms * 1e-3) / 1e9
-            );
+            });
+            super::DECODE_ATTN_MODE.store(0, Ordering::Relaxed);
+            let ms = ms?;
+            let part = if mode == super::DECODE_ATTN_OLD {
+                gpu.decode_partition(b * kvh, max_ctx)
+            } else {
+                let g = super::decode_heads_per_cta(heads / kvh);
+                gpu.decode_partition_v2(b * kvh * (heads / kvh / g), max_ctx, hd)
+            };
+            res.push((part, ms * 1e3, bytes / (ms * 1e-3) / 1e9));
         }
+        let _ = writeln!(
+            report,
+            "{b:>6} {ctx:>6} {:>6} {launch:>6} {:>8} {:>9.1} {:>8.0} {:>9} {:>8.1} {:>7.0}",
+            if ragged { "yes" } else { "no" },
+            res[0].0,
+            res[0].1,
+            res[0].2,
+            res[1].0,
+            res[1].1,
+            res[1].2
+        );
     }
     Ok(())
 }
@@ -1865,6 +1996,7 @@ mod tests {
             let mut srcs = vec![core_source()];
             for name in [
                 "paged_decode_h128_g4",
+                "paged_decode_v2_h128_g4",
                 "paged_prefill_h64",
                 "paged_prefill_tc_h128",
                 "paged_prefill_tc8_h64",
@@ -1881,6 +2013,10 @@ mod tests {
         assert_eq!(
             instantiation_for("paged_decode_h64_g3").as_deref(),
             Some("DECODE_KERNEL(64, 3)")
+        );
+        assert_eq!(
+            instantiation_for("paged_decode_v2_h256_g8").as_deref(),
+            Some("DECODE2_KERNEL(256, 8)")
         );
         assert!(instantiation_for("rms_norm_wf32").is_none());
     }
