@@ -1369,7 +1369,11 @@ impl CudaBackend {
         let s = &self.stream;
         self.launch(
             "rope_cache",
-            (batch.num_tokens as u32, rope_head_split(batch.num_tokens, attn) as u32, 1),
+            (
+                batch.num_tokens as u32,
+                rope_head_split(batch.num_tokens, attn) as u32,
+                1,
+            ),
             (256, 1, 1),
             // cos and sin of the token's rotary_dim / 2 angles
             (rope.rotary_dim * 4) as u32,
