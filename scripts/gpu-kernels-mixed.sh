@@ -12,18 +12,4 @@ L8="--model tests/model-configs/llama-3-8b --load-format dummy --device cuda --m
 timeout 400 "$NCU" --csv --metrics gpu__time_duration.sum --launch-skip "$SKIP" --launch-count "$COUNT" \
   "$BIN" bench throughput $L8 --num-prompts 100 --input-len 1024 --output-len 128 \
   >"$OUT/ncu_mixed.csv" 2>"$OUT/ncu_mixed.err"
-python3 - "$OUT/ncu_mixed.csv" <<'PY'
-import csv, sys, collections
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-hdr = rows[0]; ki = hdr.index("Kernel Name"); vi = hdr.index("Metric Value"); ui = hdr.index("Metric Unit")
-tot = collections.defaultdict(float); cnt = collections.Counter()
-for r in rows[1:]:
-    try: v = float(r[vi].replace(",", ""))
-    except ValueError: continue
-    scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(r[ui], 1.0)
-    name = r[ki][:90]; tot[name] += v * scale; cnt[name] += 1
-allt = sum(tot.values())
-print(f"total {allt:.1f} us over {sum(cnt.values())} kernels")
-for n, t in sorted(tot.items(), key=lambda x: -x[1])[:25]:
-    print(f"{t:10.1f} us {cnt[n]:5d}x {t/cnt[n]:8.2f} us/launch  {n}")
-PY
+python3 scripts/ncu_sum.py "$OUT/ncu_mixed.csv"

@@ -1030,6 +1030,72 @@ impl CudaBackend {
     }
 
     /// The pointer of a 16-bit (backend dtype) buffer; f32 buffers are an error.
+    /// `out = act(gate) * up` by the elementwise `kernel` (arguments: out, gate, up, n, then
+    /// `extra`).
+    fn gated_act(
+        &self,
+        op: &'static str,
+        kernel: &str,
+        gate: &CudaTensor,
+        up: &CudaTensor,
+        out: &mut CudaTensor,
+        extra: &[Arg],
+    ) -> Result<()> {
+        let n = gate.rows * gate.cols;
+        check(
+            op,
+            up.rows * up.cols == n && out.rows * out.cols == n,
+            || "length mismatch".into(),
+        )?;
+        let gp = self.bf16_ptr(op, &gate.buf)?;
+        let up_ = self.bf16_ptr(op, &up.buf)?;
+        let op_ = self.bf16_ptr(op, &out.buf)?;
+        let mut args = vec![Arg::P(op_), Arg::P(gp), Arg::P(up_), Arg::U(n as u64)];
+        args.extend_from_slice(extra);
+        self.launch(
+            kernel,
+            (self.grid_for(n.div_ceil(8), 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &args,
+        )
+    }
+
+    /// `out = act(gu[:, :f]) * gu[:, f:]` for a fused gate/up projection by `kernel`
+    /// (arguments: out, gu, rows, f, then `extra`).
+    fn gated_act_fused(
+        &self,
+        op: &'static str,
+        kernel: &str,
+        gu: &CudaTensor,
+        out: &mut CudaTensor,
+        extra: &[Arg],
+    ) -> Result<()> {
+        check(op, gu.cols == 2 * out.cols && gu.rows == out.rows, || {
+            format!(
+                "gu [{}, {}] -> out [{}, {}]",
+                gu.rows, gu.cols, out.rows, out.cols
+            )
+        })?;
+        let n = out.rows * out.cols;
+        let gp = self.bf16_ptr(op, &gu.buf)?;
+        let op_ = self.bf16_ptr(op, &out.buf)?;
+        let mut args = vec![
+            Arg::P(op_),
+            Arg::P(gp),
+            Arg::U(out.rows as u64),
+            Arg::U(out.cols as u64),
+        ];
+        args.extend_from_slice(extra);
+        self.launch(
+            kernel,
+            (self.grid_for(n.div_ceil(8), 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &args,
+        )
+    }
+
     fn bf16_ptr(&self, op: &'static str, t: &DevBuf) -> Result<u64> {
         match t {
             DevBuf::Bf16(s) => Ok(raw_ptr(s, &self.stream)),
@@ -1967,22 +2033,7 @@ impl Backend for CudaBackend {
     }
 
     fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
-        let n = gate.rows * gate.cols;
-        check(
-            "silu_mul",
-            up.rows * up.cols == n && out.rows * out.cols == n,
-            || "length mismatch".into(),
-        )?;
-        let gp = self.bf16_ptr("silu_mul", &gate.buf)?;
-        let up_ = self.bf16_ptr("silu_mul", &up.buf)?;
-        let op = self.bf16_ptr("silu_mul", &out.buf)?;
-        self.launch(
-            "silu_mul_bf16",
-            (self.grid_for(n.div_ceil(8), 256), 1, 1),
-            (256, 1, 1),
-            0,
-            &[Arg::P(op), Arg::P(gp), Arg::P(up_), Arg::U(n as u64)],
-        )
+        self.gated_act("silu_mul", "silu_mul_bf16", gate, up, out, &[])
     }
 
     fn concat_rows(&self, parts: &[&CudaWeight]) -> Result<Option<CudaWeight>> {
@@ -2014,31 +2065,7 @@ impl Backend for CudaBackend {
     }
 
     fn silu_mul_fused(&self, gu: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
-        check(
-            "silu_mul_fused",
-            gu.cols == 2 * out.cols && gu.rows == out.rows,
-            || {
-                format!(
-                    "gu [{}, {}] -> out [{}, {}]",
-                    gu.rows, gu.cols, out.rows, out.cols
-                )
-            },
-        )?;
-        let n = out.rows * out.cols;
-        let gp = self.bf16_ptr("silu_mul_fused", &gu.buf)?;
-        let op = self.bf16_ptr("silu_mul_fused", &out.buf)?;
-        self.launch(
-            "silu_mul_fused_bf16",
-            (self.grid_for(n.div_ceil(8), 256), 1, 1),
-            (256, 1, 1),
-            0,
-            &[
-                Arg::P(op),
-                Arg::P(gp),
-                Arg::U(out.rows as u64),
-                Arg::U(out.cols as u64),
-            ],
-        )
+        self.gated_act_fused("silu_mul_fused", "silu_mul_fused_bf16", gu, out, &[])
     }
 
     fn fused_matvec_tokens(&self) -> usize {
@@ -2126,57 +2153,13 @@ impl Backend for CudaBackend {
         kind: GeluKind,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let n = gate.rows * gate.cols;
-        check(
-            "gelu_mul",
-            up.rows * up.cols == n && out.rows * out.cols == n,
-            || "length mismatch".into(),
-        )?;
-        let gp = self.bf16_ptr("gelu_mul", &gate.buf)?;
-        let up_ = self.bf16_ptr("gelu_mul", &up.buf)?;
-        let op = self.bf16_ptr("gelu_mul", &out.buf)?;
-        self.launch(
-            "gelu_mul_bf16",
-            (self.grid_for(n.div_ceil(8), 256), 1, 1),
-            (256, 1, 1),
-            0,
-            &[
-                Arg::P(op),
-                Arg::P(gp),
-                Arg::P(up_),
-                Arg::U(n as u64),
-                Arg::I((kind == GeluKind::Tanh) as i32),
-            ],
-        )
+        let tanh = Arg::I((kind == GeluKind::Tanh) as i32);
+        self.gated_act("gelu_mul", "gelu_mul_bf16", gate, up, out, &[tanh])
     }
 
     fn gelu_mul_fused(&self, gu: &CudaTensor, kind: GeluKind, out: &mut CudaTensor) -> Result<()> {
-        check(
-            "gelu_mul_fused",
-            gu.cols == 2 * out.cols && gu.rows == out.rows,
-            || {
-                format!(
-                    "gu [{}, {}] -> out [{}, {}]",
-                    gu.rows, gu.cols, out.rows, out.cols
-                )
-            },
-        )?;
-        let n = out.rows * out.cols;
-        let gp = self.bf16_ptr("gelu_mul_fused", &gu.buf)?;
-        let op = self.bf16_ptr("gelu_mul_fused", &out.buf)?;
-        self.launch(
-            "gelu_mul_fused_bf16",
-            (self.grid_for(n.div_ceil(8), 256), 1, 1),
-            (256, 1, 1),
-            0,
-            &[
-                Arg::P(op),
-                Arg::P(gp),
-                Arg::U(out.rows as u64),
-                Arg::U(out.cols as u64),
-                Arg::I((kind == GeluKind::Tanh) as i32),
-            ],
-        )
+        let tanh = Arg::I((kind == GeluKind::Tanh) as i32);
+        self.gated_act_fused("gelu_mul_fused", "gelu_mul_fused_bf16", gu, out, &[tanh])
     }
 
     fn rope_qkv_and_cache(
