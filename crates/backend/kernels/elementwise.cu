@@ -295,6 +295,101 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
     }
 }
 
+// rope_cache with 16-byte accesses: a thread rotates 8 pairs (neox: 8 consecutive angles, one
+// 16-byte chunk of each half; interleaved: one chunk holding 4 pairs) and copies values 8 at a
+// time. The scalar kernel moved 2 bytes per access (88 us for a 4096-token step of the 8B model,
+// ~1.1 TB/s). Same arguments and results; needs hd, rotary_dim / 2 (neox) or rotary_dim, the
+// unrotated rest and every row stride to be multiples of 8 elements, and 16-byte aligned rows.
+extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const act_t* k_src,
+                                         act_t* k_dst, const act_t* __restrict__ v_src,
+                                         u64 q_stride, u64 k_stride, u64 v_stride,
+                                         const u32* __restrict__ positions,
+                                         const u32* __restrict__ slot_mapping,
+                                         act_t* __restrict__ k_cache, act_t* __restrict__ v_cache,
+                                         int heads, int kv_heads, int hd, int rotary_dim, int neox,
+                                         float log2_theta, u64 num_slots) {
+    extern __shared__ float cs[];  // [half] cos, then [half] sin
+    const u64 t = blockIdx.x;
+    const u32 slot = slot_mapping[t];
+    const bool write = slot != 0xffffffffu && (u64)slot < num_slots;
+    const int half = rotary_dim / 2;
+    const float pos = (float)positions[t];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float inv_freq = exp2f(-log2_theta * (2.0f * (float)i) / (float)rotary_dim);
+        sincosf(pos * inv_freq, &cs[half + i], &cs[i]);
+    }
+    __syncthreads();
+    const int qk_heads = heads + kv_heads;
+    const int hs = gridDim.y, h0 = blockIdx.y;
+    const int my_heads = (qk_heads - h0 + hs - 1) / hs;
+    const int nrot = (neox ? half : rotary_dim) / 8;  // rotation items per head
+    const int per_head = nrot + (hd - rotary_dim) / 8;
+    for (int p = threadIdx.x; p < my_heads * per_head; p += blockDim.x) {
+        const int hh = p / per_head, j = p - hh * per_head;
+        const int head = h0 + hh * hs;
+        const bool is_q = head < heads;
+        const int h = is_q ? head : head - heads;
+        const act_t* src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
+        act_t* dst = is_q ? q_dst + t * (u64)heads * hd + (u64)h * hd
+                         : (k_dst ? k_dst + t * (u64)kv_heads * hd + (u64)h * hd : nullptr);
+        act_t* kc = (!is_q && write) ? k_cache + (u64)slot * kv_heads * hd + (u64)h * hd : nullptr;
+        if (j >= nrot) {
+            // Dimensions past rotary_dim pass through unrotated.
+            const int d = rotary_dim + 8 * (j - nrot);
+            const act8 v = *(const act8*)(src + d);
+            if (dst) *(act8*)(dst + d) = v;
+            if (kc) *(act8*)(kc + d) = v;
+            continue;
+        }
+        if (neox) {
+            // Angles 8j..8j+7: elements a.. of the first half pair with b.. of the second.
+            const int a = 8 * j, b = half + 8 * j;
+            float x0[8], x1[8], y0[8], y1[8];
+            act8_to_f32(*(const act8*)(src + a), x0);
+            act8_to_f32(*(const act8*)(src + b), x1);
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const float c = cs[a + e], s = cs[half + a + e];
+                y0[e] = x0[e] * c - x1[e] * s;
+                y1[e] = x0[e] * s + x1[e] * c;
+            }
+            const act8 v0 = f32_to_act8(y0), v1 = f32_to_act8(y1);
+            if (dst) {
+                *(act8*)(dst + a) = v0;
+                *(act8*)(dst + b) = v1;
+            }
+            if (kc) {
+                *(act8*)(kc + a) = v0;
+                *(act8*)(kc + b) = v1;
+            }
+        } else {
+            // Elements 8j..8j+7 hold the pairs of angles 4j..4j+3.
+            const int a = 8 * j;
+            float x[8], y[8];
+            act8_to_f32(*(const act8*)(src + a), x);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float c = cs[4 * j + e], s = cs[half + 4 * j + e];
+                y[2 * e] = x[2 * e] * c - x[2 * e + 1] * s;
+                y[2 * e + 1] = x[2 * e] * s + x[2 * e + 1] * c;
+            }
+            const act8 v = f32_to_act8(y);
+            if (dst) *(act8*)(dst + a) = v;
+            if (kc) *(act8*)(kc + a) = v;
+        }
+    }
+    // Values: copied into the cache, 8 at a time.
+    if (!write) return;
+    const int my_v = (kv_heads - h0 + hs - 1) / hs;
+    const int vchunks = hd / 8;
+    for (int e = threadIdx.x; e < my_v * vchunks; e += blockDim.x) {
+        const int hh = e / vchunks, c = e - hh * vchunks;
+        const int h = h0 + hh * hs;
+        *(act8*)(v_cache + (u64)slot * kv_heads * hd + (u64)h * hd + 8 * c) =
+            *(const act8*)(v_src + t * v_stride + (u64)h * hd + 8 * c);
+    }
+}
+
 // out [T, f] = silu(gu[:, :f]) * gu[:, f:] for a fused gate/up projection gu [T, 2f].
 extern "C" __global__ void silu_mul_fused_bf16(act_t* __restrict__ out, const act_t* __restrict__ gu,
                                                u64 rows, u64 f) {

@@ -359,8 +359,15 @@ pub fn probe() -> Result<usize> {
     })
 }
 
+/// Whether rope uses the 16-byte kernel where shapes allow (RVLLM_ROPE_V8=0: the scalar one;
+/// A/B runs and the self-test's comparison).
+fn rope_v8_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("RVLLM_ROPE_V8").as_deref() != Ok("0"))
+}
+
 /// Kernels of the core module (attention variants are compiled on demand, see `func`).
-const CORE_KERNELS: [&str; 26] = [
+const CORE_KERNELS: [&str; 27] = [
     "convert_weight_bf16",
     "convert_weight_f32",
     "dummy_fill_bf16",
@@ -371,6 +378,7 @@ const CORE_KERNELS: [&str; 26] = [
     "add_bf16",
     "silu_mul_bf16",
     "rope_cache",
+    "rope_cache_v8",
     "silu_mul_fused_bf16",
     "paged_decode_reduce",
     "argmax_rows_bf16",
@@ -1433,14 +1441,31 @@ impl CudaBackend {
     ) -> Result<()> {
         let hd = attn.head_dim;
         let s = &self.stream;
+        // 16-byte accesses where every row and chunk is 8-element aligned.
+        let rot_unit = if rope.style == RopeStyle::Neox { 16 } else { 8 };
+        let vec = rope_v8_enabled()
+            && hd % 8 == 0
+            && rope.rotary_dim % rot_unit == 0
+            && (hd - rope.rotary_dim.min(hd)) % 8 == 0
+            && [strides.0, strides.1, strides.2]
+                .iter()
+                .all(|&x| x % 8 == 0)
+            && [q_src, q_dst, k_src, k_dst, v_src]
+                .iter()
+                .all(|&p| p % 16 == 0);
+        let (name, threads) = if vec {
+            ("rope_cache_v8", 128)
+        } else {
+            ("rope_cache", 256)
+        };
         self.launch(
-            "rope_cache",
+            name,
             (
                 batch.num_tokens as u32,
                 rope_head_split(batch.num_tokens, attn) as u32,
                 1,
             ),
-            (256, 1, 1),
+            (threads, 1, 1),
             // cos and sin of the token's rotary_dim / 2 angles
             (rope.rotary_dim * 4) as u32,
             &[

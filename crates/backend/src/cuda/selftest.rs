@@ -1355,6 +1355,9 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
             (RopeStyle::Interleaved, hd),
             (RopeStyle::Neox, hd),
             (RopeStyle::Neox, hd / 2),
+            // Rotary widths off the 16-byte grid: the scalar rope kernel.
+            (RopeStyle::Neox, 24),
+            (RopeStyle::Interleaved, 20),
         ] {
             c.run("rope", |c| {
                 case_rope(c, &gpu, &cpu, &mut rng, h, kv, hd, style, rd)
