@@ -514,6 +514,29 @@ fn case_matmul(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut R
             }
         }
     }
+    // A prefill-sized step (over 1024 tokens, its own cuBLASLt bucket), output poisoned first.
+    let (k, n, t) = (576usize, 1536usize, 1100usize);
+    let wb = rand_weight_bytes(rng, WeightDtype::BF16, n, k, 1.7 / (k as f32).sqrt());
+    let hw = HostWeight {
+        rows: n,
+        cols: k,
+        dtype: WeightDtype::BF16,
+        bytes: &wb,
+    };
+    let (gw, cw) = (gpu.load_weight(&hw)?, cpu.load_weight(&hw)?);
+    let x = rng.bf16_vec(t * k, 1.0);
+    let gx = gpu.upload(t, k, &x)?;
+    let mut go = gpu_out(gpu, t, n)?;
+    gpu.poison(&mut go)?;
+    let mut co = cpu_zeros(t, n);
+    gpu.matmul(&gx, &gw, &mut go)?;
+    cpu.matmul(&cpu_t(t, k, x), &cw, &mut co)?;
+    c.cmp(
+        &format!("matmul BF16 t={t} k={k} n={n}"),
+        &gpu.to_host(&go)?,
+        &co.data,
+        1e-2,
+    );
     Ok(())
 }
 
