@@ -530,7 +530,7 @@ __device__ __forceinline__ void prefill_attn_impl(
     const act_t* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ query_start, const u32* __restrict__ query_len,
     const u32* __restrict__ context_len, int max_blocks, int num_heads, int num_kv_heads,
-    int block_size, float scale, int G, int hchunks, int skip_decode) {
+    int block_size, float scale, int G, int hchunks, int skip_decode, const u32* seq_list) {
     constexpr int BM = PF_BM, BN = PF_BN, NT = PF_NT, LD = HD + 8;
     constexpr int NC = HD / 32;  // 8-wide dim chunks owned by each thread
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -538,7 +538,9 @@ __device__ __forceinline__ void prefill_attn_impl(
     act_t* Ks = Qs + BM * LD;
     act_t* Vs = Ks + BN * LD;
 
-    const int s = blockIdx.y;
+    // seq_list (when given) names the sequences of the grid's rows: a mixed step launches
+    // only over its prefill sequences instead of returning from every decode one.
+    const int s = seq_list ? (int)seq_list[blockIdx.y] : (int)blockIdx.y;
     const int qlen = (int)query_len[s];
     if (qlen == 0 || (skip_decode && qlen == 1)) return;
     const int tpc = BM / G;  // query tokens per CTA
@@ -668,10 +670,10 @@ __device__ __forceinline__ void prefill_attn_impl(
         act_t* out, const act_t* q, const act_t* k_cache, const act_t* v_cache,                      \
         const u32* block_tables, const u32* query_start, const u32* query_len,                   \
         const u32* context_len, int max_blocks, int num_heads, int num_kv_heads, int block_size, \
-        float scale, int G, int hchunks, int skip_decode) {                                      \
+        float scale, int G, int hchunks, int skip_decode, const u32* seq_list) {                 \
         prefill_attn_impl<HD>(out, q, k_cache, v_cache, block_tables, query_start, query_len,    \
                               context_len, max_blocks, num_heads, num_kv_heads, block_size,      \
-                              scale, G, hchunks, skip_decode);                                   \
+                              scale, G, hchunks, skip_decode, seq_list);                         \
     }
 
 // @instantiations: every variant, for the compile test. At run time the loader drops the lines

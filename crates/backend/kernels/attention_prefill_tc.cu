@@ -81,7 +81,7 @@ __device__ __forceinline__ void prefill_tc_impl(
     const act_t* __restrict__ v_cache, const u32* __restrict__ block_tables,
     const u32* __restrict__ query_start, const u32* __restrict__ query_len,
     const u32* __restrict__ context_len, int max_blocks, int num_heads, int num_kv_heads,
-    int block_size, float scale, int G, int hchunks, int skip_decode) {
+    int block_size, float scale, int G, int hchunks, int skip_decode, const u32* seq_list) {
     constexpr int BM = 16 * NW, BN = PFTC_BN, NT = 32 * NW;
     constexpr int LD = HD + 8;       // smem row pitch in elements (HD*2 + 16 bytes)
     constexpr int CPR = HD / 8;      // 16-byte chunks per row
@@ -95,7 +95,9 @@ __device__ __forceinline__ void prefill_tc_impl(
     act_t* sm = reinterpret_cast<act_t*>(pftc_smem);
     const u32 sm_base = pftc_smem_addr(pftc_smem);
 
-    const int s = blockIdx.y;
+    // seq_list (when given) names the sequences of the grid's rows: a mixed step launches
+    // only over its prefill sequences (a grid over all of them spent most CTAs returning).
+    const int s = seq_list ? (int)seq_list[blockIdx.y] : (int)blockIdx.y;
     const int qlen = (int)query_len[s];
     if (qlen == 0 || (skip_decode && qlen == 1)) return;
     const int tpc = BM / G;  // query tokens per CTA
@@ -338,10 +340,10 @@ __device__ __forceinline__ void prefill_tc_impl(
         act_t* out, const act_t* q, const act_t* k_cache, const act_t* v_cache,                      \
         const u32* block_tables, const u32* query_start, const u32* query_len,                   \
         const u32* context_len, int max_blocks, int num_heads, int num_kv_heads, int block_size, \
-        float scale, int G, int hchunks, int skip_decode) {                                      \
+        float scale, int G, int hchunks, int skip_decode, const u32* seq_list) {                 \
         prefill_tc_impl<HD, NW>(out, q, k_cache, v_cache, block_tables, query_start, query_len,      \
                             context_len, max_blocks, num_heads, num_kv_heads, block_size, scale, \
-                            G, hchunks, skip_decode);                                            \
+                            G, hchunks, skip_decode, seq_list);                                  \
     }
 // @instantiations: every variant, for the compile test (the loader compiles one at a time).
 // 4 warps / 64 rows: 3 CTAs per SM (168 registers, 68 KiB smem for HD 128).

@@ -221,6 +221,8 @@ struct BatchOffsets {
     context_len: usize,
     block_tables: usize,
     logits_rows: usize,
+    /// Indices of the sequences with `query_len != 1` (the prefill kernel's grid rows).
+    prefill_seqs: usize,
     total: usize,
 }
 
@@ -950,6 +952,7 @@ impl CudaBackend {
         o.context_len = take(s);
         o.block_tables = take(s * max_blocks);
         o.logits_rows = take(batch.logits_rows.len());
+        o.prefill_seqs = take(s);
         o.total = at.max(4);
         (o, max_blocks)
     }
@@ -1008,7 +1011,11 @@ impl CudaBackend {
             h[bt..bt + s.block_table.len()].copy_from_slice(&s.block_table);
             max_context = max_context.max(s.context_len as usize);
             max_query_len = max_query_len.max(s.query_len as usize);
-            num_decode += (s.query_len == 1) as usize;
+            if s.query_len == 1 {
+                num_decode += 1;
+            } else {
+                h[offs.prefill_seqs + (i - num_decode)] = i as u32;
+            }
         }
         h[offs.logits_rows..offs.logits_rows + batch.logits_rows.len()]
             .copy_from_slice(&batch.logits_rows);
@@ -1392,11 +1399,22 @@ impl CudaBackend {
             )));
         }
         let s = &self.stream;
+        // With the decode kernel serving the query_len == 1 sequences, the grid covers only
+        // the others (listed at upload).
+        static ALL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        // RVLLM_PREFILL_SEQ_LIST=0: the grid over every sequence (A/B runs).
+        let all =
+            *ALL.get_or_init(|| std::env::var("RVLLM_PREFILL_SEQ_LIST").as_deref() == Ok("0"));
+        let (grid_seqs, seq_list) = if skip_decode && !all {
+            (b.num_seqs - b.num_decode, b.ptr(s, b.offs.prefill_seqs))
+        } else {
+            (b.num_seqs, 0)
+        };
         self.launch(
             &name,
             (
                 b.max_query_len.div_ceil(tpc) as u32,
-                b.num_seqs as u32,
+                grid_seqs as u32,
                 (attn.num_kv_heads * hchunks) as u32,
             ),
             (threads, 1, 1),
@@ -1418,6 +1436,7 @@ impl CudaBackend {
                 Arg::I(g as i32),
                 Arg::I(hchunks as i32),
                 Arg::I(skip_decode as i32),
+                Arg::P(seq_list),
             ],
         )
     }
