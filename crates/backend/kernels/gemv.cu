@@ -14,6 +14,21 @@
 #define GEMV_NORM 1
 #define GEMV_ADD 2
 #define GEMV_SWIGLU 3
+// NORM with rope and the KV-cache write folded in (fused Q/K/V weight, full rotary width): a
+// block owns one rotation pair of a head, out is the query buffer [T, heads * hd], keys and
+// values go straight to the paged cache.
+#define GEMV_ROPE 4
+
+// What the rope epilogue needs (GEMV_ROPE only; zeros otherwise).
+struct GemvRope {
+    const u32* positions;
+    const u32* slot_mapping;
+    act_t* k_cache;
+    act_t* v_cache;
+    int heads, kv_heads, hd, neox;
+    float log2_theta;
+    u64 num_slots;
+};
 // Chunks of 8 weights in flight per row and lane: 4 x 16 B x 2 rows x 32 lanes = 4 KiB a warp.
 #define GEMV_UNROLL 4
 // Warps of a block, all on the same row pair (k = 4096: one round of loads each).
@@ -41,7 +56,7 @@ __device__ __forceinline__ void u4_to_f32(const uint4& v, float* f) {
 template <int MODE, int T>
 __device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* __restrict__ x,
                                           const act_t* __restrict__ w, const float* __restrict__ g,
-                                          int ntok, int n, int k, float eps) {
+                                          int ntok, int n, int k, float eps, const GemvRope rp) {
     // One block per row pair; its GEMV_WARPS warps split k, so each warp has one or a few
     // rounds of loads in flight (a warp walking a whole row alone is bound by load latency).
     __shared__ float red[GEMV_WARPS][3 * T];
@@ -53,6 +68,13 @@ __device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* 
     if (MODE == GEMV_SWIGLU) {
         r0 = pair;
         r1 = pair + n;
+        has1 = true;
+    } else if (MODE == GEMV_ROPE) {
+        // Pair j of head hh: dims (j, j + hd/2) for neox, (2j, 2j + 1) interleaved.
+        const int half = rp.hd >> 1;
+        const int hh = pair / half, j = pair - hh * half;
+        r0 = hh * rp.hd + (rp.neox ? j : 2 * j);
+        r1 = r0 + (rp.neox ? half : 1);
         has1 = true;
     } else {
         r0 = 2 * pair;
@@ -153,7 +175,35 @@ __device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* 
         q += red[i][3 * t + 2];
     }
     const float inv = MODE != GEMV_ADD ? rsqrtf(q / (float)k + eps) : 1.f;
-    if (MODE == GEMV_SWIGLU) {
+    if (MODE == GEMV_ROPE) {
+        const int half = rp.hd >> 1;
+        const int hh = pair / half, j = pair - hh * half;
+        float y0 = s0 * inv, y1 = s1 * inv;
+        if (hh < rp.heads + rp.kv_heads) {
+            // The rope kernel's angle formula, so both paths rotate by the same cos/sin.
+            const float inv_freq = exp2f(-rp.log2_theta * (2.0f * (float)j) / (float)rp.hd);
+            float sn, cs;
+            sincosf((float)rp.positions[t] * inv_freq, &sn, &cs);
+            const float a = y0, b = y1;
+            y0 = a * cs - b * sn;
+            y1 = a * sn + b * cs;
+        }
+        const int d0 = r0 - hh * rp.hd, d1 = r1 - hh * rp.hd;
+        if (hh < rp.heads) {
+            act_t* o = out + (u64)t * rp.heads * rp.hd + (u64)hh * rp.hd;
+            o[d0] = f2act(y0);
+            o[d1] = f2act(y1);
+        } else {
+            const u32 slot = rp.slot_mapping[t];
+            if (slot != 0xffffffffu && (u64)slot < rp.num_slots) {
+                const bool is_k = hh < rp.heads + rp.kv_heads;
+                const int kvh = hh - rp.heads - (is_k ? 0 : rp.kv_heads);
+                act_t* c = (is_k ? rp.k_cache : rp.v_cache) + ((u64)slot * rp.kv_heads + kvh) * rp.hd;
+                c[d0] = f2act(y0);
+                c[d1] = f2act(y1);
+            }
+        }
+    } else if (MODE == GEMV_SWIGLU) {
         const float gv = s0 * inv, uv = s1 * inv;
         out[(u64)t * n + r0] = f2act(gv / (1.f + __expf(-gv)) * uv);
     } else if (MODE == GEMV_NORM) {
@@ -170,7 +220,7 @@ __device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* 
     extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)                               \
         gemv_##mode_name##_t##T(act_t* out, const act_t* x, const act_t* w, const float* g,        \
                                 int ntok, int n, int k, float eps) {                            \
-        gemv_impl<MODE, T>(out, x, w, g, ntok, n, k, eps);                                      \
+        gemv_impl<MODE, T>(out, x, w, g, ntok, n, k, eps, GemvRope{});                          \
     }
 
 GEMV_KERNEL(norm, GEMV_NORM, 1)
@@ -185,3 +235,20 @@ GEMV_KERNEL(swiglu, GEMV_SWIGLU, 1)
 GEMV_KERNEL(swiglu, GEMV_SWIGLU, 2)
 GEMV_KERNEL(swiglu, GEMV_SWIGLU, 4)
 GEMV_KERNEL(swiglu, GEMV_SWIGLU, 8)
+
+// norm + fused Q/K/V projection + rope + KV-cache write (n = (heads + 2 kv_heads) * hd rows,
+// one block per rotation pair: n / 2 blocks).
+#define GEMV_ROPE_KERNEL(T)                                                                     \
+    extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_rope_t##T(                \
+        act_t* q_out, const act_t* x, const act_t* w, const float* g, int ntok, int n, int k,   \
+        float eps, const u32* positions, const u32* slot_mapping, act_t* k_cache,               \
+        act_t* v_cache, int heads, int kv_heads, int hd, int neox, float log2_theta,            \
+        u64 num_slots) {                                                                        \
+        const GemvRope rp{positions, slot_mapping, k_cache, v_cache, heads,                     \
+                          kv_heads,  hd,           neox,    log2_theta, num_slots};             \
+        gemv_impl<GEMV_ROPE, T>(q_out, x, w, g, ntok, n, k, eps, rp);                           \
+    }
+GEMV_ROPE_KERNEL(1)
+GEMV_ROPE_KERNEL(2)
+GEMV_ROPE_KERNEL(4)
+GEMV_ROPE_KERNEL(8)

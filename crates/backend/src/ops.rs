@@ -350,6 +350,26 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (x, norm, eps, w, out);
         Err(no_fused_matvec(self.name()))
     }
+    /// `norm_matvec` of the fused Q/K/V weight with `rope_qkv_and_cache` folded in: rotated
+    /// queries to `q_out`, rotated keys and the values straight into the cache. `Ok(false)` when
+    /// the backend has no such kernel for this shape (the model then runs the two ops).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_matvec_rope_cache(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        w_qkv: &Self::Weight,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &Self::Batch,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        q_out: &mut Self::Tensor,
+    ) -> Result<bool> {
+        let _ = (x, norm, eps, w_qkv, rope, attn, batch, cache, layer, q_out);
+        Ok(false)
+    }
     /// `residual += x · wᵀ`: the residual add folded into the projection.
     fn matvec_add(
         &self,

@@ -333,8 +333,22 @@ impl<B: Backend> LlamaModel<B> {
                 }
                 .into());
             };
-            b.norm_matvec(residual, &l.attn_norm, eps, w_qkv, qkv)?;
-            b.rope_qkv_and_cache(qkv, q, &self.rope, &self.attn, batch, cache, i)?;
+            let fused = b.norm_matvec_rope_cache(
+                residual,
+                &l.attn_norm,
+                eps,
+                w_qkv,
+                &self.rope,
+                &self.attn,
+                batch,
+                cache,
+                i,
+                q,
+            )?;
+            if !fused {
+                b.norm_matvec(residual, &l.attn_norm, eps, w_qkv, qkv)?;
+                b.rope_qkv_and_cache(qkv, q, &self.rope, &self.attn, batch, cache, i)?;
+            }
             b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
             b.matvec_add(attn_out, &l.wo, residual)?;
             b.norm_matvec_swiglu(residual, &l.ffn_norm, eps, w_gu, act)?;

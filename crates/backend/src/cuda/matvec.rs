@@ -2,7 +2,10 @@
 //! `MATVEC_MAX_TOKENS` tokens, where reading the weight dominates and cuBLASLt's split-K plus
 //! the separate norm / add / SwiGLU kernels cost ~10 µs per layer each.
 
-use super::{check, raw_ptr, Arg, CudaBackend, CudaTensor, CudaWeight, DevBuf};
+use super::{
+    check, raw_ptr, Arg, CudaBackend, CudaBatch, CudaKvCache, CudaTensor, CudaWeight, DevBuf,
+};
+use crate::ops::{AttentionSpec, RopeSpec, RopeStyle};
 use crate::{BackendError, Result};
 
 /// Token counts with a kernel instantiation (a step of `n` tokens runs the smallest `T >= n`).
@@ -37,7 +40,109 @@ impl MatvecMode {
     }
 }
 
+/// Whether decode steps fold rope and the KV-cache write into the Q/K/V projection
+/// (RVLLM_FUSED_ROPE=0: the separate rope kernel; A/B runs and the self-test's comparison).
+pub(super) fn fused_rope_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("RVLLM_FUSED_ROPE").as_deref() != Ok("0"))
+}
+
 impl CudaBackend {
+    /// `gemv_rope_t<T>`: the normed Q/K/V projection of `x` (`[T, k]`, T up to
+    /// `MATVEC_MAX_TOKENS`) with the rotation of each (query or key) pair and the cache writes
+    /// in its epilogue. `Ok(false)` (nothing launched) for partial rotary widths or shapes the
+    /// kernel does not take.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn matvec_rope(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        w: &CudaWeight,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &CudaBatch,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        q_out: &mut CudaTensor,
+    ) -> Result<bool> {
+        const OP: &str = "norm_matvec_rope_cache";
+        let (heads, kvh, hd) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
+        let n = (heads + 2 * kvh) * hd;
+        let k = x.cols;
+        let t = x.rows;
+        if !fused_rope_enabled()
+            || rope.rotary_dim != hd
+            || hd % 2 != 0
+            || k % 8 != 0
+            || t == 0
+            || t > MATVEC_MAX_TOKENS
+        {
+            return Ok(false);
+        }
+        check(
+            OP,
+            w.rows == n
+                && w.cols == k
+                && q_out.rows == t
+                && q_out.cols == heads * hd
+                && batch.num_tokens == t,
+            || {
+                format!(
+                    "x [{t}, {k}], w [{}, {}] for {heads}/{kvh}x{hd}, q_out [{}, {}], batch of {} tokens",
+                    w.rows, w.cols, q_out.rows, q_out.cols, batch.num_tokens
+                )
+            },
+        )?;
+        check(OP, norm.rows * norm.cols == k, || {
+            format!(
+                "norm weight of {} values for width {k}",
+                norm.rows * norm.cols
+            )
+        })?;
+        let g = match &norm.buf {
+            DevBuf::F32(s) => raw_ptr(s, &self.stream),
+            DevBuf::Bf16(_) => return Ok(false),
+        };
+        super::check_cache_layer(OP, cache, attn, layer)?;
+        let tt = INSTANTIATED_T
+            .iter()
+            .copied()
+            .find(|&c| c >= t)
+            .unwrap_or(MATVEC_MAX_TOKENS);
+        let s = &self.stream;
+        let xp = self.bf16_ptr(OP, &x.buf)?;
+        let wp = self.bf16_ptr(OP, &w.buf)?;
+        let qp = self.bf16_ptr(OP, &q_out.buf)?;
+        self.launch_pdl(
+            &format!("gemv_rope_t{tt}"),
+            ((n / 2) as u32, 1, 1),
+            ((WARPS_PER_BLOCK * 32) as u32, 1, 1),
+            0,
+            &[
+                Arg::P(qp),
+                Arg::P(xp),
+                Arg::P(wp),
+                Arg::P(g),
+                Arg::I(t as i32),
+                Arg::I(n as i32),
+                Arg::I(k as i32),
+                Arg::F(eps),
+                Arg::P(batch.ptr(s, batch.offs.positions)),
+                Arg::P(batch.ptr(s, batch.offs.slot_mapping)),
+                Arg::P(cache.part_ptr(s, layer, 0)),
+                Arg::P(cache.part_ptr(s, layer, 1)),
+                Arg::I(heads as i32),
+                Arg::I(kvh as i32),
+                Arg::I(hd as i32),
+                Arg::I((rope.style == RopeStyle::Neox) as i32),
+                Arg::F((rope.theta as f64).log2() as f32),
+                Arg::U((cache.spec.num_blocks * cache.spec.block_size) as u64),
+            ],
+        )?;
+        Ok(true)
+    }
+
     /// Launches the `mode` kernel: `x: [T, k]` with `T <= MATVEC_MAX_TOKENS`, `w: [n, k]` (or
     /// `[2n, k]` for SwiGLU), `out: [T, n]`, `norm`: the f32 norm weight of length `k` and eps.
     pub(super) fn matvec(

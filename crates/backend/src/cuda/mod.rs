@@ -205,7 +205,7 @@ impl CudaKvCache {
         self.spec.num_blocks * self.block_elems()
     }
     /// Device pointer of K (`kv = 0`) or V (`kv = 1`) of `layer`.
-    fn part_ptr(&self, stream: &CudaStream, layer: usize, kv: usize) -> u64 {
+    pub(super) fn part_ptr(&self, stream: &CudaStream, layer: usize, kv: usize) -> u64 {
         raw_ptr(&self.buf, stream) + ((2 * layer + kv) * self.layer_elems() * 2) as u64
     }
 }
@@ -369,7 +369,7 @@ fn rope_v8_enabled() -> bool {
 }
 
 /// Kernels of the core module (attention variants are compiled on demand, see `func`).
-const CORE_KERNELS: [&str; 27] = [
+const CORE_KERNELS: [&str; 31] = [
     "convert_weight_bf16",
     "convert_weight_f32",
     "dummy_fill_bf16",
@@ -397,6 +397,10 @@ const CORE_KERNELS: [&str; 27] = [
     "gemv_swiglu_t2",
     "gemv_swiglu_t4",
     "gemv_swiglu_t8",
+    "gemv_rope_t1",
+    "gemv_rope_t2",
+    "gemv_rope_t4",
+    "gemv_rope_t8",
 ];
 
 /// GELU kernels of the core module (kernels/gelu.cu).
@@ -2160,6 +2164,22 @@ impl Backend for CudaBackend {
             Some((norm, eps)),
             out,
         )
+    }
+
+    fn norm_matvec_rope_cache(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        w_qkv: &CudaWeight,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &CudaBatch,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        q_out: &mut CudaTensor,
+    ) -> Result<bool> {
+        self.matvec_rope(x, norm, eps, w_qkv, rope, attn, batch, cache, layer, q_out)
     }
 
     fn matvec_add(&self, x: &CudaTensor, w: &CudaWeight, residual: &mut CudaTensor) -> Result<()> {

@@ -788,6 +788,130 @@ fn case_rope(
 /// The fused-projection ops against their unfused CPU equivalents: `rope_qkv_and_cache` (q out,
 /// cache), `silu_mul_fused`, `concat_rows`; and the device argmax with planted ties.
 #[allow(clippy::too_many_arguments)]
+/// `norm_matvec_rope_cache` (rope and the KV-cache write in the Q/K/V GEMV's epilogue) against
+/// the CPU's rms_norm, matmul and rope_and_cache, for decode steps of 1 and 2 tokens.
+#[allow(clippy::too_many_arguments)]
+fn case_matvec_rope(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    heads: usize,
+    kvh: usize,
+    hd: usize,
+    style: RopeStyle,
+) -> Result<()> {
+    let bs = 16;
+    let k = 1024;
+    let n = (heads + 2 * kvh) * hd;
+    let attn = AttentionSpec {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let rope = RopeSpec {
+        style,
+        theta: 500000.0,
+        rotary_dim: hd,
+    };
+    let load = |rng: &mut Rng, dt: WeightDtype, rows: usize, cols: usize, scale: f32| {
+        let wb = rand_weight_bytes(rng, dt, rows, cols, scale);
+        let hw = HostWeight {
+            rows,
+            cols,
+            dtype: dt,
+            bytes: &wb,
+        };
+        Ok::<_, crate::BackendError>((gpu.load_weight(&hw)?, cpu.load_weight(&hw)?))
+    };
+    let (gnorm, cnorm) = load(rng, WeightDtype::F32, 1, k, 2.0)?;
+    let (gw, cw) = load(rng, WeightDtype::BF16, n, k, 1.7 / (k as f32).sqrt())?;
+    for seqs in [&[(1usize, 700usize)][..], &[(1, 53), (1, 4000)][..]] {
+        let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
+        let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + 4;
+        let spec = KvCacheSpec {
+            num_layers: 2,
+            num_blocks: nb,
+            block_size: bs,
+            num_kv_heads: kvh,
+            head_dim: hd,
+        };
+        let tables = block_tables(rng, &ctxs, bs, nb);
+        let mut layout = BatchLayout {
+            block_size: bs as u32,
+            ..Default::default()
+        };
+        for (i, &(ql, ctx)) in seqs.iter().enumerate() {
+            let toks: Vec<u32> = (0..ql as u32).collect();
+            layout.push_seq(&toks, (ctx - ql) as u32, &tables[i], true);
+        }
+        let t = layout.num_tokens();
+        let x = rng.bf16_vec(t * k, 3.0);
+        let (gx, cx) = (gpu.upload(t, k, &x)?, cpu_t(t, k, x));
+        let mut gq = gpu_out(gpu, t, heads * hd)?;
+        let mut gc = gpu.alloc_kv_cache(&spec)?;
+        let mut cc = cpu.alloc_kv_cache(&spec)?;
+        let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
+        let fused = gpu.norm_matvec_rope_cache(
+            &gx, &gnorm, 1e-5, &gw, &rope, &attn, &gb, &mut gc, 1, &mut gq,
+        )?;
+        let name = format!("norm_matvec_rope_cache {style:?} {heads}/{kvh}x{hd} t={t}");
+        c.truth(&format!("{name}: fused"), fused, "returned false".into());
+        let mut cn = cpu_zeros(t, k);
+        cpu.rms_norm(&cx, &cnorm, 1e-5, &mut cn)?;
+        let mut cqkv = cpu_zeros(t, n);
+        cpu.matmul(&cn, &cw, &mut cqkv)?;
+        let (qd, kd) = (heads * hd, kvh * hd);
+        let (mut q, mut kk, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for row in cqkv.data.chunks(n) {
+            q.extend_from_slice(&row[..qd]);
+            kk.extend_from_slice(&row[qd..qd + kd]);
+            v.extend_from_slice(&row[qd + kd..]);
+        }
+        let (mut cq, mut ck, cv) = (cpu_t(t, qd, q), cpu_t(t, kd, kk), cpu_t(t, kd, v));
+        cpu.rope_and_cache(&mut cq, &mut ck, &cv, &rope, &attn, &cb, &mut cc, 1)?;
+        c.cmp(&format!("{name} q"), &gpu.to_host(&gq)?, &cq.data, 1e-2);
+        let blocks: Vec<u32> = (0..nb as u32).collect();
+        let g = gpu.act_bytes_to_f32(&gpu.read_blocks(&gc, &blocks)?);
+        let cvv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
+        c.cmp(&format!("{name} cache"), &g, &cvv, 1e-2);
+    }
+    // A partial rotary width is not fused: nothing launched, false returned.
+    let part = RopeSpec {
+        rotary_dim: hd / 2,
+        ..rope
+    };
+    let spec = KvCacheSpec {
+        num_layers: 2,
+        num_blocks: 4,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let mut layout = BatchLayout {
+        block_size: bs as u32,
+        ..Default::default()
+    };
+    layout.push_seq(&[0], 3, &[0], true);
+    let gb = gpu.upload_batch(&layout)?;
+    let mut gc = gpu.alloc_kv_cache(&spec)?;
+    let gx = gpu.upload(1, k, &rng.bf16_vec(k, 1.0))?;
+    let mut gq = gpu_out(gpu, 1, heads * hd)?;
+    let fused = gpu.norm_matvec_rope_cache(
+        &gx, &gnorm, 1e-5, &gw, &part, &attn, &gb, &mut gc, 1, &mut gq,
+    )?;
+    c.truth(
+        &format!(
+            "norm_matvec_rope_cache rotary_dim {} of {hd}: not fused",
+            hd / 2
+        ),
+        !fused,
+        "returned true".into(),
+    );
+    Ok(())
+}
+
 fn case_fused(
     c: &mut Checker,
     gpu: &CudaBackend,
@@ -1388,6 +1512,11 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
             c.run("fused", |c| {
                 case_fused(c, &gpu, &cpu, &mut rng, h, kv, hd, style, rd)
             });
+            if rd == hd {
+                c.run("matvec rope", |c| {
+                    case_matvec_rope(c, &gpu, &cpu, &mut rng, h, kv, hd, style)
+                });
+            }
         }
     }
     // Decode: 5 sequences, contexts 1..3000 (fixed edge cases plus random ones).
