@@ -785,9 +785,6 @@ fn case_rope(
     Ok(())
 }
 
-/// The fused-projection ops against their unfused CPU equivalents: `rope_qkv_and_cache` (q out,
-/// cache), `silu_mul_fused`, `concat_rows`; and the device argmax with planted ties.
-#[allow(clippy::too_many_arguments)]
 /// `norm_matvec_rope_cache` (rope and the KV-cache write in the Q/K/V GEMV's epilogue) against
 /// the CPU's rms_norm, matmul and rope_and_cache, for decode steps of 1 and 2 tokens.
 #[allow(clippy::too_many_arguments)]
@@ -912,6 +909,9 @@ fn case_matvec_rope(
     Ok(())
 }
 
+/// The fused-projection ops against their unfused CPU equivalents: `rope_qkv_and_cache` (q out,
+/// cache), `silu_mul_fused`, `concat_rows`; and the device argmax with planted ties.
+#[allow(clippy::too_many_arguments)]
 fn case_fused(
     c: &mut Checker,
     gpu: &CudaBackend,
