@@ -530,7 +530,7 @@ fn empty_output() -> RequestOutput {
     RequestOutput {
         request_id: String::new(),
         prompt: None,
-        prompt_token_ids: vec![],
+        prompt_token_ids: Arc::default(),
         outputs: vec![],
         finished: true,
         num_cached_tokens: 0,
@@ -567,7 +567,7 @@ fn build_output<'a>(
     RequestOutput {
         request_id: req.request_id.clone(),
         prompt: req.prompt.clone(),
-        prompt_token_ids: req.prompt_token_ids.to_vec(),
+        prompt_token_ids: req.prompt_token_ids.clone(),
         outputs,
         finished,
         num_cached_tokens,

@@ -63,7 +63,8 @@ impl CompletionOutput {
 pub struct RequestOutput {
     pub request_id: String,
     pub prompt: Option<String>,
-    pub prompt_token_ids: Vec<u32>,
+    /// Shared with the engine's request state: a step's outputs do not copy the prompt.
+    pub prompt_token_ids: std::sync::Arc<Vec<u32>>,
     pub outputs: Vec<CompletionOutput>,
     pub finished: bool,
     /// Prompt tokens served from the prefix cache.

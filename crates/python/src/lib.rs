@@ -460,7 +460,7 @@ fn request_output_dict<'py>(py: Python<'py>, out: &RequestOutput) -> PyResult<Bo
     let d = PyDict::new(py);
     d.set_item("request_id", &out.request_id)?;
     d.set_item("prompt", out.prompt.as_deref())?;
-    d.set_item("prompt_token_ids", &out.prompt_token_ids)?;
+    d.set_item("prompt_token_ids", out.prompt_token_ids.as_slice())?;
     d.set_item("finished", out.finished)?;
     d.set_item("num_cached_tokens", out.num_cached_tokens)?;
     let outputs = PyList::empty(py);
