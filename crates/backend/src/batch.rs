@@ -29,6 +29,9 @@ pub struct BatchLayout {
     /// Launch geometry (attention partitions) must cover contexts up to this many tokens, not
     /// just the batch's longest: a batch replayed through a captured graph can grow up to it.
     pub launch_max_context: u32,
+    /// Block tables are uploaded at least this wide (zero-filled past each table's end), so a
+    /// graph's batch keeps one layout while its tables grow.
+    pub table_width: u32,
 }
 
 impl BatchLayout {
@@ -67,48 +70,45 @@ impl BatchLayout {
     }
 
     /// This pure-decode layout (one token per sequence) padded to `bucket` rows with block
-    /// tables exactly `max_blocks` wide and attention launched for `max_blocks * block_size`
-    /// tokens: the fixed shape a captured graph replays. Padding rows decode token 0 at position
-    /// 0 over one cached token and write no KV (slot `u32::MAX` is skipped by the cache write);
-    /// their logits are ignored. `None` if the layout is not a pure decode that fits.
+    /// tables uploaded `max_blocks` wide (`table_width`; shorter tables are zero-filled by the
+    /// upload) and attention launched for `max_blocks * block_size` tokens: the fixed shape a
+    /// captured graph replays. Padding rows decode token 0 at position 0 over one cached token
+    /// (block 0) and write no KV (slot `u32::MAX` is skipped by the cache write); their logits
+    /// are ignored. `None` if the layout is not a pure decode that fits.
     pub fn padded_decode(&self, bucket: usize, max_blocks: usize) -> Option<BatchLayout> {
+        let mut out = self.clone();
+        out.pad_decode(bucket, max_blocks).then_some(out)
+    }
+
+    /// `padded_decode` in place, without copying the real rows' block tables (a decode step of
+    /// a few hundred sequences pads every step). `false`, and nothing changed, if it does not
+    /// fit.
+    pub fn pad_decode(&mut self, bucket: usize, max_blocks: usize) -> bool {
         let n = self.seqs.len();
-        if n > bucket || self.num_tokens() != n || self.logits_rows.len() != n {
-            return None;
+        if n > bucket
+            || self.num_tokens() != n
+            || self.logits_rows.len() != n
+            || self
+                .seqs
+                .iter()
+                .any(|s| s.query_len != 1 || s.block_table.len() > max_blocks)
+        {
+            return false;
         }
-        let mut out = BatchLayout {
-            block_size: self.block_size,
-            launch_max_context: max_blocks as u32 * self.block_size,
-            ..Default::default()
-        };
-        for s in &self.seqs {
-            if s.query_len != 1 || s.block_table.len() > max_blocks {
-                return None;
-            }
-            let mut table = Vec::with_capacity(max_blocks);
-            table.extend_from_slice(&s.block_table);
-            table.resize(max_blocks, 0);
-            out.seqs.push(SeqLayout {
-                block_table: table,
-                ..s.clone()
-            });
-        }
-        out.token_ids.extend_from_slice(&self.token_ids);
-        out.positions.extend_from_slice(&self.positions);
-        out.slot_mapping.extend_from_slice(&self.slot_mapping);
-        out.logits_rows.extend_from_slice(&self.logits_rows);
+        self.table_width = max_blocks as u32;
+        self.launch_max_context = max_blocks as u32 * self.block_size;
         for i in n..bucket {
-            out.token_ids.push(0);
-            out.positions.push(0);
-            out.slot_mapping.push(u32::MAX);
-            out.logits_rows.push(i as u32);
-            out.seqs.push(SeqLayout {
+            self.token_ids.push(0);
+            self.positions.push(0);
+            self.slot_mapping.push(u32::MAX);
+            self.logits_rows.push(i as u32);
+            self.seqs.push(SeqLayout {
                 query_start: i as u32,
                 query_len: 1,
                 context_len: 1,
-                block_table: vec![0; max_blocks],
+                block_table: vec![0],
             });
         }
-        Some(out)
+        true
     }
 }

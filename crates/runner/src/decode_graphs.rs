@@ -54,9 +54,10 @@ impl<B: Backend> DecodeGraphs<B> {
         self.sizes.iter().copied().find(|&b| b >= n)
     }
 
-    /// `layout` (pure decode) padded to `bucket` rows for this runner's graphs.
-    pub fn pad(&self, layout: &BatchLayout, bucket: usize) -> Option<BatchLayout> {
-        layout.padded_decode(bucket, self.max_blocks)
+    /// Pads `layout` (pure decode) in place to `bucket` rows for this runner's graphs; `false`
+    /// (layout unchanged) if it does not fit.
+    pub fn pad(&self, layout: &mut BatchLayout, bucket: usize) -> bool {
+        layout.pad_decode(bucket, self.max_blocks)
     }
 }
 
@@ -86,13 +87,15 @@ mod tests {
         l.push_seq(&[9], 3, &[1], true);
         let b = g.bucket_for(2).unwrap();
         assert_eq!(b, 2);
-        let p = g.pad(&l, 4).unwrap();
+        let mut p = l.clone();
+        assert!(g.pad(&mut p, 4));
         assert_eq!(p.token_ids, vec![7, 9, 0, 0]);
         assert_eq!(p.slot_mapping[..2], l.slot_mapping[..]);
         assert_eq!(p.slot_mapping[2..], [u32::MAX, u32::MAX]);
         assert_eq!(p.logits_rows, vec![0, 1, 2, 3]);
-        assert!(p.seqs.iter().all(|s| s.block_table.len() == 4));
-        assert_eq!(p.seqs[0].block_table[..2], [3, 5]);
+        assert_eq!(p.table_width, 4);
+        assert_eq!(p.seqs[0].block_table, [3, 5]);
+        assert_eq!(p.seqs[2].block_table, [0]);
         assert_eq!(p.seqs[0].context_len, 21);
         assert_eq!(p.launch_max_context, 64);
         // A prefill chunk is not a decode step.
@@ -101,6 +104,9 @@ mod tests {
             ..Default::default()
         };
         pre.push_seq(&[1, 2], 0, &[0], true);
-        assert!(g.pad(&pre, 4).is_none());
+        let before = pre.clone();
+        assert!(!g.pad(&mut pre, 4));
+        assert_eq!(pre.token_ids, before.token_ids);
+        assert_eq!(pre.seqs, before.seqs);
     }
 }

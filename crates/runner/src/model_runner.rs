@@ -174,7 +174,7 @@ impl<B: Backend> ModelRunner<B> {
             return Ok(Vec::new());
         }
         self.profile.begin();
-        let layout = self.build_batch(step);
+        let mut layout = self.build_batch(step);
         let samplers: Vec<&SampleInfo> =
             step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
         let device_sampling = self.backend.samples_on_device();
@@ -197,7 +197,7 @@ impl<B: Backend> ModelRunner<B> {
         if on_device
             && decode_only
             && self.graphs.enabled
-            && self.decode_with_graph(&layout, &row_params)?
+            && self.decode_with_graph(&mut layout, &row_params)?
         {
             let n = samplers.len();
             let out = match &plan {
@@ -275,7 +275,7 @@ impl<B: Backend> ModelRunner<B> {
     /// sequences, or the backend has none).
     fn decode_with_graph(
         &mut self,
-        layout: &BatchLayout,
+        layout: &mut BatchLayout,
         row_params: &[SampleRow],
     ) -> Result<bool, String> {
         let n = layout.seqs.len();
@@ -285,22 +285,22 @@ impl<B: Backend> ModelRunner<B> {
         if bucket > self.bufs.max_rows || bucket > self.bufs.max_tokens {
             return Ok(false);
         }
-        let Some(padded) = self.graphs.pad(layout, bucket) else {
+        if !self.graphs.pad(layout, bucket) {
             return Ok(false);
-        };
+        }
+        let padded = &*layout;
         let b = &self.backend;
         let err = |e: rvllm_backend::BackendError| e.to_string();
         let state = match self.graphs.buckets.entry(bucket) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(BucketState {
-                batch: b.upload_batch(&padded).map_err(err)?,
+                batch: b.upload_batch(padded).map_err(err)?,
                 graph: None,
                 epoch: 0,
                 uncapturable: false,
             }),
         };
-        b.upload_batch_into(&padded, &mut state.batch)
-            .map_err(err)?;
+        b.upload_batch_into(padded, &mut state.batch).map_err(err)?;
         // Padding rows are greedy.
         let mut params = row_params.to_vec();
         params.resize(bucket, SampleRow::GREEDY);

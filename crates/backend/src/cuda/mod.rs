@@ -939,6 +939,7 @@ impl CudaBackend {
             .map(|q| q.block_table.len())
             .max()
             .unwrap_or(0)
+            .max(batch.table_width as usize)
             .max(1);
         let mut o = BatchOffsets::default();
         let mut at = 0;
