@@ -140,3 +140,43 @@ __device__ __forceinline__ float block_max(float v, float* red) {
     float r = lane < nw ? red[lane] : -RV_INF;
     return warp_max(r);
 }
+
+// ---------------------------------------------------------------- rope helpers
+// One formula for every rope path (rope_cache, rope_cache_v8, the Q/K/V GEMV's epilogue), so they
+// rotate by bit-identical cos/sin: angle i of a token at `pos` is pos * theta^(-2i / rotary_dim).
+__device__ __forceinline__ void rope_sincos(float pos, int i, int rotary_dim, float log2_theta,
+                                            float* sn, float* cs) {
+    const float inv_freq = exp2f(-log2_theta * (2.0f * (float)i) / (float)rotary_dim);
+    sincosf(pos * inv_freq, sn, cs);
+}
+
+// The token's cos/sin table in shared memory: cs[0..half) cos, cs[half..2 half) sin. Ends with a
+// barrier.
+__device__ __forceinline__ void rope_table(float* cs, float pos, int half, int rotary_dim,
+                                           float log2_theta) {
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+        rope_sincos(pos, i, rotary_dim, log2_theta, &cs[half + i], &cs[i]);
+    __syncthreads();
+}
+
+// Where query-or-key head `head` (queries first, then keys) of token t reads and writes in the
+// rope kernels: its source row, its rotated copy (null for keys when k_dst is null) and its
+// cache row (keys only, null when the token writes no KV).
+struct RopeHead {
+    const act_t* src;
+    act_t* dst;
+    act_t* kc;
+};
+__device__ __forceinline__ RopeHead rope_head(int head, u64 t, const act_t* q_src, act_t* q_dst,
+                                              const act_t* k_src, act_t* k_dst, u64 q_stride,
+                                              u64 k_stride, act_t* k_cache, bool write, u32 slot,
+                                              int heads, int kv_heads, int hd) {
+    const bool is_q = head < heads;
+    const int h = is_q ? head : head - heads;
+    RopeHead r;
+    r.src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
+    r.dst = is_q ? q_dst + t * (u64)heads * hd + (u64)h * hd
+                 : (k_dst ? k_dst + t * (u64)kv_heads * hd + (u64)h * hd : nullptr);
+    r.kc = (!is_q && write) ? k_cache + (u64)slot * kv_heads * hd + (u64)h * hd : nullptr;
+    return r;
+}

@@ -237,12 +237,7 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
     const u32 slot = slot_mapping[t];
     const bool write = slot != 0xffffffffu && (u64)slot < num_slots;
     const int half = rotary_dim / 2;
-    const float pos = (float)positions[t];
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float inv_freq = exp2f(-log2_theta * (2.0f * (float)i) / (float)rotary_dim);
-        sincosf(pos * inv_freq, &cs[half + i], &cs[i]);
-    }
-    __syncthreads();
+    rope_table(cs, (float)positions[t], half, rotary_dim, log2_theta);
     // Rotated pairs of the query and key heads of this block's share (head % gridDim.y ==
     // blockIdx.y: small steps spread a token's heads over several blocks).
     const int qk_heads = heads + kv_heads;
@@ -250,12 +245,11 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
     const int my_heads = (qk_heads - h0 + hs - 1) / hs;
     for (int p = threadIdx.x; p < my_heads * half; p += blockDim.x) {
         const int head = h0 + (p / half) * hs, i = p % half;
-        const bool is_q = head < heads;
-        const int h = is_q ? head : head - heads;
-        const act_t* src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
-        act_t* dst = is_q ? q_dst + t * (u64)heads * hd + (u64)h * hd
-                         : (k_dst ? k_dst + t * (u64)kv_heads * hd + (u64)h * hd : nullptr);
-        act_t* kc = (!is_q && write) ? k_cache + (u64)slot * kv_heads * hd + (u64)h * hd : nullptr;
+        const RopeHead r = rope_head(head, t, q_src, q_dst, k_src, k_dst, q_stride, k_stride,
+                                     k_cache, write, slot, heads, kv_heads, hd);
+        const act_t* src = r.src;
+        act_t* dst = r.dst;
+        act_t* kc = r.kc;
         const float c = cs[i], s = cs[half + i];
         const int a = neox ? i : 2 * i;
         const int b = neox ? i + half : 2 * i + 1;
@@ -276,12 +270,11 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
     const int rest = hd - rotary_dim;
     for (int p = threadIdx.x; p < my_heads * rest; p += blockDim.x) {
         const int head = h0 + (p / rest) * hs, d = rotary_dim + p % rest;
-        const bool is_q = head < heads;
-        const int h = is_q ? head : head - heads;
-        const act_t* src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
-        act_t* dst = is_q ? q_dst + t * (u64)heads * hd + (u64)h * hd
-                         : (k_dst ? k_dst + t * (u64)kv_heads * hd + (u64)h * hd : nullptr);
-        act_t* kc = (!is_q && write) ? k_cache + (u64)slot * kv_heads * hd + (u64)h * hd : nullptr;
+        const RopeHead r = rope_head(head, t, q_src, q_dst, k_src, k_dst, q_stride, k_stride,
+                                     k_cache, write, slot, heads, kv_heads, hd);
+        const act_t* src = r.src;
+        act_t* dst = r.dst;
+        act_t* kc = r.kc;
         const act_t x = src[d];
         if (dst) dst[d] = x;
         if (kc) kc[d] = x;
@@ -313,12 +306,7 @@ extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const
     const u32 slot = slot_mapping[t];
     const bool write = slot != 0xffffffffu && (u64)slot < num_slots;
     const int half = rotary_dim / 2;
-    const float pos = (float)positions[t];
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float inv_freq = exp2f(-log2_theta * (2.0f * (float)i) / (float)rotary_dim);
-        sincosf(pos * inv_freq, &cs[half + i], &cs[i]);
-    }
-    __syncthreads();
+    rope_table(cs, (float)positions[t], half, rotary_dim, log2_theta);
     const int qk_heads = heads + kv_heads;
     const int hs = gridDim.y, h0 = blockIdx.y;
     const int my_heads = (qk_heads - h0 + hs - 1) / hs;
@@ -327,12 +315,11 @@ extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const
     for (int p = threadIdx.x; p < my_heads * per_head; p += blockDim.x) {
         const int hh = p / per_head, j = p - hh * per_head;
         const int head = h0 + hh * hs;
-        const bool is_q = head < heads;
-        const int h = is_q ? head : head - heads;
-        const act_t* src = is_q ? q_src + t * q_stride + (u64)h * hd : k_src + t * k_stride + (u64)h * hd;
-        act_t* dst = is_q ? q_dst + t * (u64)heads * hd + (u64)h * hd
-                         : (k_dst ? k_dst + t * (u64)kv_heads * hd + (u64)h * hd : nullptr);
-        act_t* kc = (!is_q && write) ? k_cache + (u64)slot * kv_heads * hd + (u64)h * hd : nullptr;
+        const RopeHead r = rope_head(head, t, q_src, q_dst, k_src, k_dst, q_stride, k_stride,
+                                     k_cache, write, slot, heads, kv_heads, hd);
+        const act_t* src = r.src;
+        act_t* dst = r.dst;
+        act_t* kc = r.kc;
         if (j >= nrot) {
             // Dimensions past rotary_dim pass through unrotated.
             const int d = rotary_dim + 8 * (j - nrot);

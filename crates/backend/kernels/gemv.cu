@@ -180,10 +180,8 @@ __device__ __forceinline__ void gemv_impl(act_t* __restrict__ out, const act_t* 
         const int hh = pair / half, j = pair - hh * half;
         float y0 = s0 * inv, y1 = s1 * inv;
         if (hh < rp.heads + rp.kv_heads) {
-            // The rope kernel's angle formula, so both paths rotate by the same cos/sin.
-            const float inv_freq = exp2f(-rp.log2_theta * (2.0f * (float)j) / (float)rp.hd);
             float sn, cs;
-            sincosf((float)rp.positions[t] * inv_freq, &sn, &cs);
+            rope_sincos((float)rp.positions[t], j, rp.hd, rp.log2_theta, &sn, &cs);
             const float a = y0, b = y1;
             y0 = a * cs - b * sn;
             y1 = a * sn + b * cs;

@@ -47,7 +47,32 @@ pub(super) fn fused_rope_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("RVLLM_FUSED_ROPE").as_deref() != Ok("0"))
 }
 
+/// The kernel instantiation serving a step of `t` tokens: the smallest `T >= t`.
+fn kernel_tokens(op: &'static str, t: usize) -> Result<usize> {
+    INSTANTIATED_T
+        .iter()
+        .copied()
+        .find(|&c| c >= t)
+        .ok_or_else(|| BackendError::Shape {
+            op,
+            detail: format!("{t} tokens: the fused projections take at most {MATVEC_MAX_TOKENS}"),
+        })
+}
+
 impl CudaBackend {
+    /// Device pointer of the f32 norm weight `nw` of a width-`k` projection input.
+    fn norm_weight_ptr(&self, op: &'static str, nw: &CudaWeight, k: usize) -> Result<u64> {
+        check(op, nw.rows * nw.cols == k, || {
+            format!("norm weight of {} values for width {k}", nw.rows * nw.cols)
+        })?;
+        match &nw.buf {
+            DevBuf::F32(s) => Ok(raw_ptr(s, &self.stream)),
+            DevBuf::Bf16(_) => Err(BackendError::UnsupportedWeight(
+                "a bf16 norm weight in a fused projection (norms load as f32)".into(),
+            )),
+        }
+    }
+
     /// `gemv_rope_t<T>`: the normed Q/K/V projection of `x` (`[T, k]`, T up to
     /// `MATVEC_MAX_TOKENS`) with the rotation of each (query or key) pair and the cache writes
     /// in its epilogue. `Ok(false)` (nothing launched) for partial rotary widths or shapes the
@@ -94,22 +119,9 @@ impl CudaBackend {
                 )
             },
         )?;
-        check(OP, norm.rows * norm.cols == k, || {
-            format!(
-                "norm weight of {} values for width {k}",
-                norm.rows * norm.cols
-            )
-        })?;
-        let g = match &norm.buf {
-            DevBuf::F32(s) => raw_ptr(s, &self.stream),
-            DevBuf::Bf16(_) => return Ok(false),
-        };
+        let g = self.norm_weight_ptr(OP, norm, k)?;
         super::check_cache_layer(OP, cache, attn, layer)?;
-        let tt = INSTANTIATED_T
-            .iter()
-            .copied()
-            .find(|&c| c >= t)
-            .unwrap_or(MATVEC_MAX_TOKENS);
+        let tt = kernel_tokens(OP, t)?;
         let s = &self.stream;
         let xp = self.bf16_ptr(OP, &x.buf)?;
         let wp = self.bf16_ptr(OP, &w.buf)?;
@@ -171,31 +183,10 @@ impl CudaBackend {
         if t == 0 || n == 0 {
             return Ok(());
         }
-        let tt = INSTANTIATED_T
-            .iter()
-            .copied()
-            .find(|&c| c >= t)
-            .ok_or_else(|| BackendError::Shape {
-                op,
-                detail: format!(
-                    "{t} tokens: the fused projections take at most {MATVEC_MAX_TOKENS}"
-                ),
-            })?;
+        let tt = kernel_tokens(op, t)?;
         let (g, eps) = match (mode, norm) {
             (MatvecMode::Add, _) => (0u64, 0.0f32),
-            (_, Some((nw, eps))) => {
-                check(op, nw.rows * nw.cols == k, || {
-                    format!("norm weight of {} values for width {k}", nw.rows * nw.cols)
-                })?;
-                match &nw.buf {
-                    DevBuf::F32(s) => (raw_ptr(s, &self.stream), eps),
-                    DevBuf::Bf16(_) => {
-                        return Err(BackendError::UnsupportedWeight(
-                            "a bf16 norm weight in a fused projection (norms load as f32)".into(),
-                        ))
-                    }
-                }
-            }
+            (_, Some((nw, eps))) => (self.norm_weight_ptr(op, nw, k)?, eps),
             (_, None) => {
                 return Err(BackendError::Shape {
                     op,

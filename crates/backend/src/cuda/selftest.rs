@@ -464,6 +464,26 @@ fn case_gelu(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng
     Ok(())
 }
 
+/// A random `[rows, cols]` weight of type `dt` (values scaled by `scale`) loaded on both backends.
+fn load_both(
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    dt: WeightDtype,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) -> Result<(super::CudaWeight, <CpuBackend as Backend>::Weight)> {
+    let wb = rand_weight_bytes(rng, dt, rows, cols, scale);
+    let hw = HostWeight {
+        rows,
+        cols,
+        dtype: dt,
+        bytes: &wb,
+    };
+    Ok((gpu.load_weight(&hw)?, cpu.load_weight(&hw)?))
+}
+
 fn case_matmul(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
     let dtypes = [
         WeightDtype::F32,
@@ -516,14 +536,15 @@ fn case_matmul(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut R
     }
     // A prefill-sized step (over 1024 tokens, its own cuBLASLt bucket), output poisoned first.
     let (k, n, t) = (576usize, 1536usize, 1100usize);
-    let wb = rand_weight_bytes(rng, WeightDtype::BF16, n, k, 1.7 / (k as f32).sqrt());
-    let hw = HostWeight {
-        rows: n,
-        cols: k,
-        dtype: WeightDtype::BF16,
-        bytes: &wb,
-    };
-    let (gw, cw) = (gpu.load_weight(&hw)?, cpu.load_weight(&hw)?);
+    let (gw, cw) = load_both(
+        gpu,
+        cpu,
+        rng,
+        WeightDtype::BF16,
+        n,
+        k,
+        1.7 / (k as f32).sqrt(),
+    )?;
     let x = rng.bf16_vec(t * k, 1.0);
     let gx = gpu.upload(t, k, &x)?;
     let mut go = gpu_out(gpu, t, n)?;
@@ -545,14 +566,7 @@ fn case_matmul(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut R
 /// warp with one row; k = 136 is not a multiple of a warp's 256-element stride.
 fn case_matvec(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
     let load = |rng: &mut Rng, dt: WeightDtype, rows: usize, cols: usize, scale: f32| {
-        let wb = rand_weight_bytes(rng, dt, rows, cols, scale);
-        let hw = HostWeight {
-            rows,
-            cols,
-            dtype: dt,
-            bytes: &wb,
-        };
-        Ok::<_, crate::BackendError>((gpu.load_weight(&hw)?, cpu.load_weight(&hw)?))
+        load_both(gpu, cpu, rng, dt, rows, cols, scale)
     };
     for &(k, n) in &[(4096usize, 1001usize), (136, 64), (1024, 2048)] {
         let (gnorm, cnorm) = load(rng, WeightDtype::F32, 1, k, 2.0)?;
@@ -813,14 +827,7 @@ fn case_matvec_rope(
         rotary_dim: hd,
     };
     let load = |rng: &mut Rng, dt: WeightDtype, rows: usize, cols: usize, scale: f32| {
-        let wb = rand_weight_bytes(rng, dt, rows, cols, scale);
-        let hw = HostWeight {
-            rows,
-            cols,
-            dtype: dt,
-            bytes: &wb,
-        };
-        Ok::<_, crate::BackendError>((gpu.load_weight(&hw)?, cpu.load_weight(&hw)?))
+        load_both(gpu, cpu, rng, dt, rows, cols, scale)
     };
     let (gnorm, cnorm) = load(rng, WeightDtype::F32, 1, k, 2.0)?;
     let (gw, cw) = load(rng, WeightDtype::BF16, n, k, 1.7 / (k as f32).sqrt())?;
