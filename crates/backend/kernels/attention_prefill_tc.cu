@@ -345,6 +345,292 @@ __device__ __forceinline__ void prefill_tc_impl(
                             context_len, max_blocks, num_heads, num_kv_heads, block_size, scale, \
                             G, hchunks, skip_decode, seq_list);                                  \
     }
+
+// ---------------------------------------------------------------------------------------------
+// Variant with two m16 tiles per warp (32 rows; NW warps -> BM = 32 * NW rows per CTA). Every K
+// and V fragment that ldmatrix brings from shared memory feeds two mma instead of one: the
+// 16-row kernel above spends one 512-byte ldmatrix per two mma, which at 128 bytes per clock
+// per SM caps it near half the tensor-core rate. Q no longer fits in registers next to two
+// tiles of scores and outputs, so it stays in shared memory (its own region, after the two K/V
+// stages) and is re-read per k-step (one ldmatrix per m-tile, shared by all key tiles of the step).
+// Shared memory: 2 stages x (K, V) x 64 x (HD + 8) + BM x (HD + 8) act_t = 102 KiB for HD 128
+// and NW 4 (two CTAs per SM). The output is staged in the warp's own Q rows.
+template <int HD, int NW>
+__device__ __forceinline__ void prefill_tcm_impl(
+    act_t* __restrict__ out, const act_t* __restrict__ q, const act_t* __restrict__ k_cache,
+    const act_t* __restrict__ v_cache, const u32* __restrict__ block_tables,
+    const u32* __restrict__ query_start, const u32* __restrict__ query_len,
+    const u32* __restrict__ context_len, int max_blocks, int num_heads, int num_kv_heads,
+    int block_size, float scale, int G, int hchunks, int skip_decode, const u32* seq_list) {
+    constexpr int MT = 2;                 // m16 tiles per warp
+    constexpr int BM = 16 * MT * NW, BN = PFTC_BN, NT = 32 * NW;
+    constexpr int LD = HD + 8;
+    constexpr int CPR = HD / 8;
+    constexpr int KD = HD / 16;
+    constexpr int ND = HD / 8;
+    constexpr int NS = BN / 8;
+    constexpr int TILE = BN * LD;
+    constexpr int QOFF = 4 * TILE;        // Q region (elements), BM rows
+    static_assert(HD % 16 == 0 && (BN * CPR) % NT == 0 && (BM * CPR) % NT == 0, "tiling");
+    extern __shared__ __align__(16) unsigned char pftc_smem[];
+    act_t* sm = reinterpret_cast<act_t*>(pftc_smem);
+    const u32 sm_base = pftc_smem_addr(pftc_smem);
+
+    const int s = seq_list ? (int)seq_list[blockIdx.y] : (int)blockIdx.y;
+    const int qlen = (int)query_len[s];
+    if (qlen == 0 || (skip_decode && qlen == 1)) return;
+    const int tpc = BM / G;
+    const int t0 = (int)(gridDim.x - 1 - blockIdx.x) * tpc;
+    if (t0 >= qlen) return;
+    const int kvh = blockIdx.z / hchunks, chunk = blockIdx.z % hchunks;
+    const int group = num_heads / num_kv_heads;
+    const int head0 = kvh * group + chunk * G;
+    const int ctx = (int)context_len[s];
+    const int qpos0 = ctx - qlen;
+    const u64 qs = query_start[s];
+    const u32* bt = block_tables + (u64)s * max_blocks;
+    const u64 tok_stride = (u64)num_kv_heads * HD;
+    const u64 qrow = (u64)num_heads * HD;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    const int ntok = min(tpc, qlen - t0);
+    const int nrows = ntok * G;
+    const int pos_first = qpos0 + t0;
+    const int kv_end = pos_first + ntok;
+    const int n_tiles = (kv_end + BN - 1) / BN;
+    const int n_full = (pos_first + 1) / BN;
+
+    auto load_kv = [&](int i, int st) {
+        const u32 kd = sm_base + (u32)(st * 2 * TILE * 2);
+#pragma unroll 1
+        for (int it = 0; it < BN * CPR / NT; it++) {
+            const int idx = tid + it * NT;
+            const int j = idx / CPR, c = idx % CPR;
+            const int pos = i * BN + j;
+            const bool ok = pos < kv_end;
+            u64 off = 0;
+            if (ok) {
+                const u64 blk = bt[pos / block_size];
+                off = (blk * block_size + pos % block_size) * tok_stride + (u64)kvh * HD + c * 8;
+            }
+            const u32 d = kd + (u32)((j * LD + c * 8) * 2);
+            pftc_cp16(d, k_cache + off, ok);
+            pftc_cp16(d + TILE * 2, v_cache + off, ok);
+        }
+    };
+
+    // Q tile -> its region (rows past nrows zero-filled), key tile 0 -> stage 0. The first
+    // iteration's wait + barrier covers both.
+#pragma unroll 1
+    for (int it = 0; it < BM * CPR / NT; it++) {
+        const int idx = tid + it * NT;
+        const int r = idx / CPR, c = idx % CPR;
+        const bool ok = r < nrows;
+        const act_t* src = q;
+        if (ok) src = q + (qs + t0 + r / G) * qrow + (u64)(head0 + r % G) * HD + c * 8;
+        pftc_cp16(sm_base + (u32)((QOFF + r * LD + c * 8) * 2), src, ok);
+    }
+    pftc_commit();
+    load_kv(0, 0);
+    pftc_commit();
+
+    const int wrow = warp * 16 * MT;  // the warp's first row
+    int posA[MT], posB[MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+        const int rA = wrow + m * 16 + (lane >> 2);
+        posA[m] = pos_first + min(rA, nrows - 1) / G;
+        posB[m] = pos_first + min(rA + 8, nrows - 1) / G;
+    }
+    const bool warp_active = wrow < nrows;
+    const int warp_last_pos = pos_first + min(wrow + 16 * MT - 1, nrows - 1) / G;
+    const float sl2 = scale * 1.4426950408889634f;
+    // ldmatrix lane address of the warp's Q rows (m-tile 0; m-tile m is 16 rows further).
+    const u32 ql = sm_base + (u32)((QOFF + (wrow + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                    (lane >> 4) * 8) * 2);
+
+    float o[MT][ND][4];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int d = 0; d < ND; d++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[m][d][e] = 0.f;
+    float mA[MT], mB[MT], lA[MT], lB[MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+        mA[m] = mB[m] = -RV_INF;
+        lA[m] = lB[m] = 0.f;
+    }
+
+    for (int i = 0; i < n_tiles; i++) {
+        if (i + 1 < n_tiles) {
+            load_kv(i + 1, (i + 1) & 1);
+            pftc_commit();
+            pftc_wait<1>();
+        } else {
+            pftc_wait<0>();
+        }
+        __syncthreads();
+        if (warp_active && i * BN <= warp_last_pos) {
+            const u32 kst = sm_base + (u32)((i & 1) * 2 * TILE * 2);
+            const u32 vst = kst + (u32)(TILE * 2);
+
+            float sc[MT][NS][4];
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+#pragma unroll
+                for (int n = 0; n < NS; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) sc[m][n][e] = 0.f;
+            {
+                const u32 kl = kst + (u32)((((lane & 7) + (lane >> 4) * 8) * LD +
+                                            ((lane >> 3) & 1) * 8) * 2);
+#pragma unroll
+                for (int kk = 0; kk < KD; kk++) {
+                    u32 qa[MT][4];
+#pragma unroll
+                    for (int m = 0; m < MT; m++)
+                        pftc_ldsm4(ql + (u32)((m * 16 * LD + kk * 16) * 2), qa[m][0], qa[m][1],
+                                   qa[m][2], qa[m][3]);
+#pragma unroll
+                    for (int np = 0; np < NS / 2; np++) {
+                        u32 b0, b1, b2, b3;
+                        pftc_ldsm4(kl + (u32)((np * 16 * LD + kk * 16) * 2), b0, b1, b2, b3);
+#pragma unroll
+                        for (int m = 0; m < MT; m++) {
+                            pftc_mma(sc[m][2 * np], qa[m], b0, b1);
+                            pftc_mma(sc[m][2 * np + 1], qa[m], b2, b3);
+                        }
+                    }
+                }
+            }
+
+            if (i >= n_full) {
+                const int kb = i * BN + (lane & 3) * 2;
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+#pragma unroll
+                    for (int n = 0; n < NS; n++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int key = kb + n * 8 + (e & 1);
+                            if (key > (e < 2 ? posA[m] : posB[m])) sc[m][n][e] = -RV_INF;
+                        }
+            }
+
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                float xA = -RV_INF, xB = -RV_INF;
+#pragma unroll
+                for (int n = 0; n < NS; n++) {
+                    xA = fmaxf(xA, fmaxf(sc[m][n][0], sc[m][n][1]));
+                    xB = fmaxf(xB, fmaxf(sc[m][n][2], sc[m][n][3]));
+                }
+                xA = fmaxf(xA, __shfl_xor_sync(0xffffffffu, xA, 1));
+                xA = fmaxf(xA, __shfl_xor_sync(0xffffffffu, xA, 2));
+                xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, 1));
+                xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, 2));
+                const float nA = fmaxf(mA[m], xA * sl2), nB = fmaxf(mB[m], xB * sl2);
+                const float uA = nA == -RV_INF ? 0.f : nA, uB = nB == -RV_INF ? 0.f : nB;
+                const float aA = pftc_ex2(mA[m] - uA), aB = pftc_ex2(mB[m] - uB);
+                mA[m] = nA;
+                mB[m] = nB;
+                float sA = 0.f, sB = 0.f;
+#pragma unroll
+                for (int n = 0; n < NS; n++) {
+                    sc[m][n][0] = pftc_ex2(fmaf(sc[m][n][0], sl2, -uA));
+                    sc[m][n][1] = pftc_ex2(fmaf(sc[m][n][1], sl2, -uA));
+                    sc[m][n][2] = pftc_ex2(fmaf(sc[m][n][2], sl2, -uB));
+                    sc[m][n][3] = pftc_ex2(fmaf(sc[m][n][3], sl2, -uB));
+                    sA += sc[m][n][0] + sc[m][n][1];
+                    sB += sc[m][n][2] + sc[m][n][3];
+                }
+                lA[m] = lA[m] * aA + sA;
+                lB[m] = lB[m] * aB + sB;
+#pragma unroll
+                for (int d = 0; d < ND; d++) {
+                    o[m][d][0] *= aA;
+                    o[m][d][1] *= aA;
+                    o[m][d][2] *= aB;
+                    o[m][d][3] *= aB;
+                }
+            }
+
+            {
+                const u32 vl = vst + (u32)((((lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                            (lane >> 4) * 8) * 2);
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++) {
+                    u32 pa[MT][4];
+#pragma unroll
+                    for (int m = 0; m < MT; m++) {
+                        pa[m][0] = pftc_pack(sc[m][2 * kk][0], sc[m][2 * kk][1]);
+                        pa[m][1] = pftc_pack(sc[m][2 * kk][2], sc[m][2 * kk][3]);
+                        pa[m][2] = pftc_pack(sc[m][2 * kk + 1][0], sc[m][2 * kk + 1][1]);
+                        pa[m][3] = pftc_pack(sc[m][2 * kk + 1][2], sc[m][2 * kk + 1][3]);
+                    }
+#pragma unroll
+                    for (int dp = 0; dp < HD / 16; dp++) {
+                        u32 b0, b1, b2, b3;
+                        pftc_ldsm4_t(vl + (u32)((kk * 16 * LD + dp * 16) * 2), b0, b1, b2, b3);
+#pragma unroll
+                        for (int m = 0; m < MT; m++) {
+                            pftc_mma(o[m][2 * dp], pa[m], b0, b1);
+                            pftc_mma(o[m][2 * dp + 1], pa[m], b2, b3);
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    // Epilogue: normalize, stage the warp's rows in its own Q rows, 16-byte stores.
+    if (!warp_active) return;
+    act_t* osm = sm + QOFF;
+    const int cb = (lane & 3) * 2;
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+        float a = lA[m], b = lB[m];
+        a += __shfl_xor_sync(0xffffffffu, a, 1);
+        a += __shfl_xor_sync(0xffffffffu, a, 2);
+        b += __shfl_xor_sync(0xffffffffu, b, 1);
+        b += __shfl_xor_sync(0xffffffffu, b, 2);
+        const float iA = 1.f / a, iB = 1.f / b;
+        const int rA = wrow + m * 16 + (lane >> 2);
+#pragma unroll
+        for (int d = 0; d < ND; d++) {
+            *reinterpret_cast<u32*>(osm + rA * LD + d * 8 + cb) =
+                pftc_pack(o[m][d][0] * iA, o[m][d][1] * iA);
+            *reinterpret_cast<u32*>(osm + (rA + 8) * LD + d * 8 + cb) =
+                pftc_pack(o[m][d][2] * iB, o[m][d][3] * iB);
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int it = 0; it < 16 * MT * CPR / 32; it++) {
+        const int idx = lane + it * 32;
+        const int r = wrow + idx / CPR, c = idx % CPR;
+        if (r < nrows) {
+            const act8 v = *reinterpret_cast<const act8*>(osm + r * LD + c * 8);
+            *reinterpret_cast<act8*>(out + (qs + t0 + r / G) * qrow +
+                                       (u64)(head0 + r % G) * HD + c * 8) = v;
+        }
+    }
+}
+
+#define PREFILL_TCM_KERNEL(NAME, HD, NW, MINB)                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * NW, MINB) NAME(                            \
+        act_t* out, const act_t* q, const act_t* k_cache, const act_t* v_cache,                  \
+        const u32* block_tables, const u32* query_start, const u32* query_len,                   \
+        const u32* context_len, int max_blocks, int num_heads, int num_kv_heads, int block_size, \
+        float scale, int G, int hchunks, int skip_decode, const u32* seq_list) {                 \
+        prefill_tcm_impl<HD, NW>(out, q, k_cache, v_cache, block_tables, query_start, query_len, \
+                                 context_len, max_blocks, num_heads, num_kv_heads, block_size,   \
+                                 scale, G, hchunks, skip_decode, seq_list);                      \
+    }
+
 // @instantiations: every variant, for the compile test (the loader compiles one at a time).
 // 4 warps / 64 rows: 3 CTAs per SM (168 registers, 68 KiB smem for HD 128).
 PREFILL_TC_KERNEL(paged_prefill_tc_h64, 64, 4, 3)
@@ -352,3 +638,6 @@ PREFILL_TC_KERNEL(paged_prefill_tc_h128, 128, 4, 3)
 // 8 warps / 128 rows: half the K/V traffic per row, one CTA per SM (RVLLM_PREFILL_TC=8).
 PREFILL_TC_KERNEL(paged_prefill_tc8_h64, 64, 8, 1)
 PREFILL_TC_KERNEL(paged_prefill_tc8_h128, 128, 8, 1)
+// 4 warps x 32 rows: 128 rows per CTA, two CTAs per SM (RVLLM_PREFILL_TC=m).
+PREFILL_TCM_KERNEL(paged_prefill_tcm_h64, 64, 4, 2)
+PREFILL_TCM_KERNEL(paged_prefill_tcm_h128, 128, 4, 2)
