@@ -112,10 +112,6 @@ pub fn instantiation_for(name: &str) -> Option<String> {
     if let Some(hd) = name.strip_prefix("paged_prefill_tc8_h") {
         return Some(format!("PREFILL_TC_KERNEL({name}, {}, 8, 1)", num(hd)?));
     }
-    // 4 warps of 32 rows (2 CTAs per SM).
-    if let Some(hd) = name.strip_prefix("paged_prefill_tcm_h") {
-        return Some(format!("PREFILL_TCM_KERNEL({name}, {}, 4, 2)", num(hd)?));
-    }
     None
 }
 

@@ -49,16 +49,8 @@ static PREFILL_TC_MODE: AtomicUsize = AtomicUsize::new(0);
 const PREFILL_TC_4: usize = 1;
 /// The f32 kernel (RVLLM_PREFILL_TC=0).
 const PREFILL_TC_OFF: usize = 2;
-/// Tensor cores, 8 warps x 16 rows per CTA (RVLLM_PREFILL_TC=8).
+/// Tensor cores, 8 warps x 16 rows per CTA (the default).
 const PREFILL_TC_8: usize = 3;
-/// Tensor cores, 4 warps x 32 rows per CTA (RVLLM_PREFILL_TC=m).
-const PREFILL_TC_M: usize = 4;
-/// `PREFILL_TC_M` for launches of at least [`PREFILL_TCM_MIN_WAVES`] waves of one CTA per SM,
-/// else `PREFILL_TC_8` (the default). Both tile 128 rows per CTA. H100, 32/8 heads x 128:
-/// tc8 / tcm 115 / 107 TFLOP/s for one 1024-token prompt (256 CTAs: tcm's two CTAs per SM
-/// leave half the SMs idle), 178 / 189 for 16 x 1024 and 220 / 231 for 4 x 4096.
-const PREFILL_TC_AUTO: usize = 5;
-const PREFILL_TCM_MIN_WAVES: usize = 4;
 
 /// Decode attention kernel: 0 = as RVLLM_DECODE_ATTN says (`old` picks the two-phase kernel),
 /// else one of the `DECODE_ATTN_*` values below. The self-test and the bench set it for A/B runs.
@@ -90,11 +82,8 @@ fn prefill_tc_mode() -> usize {
                 || match std::env::var("RVLLM_PREFILL_TC").as_deref().map(str::trim) {
                     Ok("0") => PREFILL_TC_OFF,
                     Ok("4") => PREFILL_TC_4,
-                    Ok("m") => PREFILL_TC_M,
-                    // 8 warps measured faster than 4 x 16 rows (H100: 116-221 vs 101-186
-                    // TFLOP/s).
-                    Ok("8") => PREFILL_TC_8,
-                    _ => PREFILL_TC_AUTO,
+                    // 8 warps measured faster (H100: 116-221 vs 101-186 TFLOP/s).
+                    _ => PREFILL_TC_8,
                 },
             )
         }
@@ -460,45 +449,13 @@ fn decode_kernel_name(attn: &AttentionSpec) -> String {
     }
 }
 
-/// The prefill kernels `hd` may use (compiled ahead of the first step).
-fn prefill_kernel_names(hd: usize) -> Vec<String> {
+/// The prefill kernel for `hd` and its (tile rows, threads, dynamic shared memory).
+fn prefill_kernel(hd: usize) -> (String, usize, u32, usize) {
     let mode = if PREFILL_TC_HDS.contains(&hd) {
         prefill_tc_mode()
     } else {
         PREFILL_TC_OFF
     };
-    if mode == PREFILL_TC_AUTO {
-        vec![
-            prefill_kernel_of(PREFILL_TC_8, hd).0,
-            prefill_kernel_of(PREFILL_TC_M, hd).0,
-        ]
-    } else {
-        vec![prefill_kernel_of(mode, hd).0]
-    }
-}
-
-/// The prefill kernel for `hd` and a launch of `ctas(tile_rows)` CTAs on `sms` SMs: its name,
-/// tile rows, threads and dynamic shared memory.
-fn prefill_kernel(
-    hd: usize,
-    sms: usize,
-    ctas: impl Fn(usize) -> usize,
-) -> (String, usize, u32, usize) {
-    let mode = if PREFILL_TC_HDS.contains(&hd) {
-        prefill_tc_mode()
-    } else {
-        PREFILL_TC_OFF
-    };
-    let mode = match mode {
-        // Both candidates tile 128 rows.
-        PREFILL_TC_AUTO if ctas(128) >= PREFILL_TCM_MIN_WAVES * sms => PREFILL_TC_M,
-        PREFILL_TC_AUTO => PREFILL_TC_8,
-        m => m,
-    };
-    prefill_kernel_of(mode, hd)
-}
-
-fn prefill_kernel_of(mode: usize, hd: usize) -> (String, usize, u32, usize) {
     match mode {
         PREFILL_TC_4 => (
             format!("paged_prefill_tc_h{hd}"),
@@ -511,12 +468,6 @@ fn prefill_kernel_of(mode: usize, hd: usize) -> (String, usize, u32, usize) {
             128,
             256,
             prefill_tc_smem(hd),
-        ),
-        PREFILL_TC_M => (
-            format!("paged_prefill_tcm_h{hd}"),
-            128,
-            128,
-            prefill_tcm_smem(hd),
         ),
         _ => (
             format!("paged_prefill_h{hd}"),
@@ -534,8 +485,6 @@ fn variant_smem(name: &str) -> usize {
         prefill_smem(h)
     } else if let Some(h) = hd("paged_prefill_tc_h").or_else(|| hd("paged_prefill_tc8_h")) {
         prefill_tc_smem(h)
-    } else if let Some(h) = hd("paged_prefill_tcm_h") {
-        prefill_tcm_smem(h)
     } else {
         0
     }
@@ -548,11 +497,6 @@ fn prefill_smem(hd: usize) -> usize {
 /// Tensor-core prefill (either warp count): 2 stages x (K, V) x 64 keys x (hd + 8) bf16.
 fn prefill_tc_smem(hd: usize) -> usize {
     4 * PREFILL_BM * (hd + 8) * 2
-}
-
-/// Tensor-core prefill, 32 rows per warp: the two K/V stages plus 128 Q rows of (hd + 8).
-fn prefill_tcm_smem(hd: usize) -> usize {
-    (4 * PREFILL_BM + 128) * (hd + 8) * 2
 }
 
 /// CTAs per token of the rope kernel: enough for ~2 per SM on an H100 at small steps (a decode
@@ -849,7 +793,7 @@ impl CudaBackend {
 
     /// Compiles the attention kernels of `attn` now, in parallel, instead of in the first step.
     pub fn prepare_attention(&self, attn: &AttentionSpec) -> Result<()> {
-        let mut names = prefill_kernel_names(attn.head_dim);
+        let mut names = vec![prefill_kernel(attn.head_dim).0];
         if DECODE_HDS.contains(&attn.head_dim) {
             names.push(decode_kernel_name(attn));
         }
@@ -1450,6 +1394,15 @@ impl CudaBackend {
         let group = attn.num_heads / attn.num_kv_heads;
         let g = divisor_at_most(group, PREFILL_MAX_G);
         let hchunks = group / g;
+        // Tile rows (token, head-in-group pairs) per CTA, threads per CTA, kernel.
+        let (name, rows, threads, smem) = prefill_kernel(hd);
+        let tpc = rows / g;
+        if smem > self.info.max_smem_optin.max(48 * 1024) {
+            return Err(BackendError::Device(format!(
+                "head_dim {hd} needs {smem} bytes of shared memory, the device allows {}",
+                self.info.max_smem_optin
+            )));
+        }
         let s = &self.stream;
         // With the decode kernel serving the query_len == 1 sequences, the grid covers only
         // the others (listed at upload).
@@ -1462,24 +1415,12 @@ impl CudaBackend {
         } else {
             (b.num_seqs, 0)
         };
-        let grid_z = attn.num_kv_heads * hchunks;
-        // Tile rows (token, head-in-group pairs) per CTA, threads per CTA, kernel.
-        let (name, rows, threads, smem) = prefill_kernel(hd, self.info.sm_count, |rows| {
-            b.max_query_len.div_ceil(rows / g) * grid_seqs * grid_z
-        });
-        let tpc = rows / g;
-        if smem > self.info.max_smem_optin.max(48 * 1024) {
-            return Err(BackendError::Device(format!(
-                "head_dim {hd} needs {smem} bytes of shared memory, the device allows {}",
-                self.info.max_smem_optin
-            )));
-        }
         self.launch(
             &name,
             (
                 b.max_query_len.div_ceil(tpc) as u32,
                 grid_seqs as u32,
-                grid_z as u32,
+                (attn.num_kv_heads * hchunks) as u32,
             ),
             (threads, 1, 1),
             smem as u32,

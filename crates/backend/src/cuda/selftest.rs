@@ -1708,7 +1708,6 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
     for (mode, label) in [
         (super::PREFILL_TC_4, "prefill tc"),
         (super::PREFILL_TC_8, "prefill tc8"),
-        (super::PREFILL_TC_M, "prefill tcm"),
     ] {
         super::PREFILL_TC_MODE.store(mode, Ordering::Relaxed);
         for (h, kv, hd, seqs) in tc_cases {
@@ -1942,8 +1941,6 @@ fn bench_prefill(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Resul
         for (label, mode) in [
             ("tc", super::PREFILL_TC_4),
             ("tc8", super::PREFILL_TC_8),
-            ("tcm", super::PREFILL_TC_M),
-            ("auto", super::PREFILL_TC_AUTO),
             ("f32", super::PREFILL_TC_OFF),
         ] {
             super::PREFILL_TC_MODE.store(mode, Ordering::Relaxed);
@@ -2165,7 +2162,6 @@ mod tests {
                 "paged_prefill_h64",
                 "paged_prefill_tc_h128",
                 "paged_prefill_tc8_h64",
-                "paged_prefill_tcm_h128",
             ] {
                 let inst = instantiation_for(name).expect("a variant kernel name");
                 srcs.push(variant_source(&inst));
