@@ -67,6 +67,21 @@ def test_completion_stream_equals_non_stream(client, server):
     assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
 
 
+def test_stream_with_n_logprobs_and_stop_equals_non_stream(client, server):
+    # The server streams the engine's delta outputs and sums them for whole replies: both must
+    # agree per choice, text (with a stop string holding text back) and logprobs alike.
+    kw = dict(model=server.model, prompt="Count: 1, 2, 3,", max_tokens=24, temperature=0.8, seed=7,
+              n=2, logprobs=2, stop=[" 9"])
+    full = client.completions.create(**kw)
+    chunks = list(client.completions.create(stream=True, **kw))
+    for c in full.choices:
+        parts = [ch.choices[0] for ch in chunks if ch.choices and ch.choices[0].index == c.index]
+        assert "".join(p.text for p in parts) == c.text
+        tokens = [t for p in parts if p.logprobs for t in p.logprobs.tokens]
+        assert tokens == c.logprobs.tokens
+        assert [p.finish_reason for p in parts if p.finish_reason] == [c.finish_reason]
+
+
 def test_chat(client, server):
     r = client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=16, temperature=0)
     assert r.object == "chat.completion"

@@ -90,10 +90,10 @@ fn main() {
         vec![]
     } else {
         vec![
-            (WeightDtype::Q4_1, 1536, 576, vec![1, 16, 64, 128, 256]),
-            (WeightDtype::Q4_1, 576, 1536, vec![1, 16, 64, 128, 256]),
-            (WeightDtype::Q4_1, 49152, 576, vec![1, 16, 64, 128, 256]),
-            (WeightDtype::Q8_0, 49152, 576, vec![1, 16, 64, 128, 256]),
+            (WeightDtype::Q4_1, 1536, 576, vec![256, 2048]),
+            (WeightDtype::Q4_1, 576, 1536, vec![256, 2048]),
+            (WeightDtype::Q4_1, 576, 576, vec![256, 2048]),
+            (WeightDtype::Q4_1, 192, 576, vec![256, 2048]),
         ]
     };
     if !cases.is_empty() {

@@ -2,11 +2,11 @@
 //! executor that does no model work, for a decode batch like the GPU benchmarks':
 //! `cargo run --release -p rvllm-engine --example engine_overhead -- 256 128 64`
 //! (sequences, prompt tokens, output tokens; a 4th argument `final` returns only finished outputs,
-//! as offline generation does).
+//! as offline generation does, `delta` only what each step adds, as the server streams).
 
 use rvllm_engine::{
-    DecodeStream, EngineConfig, Executor, LlmEngine, PromptInput, RequestSpec, SampledToken,
-    SamplingParams, SchedulerOutput, TextCodec,
+    DecodeStream, EngineConfig, Executor, LlmEngine, PromptInput, RequestOutputKind, RequestSpec,
+    SampledToken, SamplingParams, SchedulerOutput, TextCodec,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,9 +72,13 @@ fn main() {
         max_model_len: 4096,
         ..Default::default()
     };
-    let final_only = std::env::args().nth(4).as_deref() == Some("final");
+    let mode = std::env::args().nth(4).unwrap_or_default();
+    let output_kind = match mode.as_str() {
+        "delta" => RequestOutputKind::Delta,
+        "final" => RequestOutputKind::FinalOnly,
+        _ => RequestOutputKind::Cumulative,
+    };
     let mut engine = LlmEngine::new(config, Box::new(NoModel), Arc::new(NoText));
-    engine.set_final_outputs_only(final_only);
     for i in 0..n {
         let params = SamplingParams {
             temperature: 0.0,
@@ -88,6 +92,7 @@ fn main() {
                 prompt: PromptInput::Tokens((0..prompt as u32).map(|t| 100 + t).collect()),
                 params,
                 priority: 0,
+                output_kind,
             })
             .expect("valid request");
     }
@@ -101,7 +106,11 @@ fn main() {
     let mean = decode.iter().sum::<f64>() / decode.len().max(1) as f64;
     println!(
         "{n} sequences x ({prompt} prompt, {out} output){}: {} steps, decode steps {:.3} ms each (engine only)",
-        if final_only { ", final outputs only" } else { "" },
+        match mode.as_str() {
+            "final" => ", final outputs only",
+            "delta" => ", delta outputs",
+            _ => "",
+        },
         times.len(),
         mean
     );

@@ -3,9 +3,9 @@
 use crate::config::EngineConfig;
 use crate::executor::{Executor, SampleInfo, SampledToken, SeqId};
 use crate::int_map::IntMap;
-use crate::output::{CompletionOutput, RequestOutput, TokenLogprob};
+use crate::output::{CompletionOutput, RequestOutput, RequestOutputKind, TokenLogprob};
 use crate::scheduler::Scheduler;
-use crate::sequence::{SeqStatus, Sequence};
+use crate::sequence::{Emitted, SeqStatus, Sequence};
 use crate::stop::{check_stop, visible_len};
 use crate::text::TextCodec;
 use crate::{EngineError, SamplingParams};
@@ -43,6 +43,8 @@ pub struct RequestSpec {
     pub params: SamplingParams,
     /// Lower runs first under the priority policy.
     pub priority: i32,
+    /// What this request's outputs carry each step.
+    pub output_kind: RequestOutputKind,
 }
 
 struct RequestState {
@@ -50,6 +52,7 @@ struct RequestState {
     prompt: Option<String>,
     prompt_token_ids: Arc<Vec<u32>>,
     params: Arc<SamplingParams>,
+    output_kind: RequestOutputKind,
     seq_ids: Vec<SeqId>,
     /// Whether the n samples were forked off the first sequence yet.
     forked: bool,
@@ -76,9 +79,6 @@ pub struct LlmEngine {
     next_seq: SeqId,
     /// Timings of requests finished since the last `take_finished_timings`.
     finished_timings: Vec<RequestTiming>,
-    /// `step` returns outputs of finished requests only (vLLM's `RequestOutputKind.FINAL_ONLY`,
-    /// which its offline `LLM.generate` uses): no per-step copies of texts and token lists.
-    final_outputs_only: bool,
     pub num_prompt_tokens_total: u64,
     pub num_generation_tokens_total: u64,
     seeds: rand::rngs::StdRng,
@@ -105,7 +105,6 @@ impl LlmEngine {
             next_key: 0,
             next_seq: 0,
             finished_timings: Vec::new(),
-            final_outputs_only: false,
             num_prompt_tokens_total: 0,
             num_generation_tokens_total: 0,
         }
@@ -208,6 +207,7 @@ impl LlmEngine {
                 prompt,
                 prompt_token_ids: Arc::new(ids),
                 params,
+                output_kind: spec.output_kind,
                 seq_ids: vec![seq_id],
                 forked: false,
                 arrival_time: Instant::now(),
@@ -250,6 +250,7 @@ impl LlmEngine {
             finish_reason: None,
             stop_reason: None,
             num_cached_tokens: 0,
+            emitted: Default::default(),
         }
     }
 
@@ -265,7 +266,7 @@ impl LlmEngine {
                 seqs.push(s);
             }
         }
-        Some(build_output(&req, seqs.iter(), true))
+        Some(build_output(&req, seqs.iter_mut(), true))
     }
 
     /// Runs one scheduler step + model step; returns outputs of every request that progressed.
@@ -328,7 +329,11 @@ impl LlmEngine {
         }
         let mut outputs = Vec::with_capacity(touched.len());
         for key in touched {
-            if self.final_outputs_only && !self.request_done(key) {
+            let final_only = self
+                .requests
+                .get(&key)
+                .is_some_and(|r| r.output_kind == RequestOutputKind::FinalOnly);
+            if final_only && !self.request_done(key) {
                 self.release_finished_siblings(key);
                 continue;
             }
@@ -421,11 +426,6 @@ impl LlmEngine {
         }
     }
 
-    /// With `true`, `step` returns only finished requests' outputs (see `final_outputs_only`).
-    pub fn set_final_outputs_only(&mut self, on: bool) {
-        self.final_outputs_only = on;
-    }
-
     /// Requests that have not produced a token yet (still in their prompt).
     pub fn num_requests_without_output(&self) -> usize {
         self.requests
@@ -482,12 +482,13 @@ impl LlmEngine {
             return empty_output();
         };
         if !self.request_done(key) {
-            let seqs: Vec<&Sequence> = req
-                .seq_ids
-                .iter()
-                .filter_map(|id| self.scheduler.seqs.get(id))
-                .collect();
-            let out = build_output(req, seqs.into_iter(), false);
+            let mut outputs = Vec::with_capacity(req.seq_ids.len());
+            for id in &req.seq_ids {
+                if let Some(s) = self.scheduler.seqs.get_mut(id) {
+                    outputs.push(completion_output(req, s, false));
+                }
+            }
+            let out = request_output(req, outputs);
             self.release_finished_siblings(key);
             return out;
         }
@@ -501,7 +502,7 @@ impl LlmEngine {
                 seqs.push(s);
             }
         }
-        let out = build_output(&req, seqs.iter(), true);
+        let out = build_output(&req, seqs.iter_mut(), true);
         let now = Instant::now();
         self.finished_timings.push(RequestTiming {
             time_to_first_token: req
@@ -539,37 +540,69 @@ fn empty_output() -> RequestOutput {
 
 fn build_output<'a>(
     req: &RequestState,
-    seqs: impl Iterator<Item = &'a Sequence>,
+    seqs: impl Iterator<Item = &'a mut Sequence>,
     finished: bool,
 ) -> RequestOutput {
+    let outputs = seqs.map(|s| completion_output(req, s, finished)).collect();
+    let mut out = request_output(req, outputs);
+    out.finished = finished;
+    out
+}
+
+/// One sequence's output, whole or (for [`RequestOutputKind::Delta`]) what is new since the
+/// last one, which it then marks as emitted.
+/// Returned with the sequence's prompt tokens served from the prefix cache.
+fn completion_output(
+    req: &RequestState,
+    s: &mut Sequence,
+    finished: bool,
+) -> (CompletionOutput, usize) {
     let p = &req.params;
-    let mut num_cached_tokens = 0;
-    let mut outputs: Vec<CompletionOutput> = seqs
-        .map(|s| {
-            num_cached_tokens = num_cached_tokens.max(s.num_cached_tokens);
-            let vis = if s.is_finished() || finished {
-                s.text.len()
-            } else {
-                visible_len(&s.text, &p.stop, p.include_stop_str_in_output)
-            };
-            CompletionOutput {
-                index: s.sample_index,
-                text: s.text[..vis].to_string(),
-                token_ids: s.output_tokens().to_vec(),
-                cumulative_logprob: p.logprobs.is_some().then_some(s.cumulative_logprob),
-                logprobs: p.logprobs.is_some().then(|| s.logprobs.clone()),
-                finish_reason: s.finish_reason,
-                stop_reason: s.stop_reason.clone(),
-            }
-        })
-        .collect();
+    let vis = if s.is_finished() || finished {
+        s.text.len()
+    } else {
+        visible_len(&s.text, &p.stop, p.include_stop_str_in_output)
+    };
+    let delta = req.output_kind == RequestOutputKind::Delta;
+    let from = if delta { s.emitted } else { Emitted::default() };
+    let out_tokens = s.output_tokens();
+    // Text held back (a possible stop-string start) is never retracted once emitted.
+    let text = s.text.get(from.text..vis).unwrap_or_default().to_string();
+    let token_ids = out_tokens.get(from.tokens..).unwrap_or_default().to_vec();
+    let logprobs = p
+        .logprobs
+        .is_some()
+        .then(|| s.logprobs.get(from.logprobs..).unwrap_or_default().to_vec());
+    if delta {
+        s.emitted = Emitted {
+            text: vis.max(from.text),
+            tokens: out_tokens.len(),
+            logprobs: s.logprobs.len(),
+        };
+    }
+    let out = CompletionOutput {
+        index: s.sample_index,
+        text,
+        token_ids,
+        cumulative_logprob: p.logprobs.is_some().then_some(s.cumulative_logprob),
+        logprobs,
+        finish_reason: s.finish_reason,
+        stop_reason: s.stop_reason.clone(),
+    };
+    (out, s.num_cached_tokens)
+}
+
+/// A request's output from its sequences' outputs (`finished` false: see [`build_output`]).
+fn request_output(req: &RequestState, outputs: Vec<(CompletionOutput, usize)>) -> RequestOutput {
+    let num_cached_tokens = outputs.iter().map(|(_, c)| *c).max().unwrap_or(0);
+    let mut outputs: Vec<CompletionOutput> = outputs.into_iter().map(|(o, _)| o).collect();
     outputs.sort_by_key(|o| o.index);
     RequestOutput {
         request_id: req.request_id.clone(),
         prompt: req.prompt.clone(),
         prompt_token_ids: req.prompt_token_ids.clone(),
         outputs,
-        finished,
+        finished: false,
         num_cached_tokens,
     }
 }

@@ -20,6 +20,6 @@ pub use config::{EngineConfig, SchedulingPolicy};
 pub use engine::{LlmEngine, PromptInput, RequestSpec};
 pub use error::EngineError;
 pub use executor::{Executor, SampleInfo, SampledToken, ScheduledSeq, SchedulerOutput};
-pub use output::{CompletionOutput, FinishReason, RequestOutput, TokenLogprob};
+pub use output::{CompletionOutput, FinishReason, RequestOutput, RequestOutputKind, TokenLogprob};
 pub use sampling_params::SamplingParams;
 pub use text::{DecodeStream, TextCodec};

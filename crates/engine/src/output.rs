@@ -59,6 +59,20 @@ impl CompletionOutput {
     }
 }
 
+/// What a request's per-step outputs carry (vLLM's `RequestOutputKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestOutputKind {
+    /// Every step: the whole text, token ids and logprobs so far.
+    #[default]
+    Cumulative,
+    /// Every step: only what is new since the request's previous output (text, token ids,
+    /// logprobs; `cumulative_logprob` stays cumulative). Streaming clients take this: a
+    /// step's output then costs what it adds, not the length of everything generated so far.
+    Delta,
+    /// Only the final output, when the request finishes.
+    FinalOnly,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestOutput {
     pub request_id: String,
@@ -69,4 +83,33 @@ pub struct RequestOutput {
     pub finished: bool,
     /// Prompt tokens served from the prefix cache.
     pub num_cached_tokens: usize,
+}
+
+impl RequestOutput {
+    /// Adds a later [`RequestOutputKind::Delta`] output of the same request: texts, token ids
+    /// and logprobs are appended, the rest (finish and stop reasons, cumulative logprob,
+    /// `finished`) taken from `delta`. Summing a request's delta outputs gives its cumulative
+    /// output.
+    pub fn add_delta(&mut self, delta: RequestOutput) {
+        for d in delta.outputs {
+            match self.outputs.iter_mut().find(|c| c.index == d.index) {
+                Some(c) => {
+                    c.text.push_str(&d.text);
+                    c.token_ids.extend_from_slice(&d.token_ids);
+                    match (c.logprobs.as_mut(), d.logprobs) {
+                        (Some(a), Some(b)) => a.extend(b),
+                        (None, b) => c.logprobs = b,
+                        (Some(_), None) => {}
+                    }
+                    c.cumulative_logprob = d.cumulative_logprob;
+                    c.finish_reason = d.finish_reason;
+                    c.stop_reason = d.stop_reason;
+                }
+                None => self.outputs.push(d),
+            }
+        }
+        self.outputs.sort_by_key(|c| c.index);
+        self.finished = delta.finished;
+        self.num_cached_tokens = self.num_cached_tokens.max(delta.num_cached_tokens);
+    }
 }

@@ -43,6 +43,18 @@ pub struct Sequence {
     pub stop_reason: Option<StopReason>,
     /// Prompt tokens that came from the prefix cache at admission.
     pub num_cached_tokens: usize,
+    /// What earlier delta outputs carried: bytes of `text`, output tokens, logprob entries.
+    pub emitted: Emitted,
+}
+
+/// How much of a sequence's output earlier [`RequestOutputKind::Delta`] outputs carried.
+///
+/// [`RequestOutputKind::Delta`]: crate::RequestOutputKind::Delta
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Emitted {
+    pub text: usize,
+    pub tokens: usize,
+    pub logprobs: usize,
 }
 
 impl Sequence {

@@ -5,8 +5,8 @@
 mod common;
 use common::{FakeCodec, FakeModel};
 use rvllm_engine::{
-    EngineConfig, LlmEngine, PromptInput, RequestOutput, RequestSpec, SamplingParams,
-    SchedulingPolicy,
+    EngineConfig, LlmEngine, PromptInput, RequestOutput, RequestOutputKind, RequestSpec,
+    SamplingParams, SchedulingPolicy,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,11 +54,18 @@ fn make_requests(rng: &mut Rng, count: usize) -> Vec<RequestSpec> {
                 seed: Some(i as u64),
                 ..Default::default()
             };
+            // Every kind of output: delta outputs are summed up by `simulate`.
+            let output_kind = match rng.below(3) {
+                0 => RequestOutputKind::Cumulative,
+                1 => RequestOutputKind::Delta,
+                _ => RequestOutputKind::FinalOnly,
+            };
             RequestSpec {
                 request_id: format!("r{i}"),
                 prompt: PromptInput::Tokens(prompt),
                 params,
                 priority: rng.below(3) as i32,
+                output_kind,
             }
         })
         .collect()
@@ -70,7 +77,11 @@ fn run_alone(spec: &RequestSpec) -> RequestOutput {
         max_model_len: 1024,
         ..Default::default()
     });
-    e.add_request(spec.clone()).expect("add");
+    e.add_request(RequestSpec {
+        output_kind: RequestOutputKind::Cumulative,
+        ..spec.clone()
+    })
+    .expect("add");
     let mut last = None;
     while e.has_unfinished_requests() {
         for o in e.step().expect("step") {
@@ -82,12 +93,32 @@ fn run_alone(spec: &RequestSpec) -> RequestOutput {
     last.expect("finished")
 }
 
+/// Adds a delta output to the request's sum so far; returns the sum.
+fn add_delta(summed: &mut HashMap<String, RequestOutput>, o: RequestOutput) -> RequestOutput {
+    match summed.get_mut(&o.request_id) {
+        Some(sum) => {
+            sum.add_delta(o);
+            sum.clone()
+        }
+        None => {
+            summed.insert(o.request_id.clone(), o.clone());
+            o
+        }
+    }
+}
+
 /// Returns (preemptions, swap-outs).
 fn simulate(seed: u64, count: usize, cfg: EngineConfig, abort_every: u64) -> (u64, u64) {
     let mut rng = Rng(seed);
     let reqs = make_requests(&mut rng, count);
     let mut e = engine(cfg.clone());
     let mut finished: HashMap<String, RequestOutput> = HashMap::new();
+    // Delta requests' outputs so far, summed.
+    let mut summed: HashMap<String, RequestOutput> = HashMap::new();
+    let kind_of: HashMap<String, RequestOutputKind> = reqs
+        .iter()
+        .map(|r| (r.request_id.clone(), r.output_kind))
+        .collect();
     let mut aborted = Vec::new();
     let mut next = 0;
     let mut steps = 0;
@@ -106,6 +137,14 @@ fn simulate(seed: u64, count: usize, cfg: EngineConfig, abort_every: u64) -> (u6
             }
         }
         for o in e.step().expect("step") {
+            let o = match kind_of[&o.request_id] {
+                RequestOutputKind::Delta => add_delta(&mut summed, o),
+                RequestOutputKind::FinalOnly => {
+                    assert!(o.finished, "a final-only request sent a partial output");
+                    o
+                }
+                RequestOutputKind::Cumulative => o,
+            };
             if o.finished {
                 assert!(
                     finished.insert(o.request_id.clone(), o).is_none(),
@@ -254,6 +293,7 @@ fn prefix_cache_hits_are_counted_and_reused() {
             prompt: PromptInput::Tokens(prompt.clone()),
             params: params.clone(),
             priority: 0,
+            output_kind: Default::default(),
         })
         .expect("add");
         let mut out = None;
@@ -286,6 +326,7 @@ fn rejects_prompts_beyond_the_context() {
             ..Default::default()
         },
         priority: 0,
+        output_kind: Default::default(),
     };
     let err = e.add_request(long).expect_err("too long").to_string();
     assert!(err.contains("maximum context length is 100"), "{err}");
@@ -294,6 +335,7 @@ fn rejects_prompts_beyond_the_context() {
         prompt: PromptInput::Tokens(vec![5000]),
         params: SamplingParams::default(),
         priority: 0,
+        output_kind: Default::default(),
     };
     assert!(e.add_request(bad).is_err());
     assert!(!e.has_unfinished_requests());
@@ -312,9 +354,14 @@ fn final_outputs_only_returns_the_same_final_outputs() {
         let mut rng = Rng(99);
         let reqs = make_requests(&mut rng, 200);
         let mut e = engine(cfg.clone());
-        e.set_final_outputs_only(final_only);
+        let output_kind = if final_only {
+            RequestOutputKind::FinalOnly
+        } else {
+            RequestOutputKind::Cumulative
+        };
         for r in reqs {
-            e.add_request(r).expect("add");
+            e.add_request(RequestSpec { output_kind, ..r })
+                .expect("add");
         }
         let mut out = HashMap::new();
         while e.has_unfinished_requests() {
@@ -345,4 +392,84 @@ fn final_outputs_only_returns_the_same_final_outputs() {
             assert_eq!(a.finish_reason, b.finish_reason, "{id}");
         }
     }
+}
+
+/// Runs one request to the end; returns its outputs as they came.
+fn run_outputs(spec: RequestSpec) -> Vec<RequestOutput> {
+    let mut e = engine(EngineConfig {
+        num_gpu_blocks: 64,
+        max_model_len: 1024,
+        ..Default::default()
+    });
+    e.add_request(spec).expect("add");
+    let mut outs = Vec::new();
+    while e.has_unfinished_requests() {
+        outs.extend(e.step().expect("step"));
+    }
+    outs
+}
+
+/// Delta outputs add up to the cumulative ones, step by step and at the end, also where a stop
+/// string holds text back (with and without it in the output) and with logprobs and n > 1.
+#[test]
+fn delta_outputs_add_up_to_cumulative() {
+    let spec = |stop: Vec<String>, include: bool, kind: RequestOutputKind| RequestSpec {
+        request_id: "d".into(),
+        prompt: PromptInput::Tokens((1..30).collect()),
+        params: SamplingParams {
+            n: 2,
+            max_tokens: Some(24),
+            seed: Some(3),
+            temperature: 1.0,
+            logprobs: Some(2),
+            stop,
+            include_stop_str_in_output: include,
+            ..Default::default()
+        },
+        priority: 0,
+        output_kind: kind,
+    };
+    // A stop string that does occur: text from the middle of sample 0's output, across tokens.
+    let free = run_outputs(spec(vec![], false, RequestOutputKind::Cumulative));
+    let text0 = &free.last().expect("output").outputs[0].text;
+    let mid = text0.len() / 2;
+    let stop: String = text0[mid..].chars().take(4).collect();
+    assert!(stop.contains(' '), "the stop string spans a token boundary");
+    for include in [false, true] {
+        let cum = run_outputs(spec(
+            vec![stop.clone()],
+            include,
+            RequestOutputKind::Cumulative,
+        ));
+        let delta = run_outputs(spec(vec![stop.clone()], include, RequestOutputKind::Delta));
+        assert_eq!(cum.len(), delta.len(), "one output per step either way");
+        let mut sum: HashMap<String, RequestOutput> = HashMap::new();
+        for (c, d) in cum.iter().zip(delta) {
+            let s = add_delta(&mut sum, d);
+            assert_eq!(s.finished, c.finished);
+            for (a, b) in s.outputs.iter().zip(&c.outputs) {
+                assert_eq!(a.text, b.text, "text after a step (include {include})");
+                assert_eq!(a.token_ids, b.token_ids);
+                assert_eq!(a.logprobs, b.logprobs);
+                assert_eq!(a.cumulative_logprob, b.cumulative_logprob);
+                assert_eq!(a.finish_reason, b.finish_reason);
+                assert_eq!(a.stop_reason, b.stop_reason);
+            }
+        }
+        let last = cum.last().expect("output");
+        assert!(last.finished);
+        assert!(
+            last.outputs[0].stop_reason.is_some(),
+            "sample 0 stopped at the string"
+        );
+    }
+    // Final-only: one output, equal to the cumulative one's end.
+    let fin = run_outputs(spec(
+        vec![stop.clone()],
+        false,
+        RequestOutputKind::FinalOnly,
+    ));
+    let cum = run_outputs(spec(vec![stop], false, RequestOutputKind::Cumulative));
+    assert_eq!(fin.len(), 1);
+    assert_eq!(fin[0].outputs, cum.last().expect("output").outputs);
 }

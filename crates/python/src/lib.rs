@@ -19,7 +19,8 @@ use pyo3::types::{PyDict, PyList};
 use rvllm::model_fetch;
 use rvllm::{EngineArgs, LLM};
 use rvllm_engine::{
-    EngineError, PromptInput, RequestOutput, RequestSpec, SamplingParams, SchedulingPolicy,
+    EngineError, PromptInput, RequestOutput, RequestOutputKind, RequestSpec, SamplingParams,
+    SchedulingPolicy,
 };
 use rvllm_tokenizer::{ChatMessage, Tokenizer};
 use std::collections::HashMap;
@@ -397,6 +398,8 @@ fn run_batch(
             prompt,
             params: p.clone(),
             priority: priority.map_or(0, |pr| pr[i]),
+            // Only finished outputs are used: no per-step copies (as vLLM's LLM).
+            output_kind: RequestOutputKind::FinalOnly,
         };
         if let Err(e) = llm.engine().add_request(spec) {
             abort_all(llm, &ids);

@@ -3,7 +3,7 @@
 
 use crate::LLM;
 use anyhow::Result;
-use rvllm_engine::{PromptInput, RequestSpec, SamplingParams};
+use rvllm_engine::{PromptInput, RequestOutputKind, RequestSpec, SamplingParams};
 use std::time::Instant;
 
 fn random_prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
@@ -60,21 +60,18 @@ pub fn latency_once(
             prompt,
             params: params.clone(),
             priority: 0,
+            // Outputs of unfinished requests are not built (as in vLLM's LLM.generate, which
+            // its latency benchmark calls); progress is read from the engine's counts.
+            output_kind: RequestOutputKind::FinalOnly,
         })?;
     }
     let mut first = None;
     // Decode steps: those after every sequence has its first token (so no prompt chunk shares
-    // the step), as vLLM's per-step decode figures mean. Outputs of unfinished requests are not
-    // built (as in vLLM's LLM.generate, which its latency benchmark calls); progress is read
-    // from the engine's counts instead.
-    engine.set_final_outputs_only(true);
+    // the step), as vLLM's per-step decode figures mean.
     let mut decode_start = None;
     let mut decode_steps = 0usize;
     while engine.has_unfinished_requests() {
-        if let Err(e) = engine.step() {
-            engine.set_final_outputs_only(false);
-            return Err(e.into());
-        }
+        engine.step()?;
         let now = t0.elapsed();
         if decode_start.is_some() {
             decode_steps += 1;
@@ -87,7 +84,6 @@ pub fn latency_once(
             decode_start = Some(now);
         }
     }
-    engine.set_final_outputs_only(false);
     let total = t0.elapsed();
     let ttft = first.unwrap_or(total);
     let decode_from = decode_start.unwrap_or(total);

@@ -7,8 +7,8 @@ use rvllm_backend::cpu::kv_cache::KV_ELEM_BYTES as CPU_KV_ELEM_BYTES;
 use rvllm_backend::cpu::CpuBackend;
 use rvllm_backend::{Backend, DtypeRequest};
 use rvllm_engine::{
-    EngineConfig, LlmEngine, PromptInput, RequestOutput, RequestSpec, SamplingParams,
-    SchedulingPolicy, TextCodec,
+    EngineConfig, LlmEngine, PromptInput, RequestOutput, RequestOutputKind, RequestSpec,
+    SamplingParams, SchedulingPolicy, TextCodec,
 };
 use rvllm_gguf::GgufFile;
 use rvllm_model::{DummyWeights, GgufWeights, LlamaModel, ModelConfig};
@@ -470,6 +470,8 @@ impl LLM {
                 prompt,
                 params: p.clone(),
                 priority: 0,
+                // Only finished outputs are used here: no per-step copies (as vLLM's LLM).
+                output_kind: RequestOutputKind::FinalOnly,
             }) {
                 for done in &ids {
                     self.engine.abort_request(done);
@@ -480,21 +482,14 @@ impl LLM {
         }
         let mut bar = crate::progress::PromptProgress::new(ids.len(), progress);
         let mut done = std::collections::HashMap::new();
-        // Only finished outputs are used here: skip the per-step copies (as vLLM's LLM does).
-        self.engine.set_final_outputs_only(true);
-        let stepped = (|| -> Result<()> {
-            while self.engine.has_unfinished_requests() {
-                for out in self.engine.step()? {
-                    if out.finished {
-                        bar.finished(&out);
-                        done.insert(out.request_id.clone(), out);
-                    }
+        while self.engine.has_unfinished_requests() {
+            for out in self.engine.step()? {
+                if out.finished {
+                    bar.finished(&out);
+                    done.insert(out.request_id.clone(), out);
                 }
             }
-            Ok(())
-        })();
-        self.engine.set_final_outputs_only(false);
-        stepped?;
+        }
         bar.finish();
         ids.iter()
             .map(|id| {

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use rvllm::{ChatMessage, EngineArgs, SamplingParams, LLM};
-use rvllm_engine::{PromptInput, RequestSpec, SchedulingPolicy};
+use rvllm_engine::{PromptInput, RequestOutputKind, RequestSpec, SchedulingPolicy};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -546,16 +546,15 @@ fn chat_loop(engine: EngineFlags, system: Option<String>, sampling: SamplingFlag
                 ..params.clone()
             },
             priority: 0,
+            output_kind: RequestOutputKind::Delta,
         })?;
-        let mut shown = 0;
         let mut reply = String::new();
         while engine.has_unfinished_requests() {
             for o in engine.step()? {
                 if let Some(c) = o.outputs.first() {
-                    print!("{}", c.text.get(shown..).unwrap_or(""));
+                    print!("{}", c.text);
                     out.flush()?;
-                    shown = c.text.len();
-                    reply = c.text.clone();
+                    reply.push_str(&c.text);
                 }
             }
         }

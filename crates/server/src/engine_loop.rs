@@ -300,14 +300,14 @@ fn route_outputs(
         let Some(route) = routes.get_mut(&out.request_id) else {
             continue;
         };
-        let tokens: usize = out.outputs.iter().map(|o| o.token_ids.len()).sum();
-        if tokens > route.tokens_seen {
+        // Delta outputs: the token ids are this step's new ones.
+        let new: usize = out.outputs.iter().map(|o| o.token_ids.len()).sum();
+        if new > 0 {
             if route.tokens_seen > 0 {
-                let per =
-                    (now - route.last_token_at).as_secs_f64() / (tokens - route.tokens_seen) as f64;
-                itl.extend(std::iter::repeat_n(per, tokens - route.tokens_seen));
+                let per = (now - route.last_token_at).as_secs_f64() / new as f64;
+                itl.extend(std::iter::repeat_n(per, new));
             }
-            route.tokens_seen = tokens;
+            route.tokens_seen += new;
             route.last_token_at = now;
         }
         if out.finished {

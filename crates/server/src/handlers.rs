@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rvllm_engine::{PromptInput, RequestSpec};
+use rvllm_engine::{PromptInput, RequestOutputKind, RequestSpec};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -106,6 +106,8 @@ impl AppState {
                 prompt: PromptInput::Tokens(p.ids.clone()),
                 params: plan.params.clone(),
                 priority: plan.priority,
+                // Streams send what is new; whole replies sum it up (stream::collect).
+                output_kind: RequestOutputKind::Delta,
             })
             .collect();
         let (tx, mut rx) = unbounded_channel();

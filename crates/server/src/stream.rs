@@ -1,6 +1,6 @@
 //! Turning engine outputs into OpenAI responses: whole (non-streamed) replies, and SSE chunk
-//! streams. The engine's outputs are cumulative, so a stream keeps, per choice, how much text and
-//! how many logprob entries it already sent.
+//! streams. The server's engine requests return delta outputs (what each step added): a stream
+//! sends them on as they come, a whole reply sums them up.
 
 use crate::engine_loop::{EngineFailure, Event, EventKind};
 use crate::error::ApiError;
@@ -228,8 +228,7 @@ fn sse(out: &mut Vec<u8>, v: &Value) {
 
 #[derive(Default, Clone)]
 struct ChoiceState {
-    text_sent: usize,
-    lp_sent: usize,
+    /// Output tokens so far (the deltas' token ids, counted).
     tokens: usize,
     offset: usize,
     finished: bool,
@@ -305,16 +304,13 @@ impl StreamState {
             if st.finished {
                 continue;
             }
-            let new_text = o.text.get(st.text_sent..).unwrap_or("").to_string();
-            let lps: &[Vec<TokenLogprob>] = o.logprobs.as_deref().unwrap_or(&[]);
-            let new_lps = lps.get(st.lp_sent..).unwrap_or(&[]);
+            let new_text = o.text.as_str();
+            let new_lps: &[Vec<TokenLogprob>] = o.logprobs.as_deref().unwrap_or(&[]);
             let finish = o.finish_reason;
+            st.tokens += o.token_ids.len();
             if new_text.is_empty() && new_lps.is_empty() && finish.is_none() {
                 continue;
             }
-            st.text_sent = o.text.len().max(st.text_sent);
-            st.lp_sent = lps.len().max(st.lp_sent);
-            st.tokens = o.token_ids.len();
             st.finished = finish.is_some();
             let mut offset = st.offset;
             let logprobs = self
@@ -444,13 +440,18 @@ pub async fn collect(
             EventKind::Output(out) => out,
             EventKind::Failed(e) => return Err(failure_error(e)),
         };
-        if out.finished {
-            if let Some(slot) = finals.get_mut(ev.index) {
-                if slot.is_none() {
-                    left -= 1;
-                }
-                *slot = Some(out);
-            }
+        // Deltas: summed per prompt until its final one.
+        let Some(slot) = finals.get_mut(ev.index) else {
+            continue;
+        };
+        let finished = out.finished;
+        let was_finished = slot.as_ref().is_some_and(|s| s.finished);
+        match slot {
+            Some(sum) => sum.add_delta(out),
+            None => *slot = Some(out),
+        }
+        if finished && !was_finished {
+            left -= 1;
         }
     }
     Ok(finals.into_iter().flatten().collect())
