@@ -16,11 +16,6 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../kernels/elementwise.cu"),
     ),
     ("gemv.cu", include_str!("../../kernels/gemv.cu")),
-    // Uses gemv.cu's streaming load.
-    (
-        "skinny_gemm.cu",
-        include_str!("../../kernels/skinny_gemm.cu"),
-    ),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
     (
         "attention_prefill_tc.cu",
@@ -32,13 +27,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 ];
 
 /// Files whose kernels live in the core module only: attention variant modules leave them out.
-const CORE_ONLY: &[&str] = &[
-    "elementwise.cu",
-    "gelu.cu",
-    "gemv.cu",
-    "skinny_gemm.cu",
-    "sampling.cu",
-];
+const CORE_ONLY: &[&str] = &["elementwise.cu", "gelu.cu", "gemv.cu", "sampling.cu"];
 
 /// NVRTC options selecting the kernels' element type `act_t` (kernels/common.cuh): `-DRV_F16`
 /// for f16, none for the default bf16.

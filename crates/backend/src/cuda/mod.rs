@@ -369,7 +369,7 @@ fn rope_v8_enabled() -> bool {
 }
 
 /// Kernels of the core module (attention variants are compiled on demand, see `func`).
-const CORE_KERNELS: [&str; 34] = [
+const CORE_KERNELS: [&str; 31] = [
     "convert_weight_bf16",
     "convert_weight_f32",
     "dummy_fill_bf16",
@@ -401,9 +401,6 @@ const CORE_KERNELS: [&str; 34] = [
     "gemv_rope_t2",
     "gemv_rope_t4",
     "gemv_rope_t8",
-    "skinny_gemm_n1",
-    "skinny_gemm_n2",
-    "skinny_gemm_n4",
 ];
 
 /// GELU kernels of the core module (kernels/gelu.cu).
@@ -500,37 +497,6 @@ fn prefill_smem(hd: usize) -> usize {
 /// Tensor-core prefill (either warp count): 2 stages x (K, V) x 64 keys x (hd + 8) bf16.
 fn prefill_tc_smem(hd: usize) -> usize {
     4 * PREFILL_BM * (hd + 8) * 2
-}
-
-/// Most tokens a matmul runs through the tensor-core skinny GEMM (kernels/skinny_gemm.cu) instead
-/// of cuBLASLt: 0 = as RVLLM_SKINNY says (a token count; 0 turns it off), else the value + 1.
-static SKINNY_MAX: AtomicUsize = AtomicUsize::new(0);
-const SKINNY_DEFAULT_MAX: usize = 32;
-
-/// The skinny GEMM for `t` tokens of `k` inputs, and its warps (which split k in 32-wide
-/// chunks); None: cuBLASLt. Below 3 tokens the fused GEMVs serve decode steps.
-fn skinny_kernel(t: usize, k: usize) -> Option<(&'static str, usize)> {
-    static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let max = match SKINNY_MAX.load(Ordering::Relaxed) {
-        0 => *ENV.get_or_init(|| {
-            std::env::var("RVLLM_SKINNY")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(SKINNY_DEFAULT_MAX)
-        }),
-        m => m - 1,
-    };
-    if t < 3 || t > max.min(32) || k % 32 != 0 {
-        return None;
-    }
-    let chunks = k / 32;
-    let warps = [4usize, 2, 1].into_iter().find(|w| chunks % w == 0)?;
-    let name = match t {
-        0..=8 => "skinny_gemm_n1",
-        9..=16 => "skinny_gemm_n2",
-        _ => "skinny_gemm_n4",
-    };
-    Some((name, warps))
 }
 
 /// CTAs per token of the rope kernel: enough for ~2 per SM on an H100 at small steps (a decode
@@ -2082,25 +2048,6 @@ impl Backend for CudaBackend {
         };
         let out_f32 = out.buf.is_f32();
         let op = out.buf.ptr(&self.stream);
-        if !out_f32 {
-            if let Some((name, warps)) = skinny_kernel(x.rows, x.cols) {
-                return self.launch(
-                    name,
-                    (w.rows.div_ceil(16) as u32, 1, 1),
-                    (32 * warps as u32, 1, 1),
-                    0,
-                    &[
-                        Arg::P(op),
-                        Arg::P(xp),
-                        Arg::P(wp),
-                        Arg::I(x.rows as i32),
-                        Arg::I(w.rows as i32),
-                        Arg::I(x.cols as i32),
-                        Arg::I((x.cols / warps) as i32),
-                    ],
-                );
-            }
-        }
         self.ctx
             .bind_to_thread()
             .map_err(|e| dev_err("binding the context", e))?;

@@ -484,45 +484,6 @@ fn load_both(
     Ok((gpu.load_weight(&hw)?, cpu.load_weight(&hw)?))
 }
 
-/// The tensor-core skinny GEMM (3..32 tokens) against the CPU: partial row tiles, every token
-/// tile count, k split over 1, 2 and 4 warps (k = 96, 64 * 9, 4096) and a long k.
-fn case_skinny(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
-    for &(n, k) in &[(37usize, 96usize), (200, 576), (1000, 4096), (40, 14336)] {
-        let scale = 1.7 / (k as f32).sqrt();
-        let wb = rand_weight_bytes(rng, WeightDtype::BF16, n, k, scale);
-        let hw = HostWeight {
-            rows: n,
-            cols: k,
-            dtype: WeightDtype::BF16,
-            bytes: &wb,
-        };
-        let (gw, cw) = (gpu.load_weight(&hw)?, cpu.load_weight(&hw)?);
-        for &t in &[3usize, 8, 9, 16, 17, 32] {
-            let Some((name, warps)) = super::skinny_kernel(t, k) else {
-                c.fail += 1;
-                c.line(format!(
-                    "FAIL skinny t={t} k={k}: not routed to the skinny GEMM"
-                ));
-                continue;
-            };
-            let x = rng.bf16_vec(t * k, 1.0);
-            let gx = gpu.upload(t, k, &x)?;
-            let cx = cpu_t(t, k, x);
-            let mut go = gpu_out(gpu, t, n)?;
-            let mut co = cpu_zeros(t, n);
-            gpu.matmul(&gx, &gw, &mut go)?;
-            cpu.matmul(&cx, &cw, &mut co)?;
-            c.cmp(
-                &format!("skinny {name} ({warps} warps) t={t} k={k} n={n}"),
-                &gpu.to_host(&go)?,
-                &co.data,
-                1e-2,
-            );
-        }
-    }
-    Ok(())
-}
-
 fn case_matmul(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
     let dtypes = [
         WeightDtype::F32,
@@ -1773,7 +1734,6 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
     }
     super::PREFILL_TC_MODE.store(0, Ordering::Relaxed);
     c.run("matmul", |c| case_matmul(c, &gpu, &cpu, &mut rng));
-    c.run("skinny", |c| case_skinny(c, &gpu, &cpu, &mut rng));
     c.run("graph", |c| case_graph(c, &gpu, &cpu, &mut rng));
     c.run("sampling", |c| case_sampling(c, &gpu, &mut rng));
     c.run("planned sampling", |c| {
@@ -2011,7 +1971,7 @@ fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result
         (14336, 4096),
         (4096, 128256),
     ];
-    let ts = [1usize, 8, 16, 32, 128, 256, 4096];
+    let ts = [1usize, 8, 32, 128, 256, 4096];
     let _ = writeln!(
         report,
         "cuBLASLt {} matmul out[t,n] = x[t,k]·w[n,k]ᵀ (f32 accumulate):",
@@ -2032,28 +1992,17 @@ fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result
         for &t in &ts {
             let x = gpu.upload(t, k, &rng.bf16_vec(t * k, 1.0))?;
             let mut out = gpu.alloc(t, n)?;
-            // 3..32 tokens: the skinny GEMM, then cuBLASLt for comparison.
-            let skinny = super::skinny_kernel(t, k).is_some();
-            for (label, max) in [("", 0usize), (" cuBLASLt", 1)] {
-                if max == 1 && !skinny {
-                    continue;
-                }
-                super::SKINNY_MAX.store(max, Ordering::Relaxed);
-                let r = time_ms(gpu, 3, 20, |i| gpu.matmul(&x, &ws[i % copies], &mut out));
-                super::SKINNY_MAX.store(0, Ordering::Relaxed);
-                let ms = r?;
-                let s = ms * 1e-3;
-                let flops = 2.0 * (t * n * k) as f64;
-                let bytes = (wbytes + t * k * 2 + t * n * 2) as f64;
-                let label = if skinny && max == 0 { " skinny" } else { label };
-                let _ = writeln!(
-                    report,
-                    "{t:>6} {k:>6} {n:>7} {:>10.1} {:>9.1} {:>9.0}{label}",
-                    ms * 1e3,
-                    flops / s / 1e12,
-                    bytes / s / 1e9
-                );
-            }
+            let ms = time_ms(gpu, 3, 20, |i| gpu.matmul(&x, &ws[i % copies], &mut out))?;
+            let s = ms * 1e-3;
+            let flops = 2.0 * (t * n * k) as f64;
+            let bytes = (wbytes + t * k * 2 + t * n * 2) as f64;
+            let _ = writeln!(
+                report,
+                "{t:>6} {k:>6} {n:>7} {:>10.1} {:>9.1} {:>9.0}",
+                ms * 1e3,
+                flops / s / 1e12,
+                bytes / s / 1e9
+            );
         }
     }
     Ok(())
