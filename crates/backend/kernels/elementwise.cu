@@ -195,23 +195,67 @@ extern "C" __global__ void add_bf16(act_t* __restrict__ x, const act_t* __restri
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
-extern "C" __global__ void silu_mul_bf16(act_t* __restrict__ out, const act_t* __restrict__ gate,
-                                         const act_t* __restrict__ up, u64 n) {
+// The gated-MLP activation loops, for any activation `Act` (a functor float -> float: SiLU
+// here, GELU in gelu.cu). f32 math, act_t in and out, 16-byte accesses when the length allows.
+
+// out[i] = act(a[i]) * (b ? b[i] : 1) for i < n.
+template <class Act>
+__device__ __forceinline__ void act_mul_impl(act_t* __restrict__ out, const act_t* __restrict__ a,
+                                             const act_t* __restrict__ b, u64 n, Act act) {
     const u64 stride = (u64)gridDim.x * blockDim.x;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if ((n & 7) == 0) {
         for (; i < n / 8; i += stride) {
             float g[8], u[8];
-            act8_to_f32(((const act8*)gate)[i], g);
-            act8_to_f32(((const act8*)up)[i], u);
+            act8_to_f32(((const act8*)a)[i], g);
+            if (b) {
+                act8_to_f32(((const act8*)b)[i], u);
+            } else {
 #pragma unroll
-            for (int e = 0; e < 8; e++) g[e] = silu(g[e]) * u[e];
+                for (int e = 0; e < 8; e++) u[e] = 1.f;
+            }
+#pragma unroll
+            for (int e = 0; e < 8; e++) g[e] = act(g[e]) * u[e];
             ((act8*)out)[i] = f32_to_act8(g);
         }
     } else {
-        for (; i < n; i += stride)
-            out[i] = f2act(silu(act2f(gate[i])) * act2f(up[i]));
+        for (; i < n; i += stride) out[i] = f2act(act(act2f(a[i])) * (b ? act2f(b[i]) : 1.f));
     }
+}
+
+// out [T, f] = act(gu[:, :f]) * gu[:, f:] for a fused gate/up projection gu [T, 2f].
+template <class Act>
+__device__ __forceinline__ void act_mul_fused_impl(act_t* __restrict__ out,
+                                                   const act_t* __restrict__ gu, u64 rows, u64 f,
+                                                   Act act) {
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if ((f & 7) == 0) {
+        const u64 per_row = f / 8;
+        for (; i < rows * per_row; i += stride) {
+            const u64 r = i / per_row, c = i % per_row;
+            float g[8], u[8];
+            act8_to_f32(((const act8*)(gu + r * 2 * f))[c], g);
+            act8_to_f32(((const act8*)(gu + r * 2 * f + f))[c], u);
+#pragma unroll
+            for (int e = 0; e < 8; e++) g[e] = act(g[e]) * u[e];
+            ((act8*)(out + r * f))[c] = f32_to_act8(g);
+        }
+    } else {
+        for (; i < rows * f; i += stride) {
+            const u64 r = i / f, c = i % f;
+            out[i] = f2act(act(act2f(gu[r * 2 * f + c])) * act2f(gu[r * 2 * f + f + c]));
+        }
+    }
+}
+
+struct SiluAct {
+    __device__ __forceinline__ float operator()(float x) const { return silu(x); }
+};
+
+extern "C" __global__ void silu_mul_bf16(act_t* __restrict__ out, const act_t* __restrict__ gate,
+                                         const act_t* __restrict__ up, u64 n) {
+    act_mul_impl(out, gate, up, n, SiluAct{});
 }
 
 // ---------------------------------------------------------------- rope + cache write
@@ -380,26 +424,7 @@ extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const
 // out [T, f] = silu(gu[:, :f]) * gu[:, f:] for a fused gate/up projection gu [T, 2f].
 extern "C" __global__ void silu_mul_fused_bf16(act_t* __restrict__ out, const act_t* __restrict__ gu,
                                                u64 rows, u64 f) {
-    const u64 stride = (u64)gridDim.x * blockDim.x;
-    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if ((f & 7) == 0) {
-        const u64 per_row = f / 8;
-        for (; i < rows * per_row; i += stride) {
-            const u64 r = i / per_row, c = i % per_row;
-            float g[8], u[8];
-            act8_to_f32(((const act8*)(gu + r * 2 * f))[c], g);
-            act8_to_f32(((const act8*)(gu + r * 2 * f + f))[c], u);
-#pragma unroll
-            for (int e = 0; e < 8; e++) g[e] = silu(g[e]) * u[e];
-            ((act8*)(out + r * f))[c] = f32_to_act8(g);
-        }
-    } else {
-        for (; i < rows * f; i += stride) {
-            const u64 r = i / f, c = i % f;
-            out[i] = f2act(silu(act2f(gu[r * 2 * f + c])) *
-                                         act2f(gu[r * 2 * f + f + c]));
-        }
-    }
+    act_mul_fused_impl(out, gu, rows, f, SiluAct{});
 }
 
 // Index of the largest value of each row (ties: the lowest index), for greedy sampling without

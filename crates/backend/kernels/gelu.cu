@@ -3,7 +3,7 @@
 //
 // `tanh_approx` picks the form: 0 = HF's `gelu` (exact: 0.5 x (1 + erf(x / sqrt 2))), 1 = HF's
 // `gelu_pytorch_tanh` / `gelu_new` (0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))).
-// f32 math, act_t in and out, 16-byte accesses when the length allows (as silu_mul).
+// The loops are elementwise.cu's act_mul_impl / act_mul_fused_impl (as for SiLU).
 
 template <bool TANH>
 __device__ __forceinline__ float gelu_f(float x) {
@@ -17,30 +17,16 @@ __device__ __forceinline__ float gelu_f(float x) {
     return 0.5f * x * erfcf(-0.7071067811865476f * x);
 }
 
+template <bool TANH>
+struct GeluAct {
+    __device__ __forceinline__ float operator()(float x) const { return gelu_f<TANH>(x); }
+};
+
 // out[i] = gelu(a[i]) * (b ? b[i] : 1) for i < n.
 template <bool TANH>
 __device__ __forceinline__ void gelu_mul_impl(act_t* __restrict__ out, const act_t* __restrict__ a,
                                               const act_t* __restrict__ b, u64 n) {
-    const u64 stride = (u64)gridDim.x * blockDim.x;
-    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if ((n & 7) == 0) {
-        for (; i < n / 8; i += stride) {
-            float g[8], u[8];
-            act8_to_f32(((const act8*)a)[i], g);
-            if (b) {
-                act8_to_f32(((const act8*)b)[i], u);
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; e++) u[e] = 1.f;
-            }
-#pragma unroll
-            for (int e = 0; e < 8; e++) g[e] = gelu_f<TANH>(g[e]) * u[e];
-            ((act8*)out)[i] = f32_to_act8(g);
-        }
-    } else {
-        for (; i < n; i += stride)
-            out[i] = f2act(gelu_f<TANH>(act2f(a[i])) * (b ? act2f(b[i]) : 1.f));
-    }
+    act_mul_impl(out, a, b, n, GeluAct<TANH>{});
 }
 
 // out = gelu(x) (n values).
@@ -65,25 +51,7 @@ extern "C" __global__ void gelu_mul_bf16(act_t* __restrict__ out, const act_t* _
 template <bool TANH>
 __device__ __forceinline__ void gelu_mul_fused_impl(act_t* __restrict__ out,
                                                     const act_t* __restrict__ gu, u64 rows, u64 f) {
-    const u64 stride = (u64)gridDim.x * blockDim.x;
-    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if ((f & 7) == 0) {
-        const u64 per_row = f / 8;
-        for (; i < rows * per_row; i += stride) {
-            const u64 r = i / per_row, c = i % per_row;
-            float g[8], u[8];
-            act8_to_f32(((const act8*)(gu + r * 2 * f))[c], g);
-            act8_to_f32(((const act8*)(gu + r * 2 * f + f))[c], u);
-#pragma unroll
-            for (int e = 0; e < 8; e++) g[e] = gelu_f<TANH>(g[e]) * u[e];
-            ((act8*)(out + r * f))[c] = f32_to_act8(g);
-        }
-    } else {
-        for (; i < rows * f; i += stride) {
-            const u64 r = i / f, c = i % f;
-            out[i] = f2act(gelu_f<TANH>(act2f(gu[r * 2 * f + c])) * act2f(gu[r * 2 * f + f + c]));
-        }
-    }
+    act_mul_fused_impl(out, gu, rows, f, GeluAct<TANH>{});
 }
 
 extern "C" __global__ void gelu_mul_fused_bf16(act_t* __restrict__ out, const act_t* __restrict__ gu,
