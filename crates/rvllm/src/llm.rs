@@ -59,6 +59,27 @@ pub struct EngineArgs {
     /// `float32` / `float`. The CUDA backend computes in the 16-bit type chosen; the CPU backend
     /// computes in float32 whatever is asked.
     pub dtype: String,
+    /// A Jinja chat template that replaces the model's own (vLLM's `--chat-template`, already
+    /// read from its file: see [`resolve_chat_template`]).
+    pub chat_template: Option<String>,
+    /// GPUs to split the model over; only 1 is supported for now.
+    pub tensor_parallel_size: usize,
+}
+
+/// vLLM's `--chat-template` value: a file to read, or else the template itself (a value with
+/// Jinja syntax). A value that is neither is most likely a mistyped path: an error.
+pub fn resolve_chat_template(arg: &str) -> Result<String> {
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("reading the chat template {}", path.display()));
+    }
+    if arg.contains("{{") || arg.contains("{%") {
+        return Ok(arg.to_string());
+    }
+    anyhow::bail!(
+        "--chat-template {arg:?}: no such file, and not a template either (no {{{{ or {{% in it)"
+    )
 }
 
 impl Default for EngineArgs {
@@ -81,6 +102,8 @@ impl Default for EngineArgs {
             threads: 0,
             enforce_eager: false,
             dtype: "auto".into(),
+            chat_template: None,
+            tensor_parallel_size: 1,
         }
     }
 }
@@ -183,9 +206,11 @@ fn load_model<B: Backend>(
         let tok = if args.skip_tokenizer_init {
             None
         } else {
-            Some(Arc::new(Tokenizer::from_spec(tokenizer_spec_from_gguf(
-                &file,
-            )?)?))
+            let mut spec = tokenizer_spec_from_gguf(&file)?;
+            if let Some(t) = &args.chat_template {
+                spec.chat_template = Some(t.clone());
+            }
+            Some(Arc::new(Tokenizer::from_spec(spec)?))
         };
         (
             LlamaModel::load(backend, cfg, &GgufWeights { file: &file })?,
@@ -220,6 +245,13 @@ impl LLM {
         }
         // Checked before anything is loaded or fetched.
         DtypeRequest::parse(&args.dtype).map_err(anyhow::Error::msg)?;
+        if args.tensor_parallel_size != 1 {
+            anyhow::bail!(
+                "tensor_parallel_size {}: rvllm runs a model on one device for now (tensor \
+                 parallelism is not implemented yet)",
+                args.tensor_parallel_size
+            );
+        }
         let path = match &args.model {
             Some(p) => p.clone(),
             None => model_fetch::ensure_default_model()?,

@@ -158,8 +158,21 @@ struct EngineFlags {
     #[arg(long, default_value_t = 0.0)]
     swap_space: f64,
     /// Turn off automatic prefix caching.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "enable_prefix_caching")]
     no_enable_prefix_caching: bool,
+    /// Automatic prefix caching, the default (the flag is accepted as vLLM accepts it).
+    #[arg(long)]
+    enable_prefix_caching: bool,
+    /// A Jinja chat template to use instead of the model's: a file, or the template itself.
+    #[arg(long)]
+    chat_template: Option<String>,
+    /// GPUs to split the model over (tensor parallelism): only 1 for now.
+    /// (vLLM's `-tp` works too.)
+    #[arg(long, default_value_t = 1)]
+    tensor_parallel_size: usize,
+    /// Accepted for vLLM command lines; rvllm never runs code shipped with a model.
+    #[arg(long)]
+    trust_remote_code: bool,
     /// `fcfs` or `priority`.
     #[arg(long, default_value = "fcfs", value_parser = ["fcfs", "priority"])]
     scheduling_policy: String,
@@ -180,8 +193,8 @@ struct EngineFlags {
 }
 
 impl EngineFlags {
-    fn args(&self) -> EngineArgs {
-        EngineArgs {
+    fn args(&self) -> Result<EngineArgs> {
+        Ok(EngineArgs {
             model: self.model.clone(),
             load_format: self.load_format.clone(),
             device: self.device.clone(),
@@ -205,7 +218,13 @@ impl EngineFlags {
             dtype: self.dtype.clone(),
             skip_tokenizer_init: false,
             threads: self.threads,
-        }
+            chat_template: self
+                .chat_template
+                .as_deref()
+                .map(rvllm::llm::resolve_chat_template)
+                .transpose()?,
+            tensor_parallel_size: self.tensor_parallel_size,
+        })
     }
 }
 
@@ -287,6 +306,14 @@ fn gpu_dtypes(name: &str) -> Vec<rvllm_backend::ModelDtype> {
     }
 }
 
+/// vLLM's multi-letter short flags, which clap has no form for, as their long names.
+fn vllm_short_flags(arg: String) -> String {
+    match arg.as_str() {
+        "-tp" => "--tensor-parallel-size".into(),
+        _ => arg,
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -295,7 +322,7 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(std::env::args().map(vllm_short_flags));
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -317,7 +344,7 @@ fn run(cli: Cli) -> Result<()> {
                     rvllm::model_fetch::default_model_path(),
                 ),
             };
-            let args = engine.args();
+            let args = engine.args()?;
             rvllm_server::serve(server, name, move || {
                 let llm = LLM::new(args)?;
                 let tokenizer = llm
@@ -364,7 +391,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::CheckReference { engine, reference } => {
-            let mut llm = LLM::new(engine.args())?;
+            let mut llm = LLM::new(engine.args()?)?;
             let check = rvllm::devcheck::check_reference(&mut llm, &reference)?;
             println!("{}", check.report);
             if !check.ok() {
@@ -427,7 +454,7 @@ fn run(cli: Cli) -> Result<()> {
             sampling,
         } => {
             let params = sampling.params()?;
-            let mut llm = LLM::new(engine.args())?;
+            let mut llm = LLM::new(engine.args()?)?;
             let text = if chat {
                 llm.render_chat(&[ChatMessage {
                     role: "user".into(),
@@ -476,7 +503,7 @@ fn run(cli: Cli) -> Result<()> {
                 num_iters,
                 temperature,
             } => {
-                let mut llm = LLM::new(engine.args())?;
+                let mut llm = LLM::new(engine.args()?)?;
                 println!(
                     "{}",
                     rvllm::bench::latency(
@@ -496,7 +523,7 @@ fn run(cli: Cli) -> Result<()> {
                 input_len,
                 output_len,
             } => {
-                let mut llm = LLM::new(engine.args())?;
+                let mut llm = LLM::new(engine.args()?)?;
                 println!(
                     "{}",
                     rvllm::bench::throughput(&mut llm, num_prompts, input_len, output_len)?
@@ -509,7 +536,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn chat_loop(engine: EngineFlags, system: Option<String>, sampling: SamplingFlags) -> Result<()> {
     let params = sampling.params()?;
-    let mut llm = LLM::new(engine.args())?;
+    let mut llm = LLM::new(engine.args()?)?;
     let mut history: Vec<ChatMessage> = Vec::new();
     if let Some(s) = system {
         history.push(ChatMessage {

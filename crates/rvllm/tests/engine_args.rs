@@ -1,0 +1,54 @@
+//! vLLM's engine flags that only change set-up: `--chat-template` and `--tensor-parallel-size`.
+
+mod common;
+
+use rvllm::llm::resolve_chat_template;
+use rvllm::{ChatMessage, EngineArgs, LLM};
+
+#[test]
+fn chat_template_from_a_file_or_inline_and_mistakes_are_errors() {
+    let inline = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}";
+    assert_eq!(resolve_chat_template(inline).expect("inline"), inline);
+    let dir = std::env::temp_dir().join(format!("rvllm-chat-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("t.jinja");
+    std::fs::write(&file, inline).expect("write");
+    let from_file = resolve_chat_template(file.to_str().expect("utf-8 path")).expect("file");
+    assert_eq!(from_file, inline);
+    let missing = dir.join("missing.jinja");
+    let err = resolve_chat_template(missing.to_str().expect("utf-8 path"))
+        .expect_err("a missing file is an error")
+        .to_string();
+    assert!(err.contains("no such file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_chat_template_replaces_the_models_own() {
+    let msgs = [ChatMessage {
+        role: "user".into(),
+        content: "hello".into(),
+    }];
+    let own = common::llm(|_| {}).render_chat(&msgs).expect("render");
+    assert!(own.contains("<|im_start|>user"), "SmolLM2's ChatML: {own}");
+    let custom = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>";
+    let llm = common::llm(|a| a.chat_template = Some(custom.into()));
+    assert_eq!(
+        llm.render_chat(&msgs).expect("render"),
+        "<user>hello<assistant>"
+    );
+}
+
+#[test]
+fn tensor_parallel_above_one_is_refused_before_loading() {
+    let err = LLM::new(EngineArgs {
+        tensor_parallel_size: 2,
+        // Never opened: the check comes first.
+        model: Some("no-such-model.gguf".into()),
+        ..Default::default()
+    })
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains("tensor_parallel_size 2"), "{err}");
+}
