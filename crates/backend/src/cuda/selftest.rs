@@ -702,6 +702,55 @@ fn case_blocks(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut R
 }
 
 /// Random distinct block tables for sequences of the given context lengths.
+/// A KV cache spec (2 layers, `spare` blocks beyond what `seqs` need) and a batch of `seqs`
+/// ((query_len, context_len) each) over random block tables.
+fn paged_batch(
+    rng: &mut Rng,
+    seqs: &[(usize, usize)],
+    bs: usize,
+    kvh: usize,
+    hd: usize,
+    spare: usize,
+) -> (KvCacheSpec, BatchLayout) {
+    let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
+    let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + spare;
+    let spec = KvCacheSpec {
+        num_layers: 2,
+        num_blocks: nb,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let tables = block_tables(rng, &ctxs, bs, nb);
+    let mut layout = BatchLayout {
+        block_size: bs as u32,
+        ..Default::default()
+    };
+    for (i, &(ql, ctx)) in seqs.iter().enumerate() {
+        let toks: Vec<u32> = (0..ql as u32).collect();
+        layout.push_seq(&toks, (ctx - ql) as u32, &tables[i], true);
+    }
+    (spec, layout)
+}
+
+/// Every block of the two caches (GPU: model dtype, CPU: f16), compared.
+#[allow(clippy::too_many_arguments)]
+fn cmp_caches(
+    c: &mut Checker,
+    name: &str,
+    gpu: &CudaBackend,
+    gc: &CudaKvCache,
+    cpu: &CpuBackend,
+    cc: &<CpuBackend as Backend>::KvCache,
+    tol: f64,
+) -> Result<()> {
+    let blocks: Vec<u32> = (0..gc.spec.num_blocks as u32).collect();
+    let g = gpu.act_bytes_to_f32(&gpu.read_blocks(gc, &blocks)?);
+    let cv = bytes_f16_to_f32(&cpu.read_blocks(cc, &blocks)?);
+    c.cmp(name, &g, &cv, tol);
+    Ok(())
+}
+
 fn block_tables(rng: &mut Rng, ctxs: &[usize], bs: usize, num_blocks: usize) -> Vec<Vec<u32>> {
     let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
     rng.shuffle(&mut pool);
@@ -731,24 +780,7 @@ fn case_rope(
     let bs = 16;
     // (query_len, context_len): a fresh prefill, a chunk, two decodes at large positions.
     let seqs = [(20usize, 20usize), (13, 53), (1, 700), (1, 5000)];
-    let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
-    let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + 4;
-    let spec = KvCacheSpec {
-        num_layers: 2,
-        num_blocks: nb,
-        block_size: bs,
-        num_kv_heads: kvh,
-        head_dim: hd,
-    };
-    let tables = block_tables(rng, &ctxs, bs, nb);
-    let mut layout = BatchLayout {
-        block_size: bs as u32,
-        ..Default::default()
-    };
-    for (i, &(ql, ctx)) in seqs.iter().enumerate() {
-        let toks: Vec<u32> = (0..ql as u32).collect();
-        layout.push_seq(&toks, (ctx - ql) as u32, &tables[i], true);
-    }
+    let (spec, layout) = paged_batch(rng, &seqs, bs, kvh, hd, 4);
     let t = layout.num_tokens();
     let attn = AttentionSpec {
         num_heads: heads,
@@ -792,10 +824,15 @@ fn case_rope(
         &ck.data,
         c.tight(1e-2),
     );
-    let blocks: Vec<u32> = (0..nb as u32).collect();
-    let g = gpu.act_bytes_to_f32(&gpu.read_blocks(&gc, &blocks)?);
-    let cvv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
-    c.cmp(&format!("{name} cache"), &g, &cvv, c.tight(1e-2));
+    cmp_caches(
+        c,
+        &format!("{name} cache"),
+        gpu,
+        &gc,
+        cpu,
+        &cc,
+        c.tight(1e-2),
+    )?;
     Ok(())
 }
 
@@ -832,24 +869,7 @@ fn case_matvec_rope(
     let (gnorm, cnorm) = load(rng, WeightDtype::F32, 1, k, 2.0)?;
     let (gw, cw) = load(rng, WeightDtype::BF16, n, k, 1.7 / (k as f32).sqrt())?;
     for seqs in [&[(1usize, 700usize)][..], &[(1, 53), (1, 4000)][..]] {
-        let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
-        let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + 4;
-        let spec = KvCacheSpec {
-            num_layers: 2,
-            num_blocks: nb,
-            block_size: bs,
-            num_kv_heads: kvh,
-            head_dim: hd,
-        };
-        let tables = block_tables(rng, &ctxs, bs, nb);
-        let mut layout = BatchLayout {
-            block_size: bs as u32,
-            ..Default::default()
-        };
-        for (i, &(ql, ctx)) in seqs.iter().enumerate() {
-            let toks: Vec<u32> = (0..ql as u32).collect();
-            layout.push_seq(&toks, (ctx - ql) as u32, &tables[i], true);
-        }
+        let (spec, layout) = paged_batch(rng, seqs, bs, kvh, hd, 4);
         let t = layout.num_tokens();
         let x = rng.bf16_vec(t * k, 3.0);
         let (gx, cx) = (gpu.upload(t, k, &x)?, cpu_t(t, k, x));
@@ -876,10 +896,7 @@ fn case_matvec_rope(
         let (mut cq, mut ck, cv) = (cpu_t(t, qd, q), cpu_t(t, kd, kk), cpu_t(t, kd, v));
         cpu.rope_and_cache(&mut cq, &mut ck, &cv, &rope, &attn, &cb, &mut cc, 1)?;
         c.cmp(&format!("{name} q"), &gpu.to_host(&gq)?, &cq.data, 1e-2);
-        let blocks: Vec<u32> = (0..nb as u32).collect();
-        let g = gpu.act_bytes_to_f32(&gpu.read_blocks(&gc, &blocks)?);
-        let cvv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
-        c.cmp(&format!("{name} cache"), &g, &cvv, 1e-2);
+        cmp_caches(c, &format!("{name} cache"), gpu, &gc, cpu, &cc, 1e-2)?;
     }
     // A partial rotary width is not fused: nothing launched, false returned.
     let part = RopeSpec {
@@ -932,24 +949,7 @@ fn case_fused(
 ) -> Result<()> {
     let bs = 16;
     let seqs = [(20usize, 20usize), (13, 53), (1, 700), (1, 5000)];
-    let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
-    let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + 4;
-    let spec = KvCacheSpec {
-        num_layers: 2,
-        num_blocks: nb,
-        block_size: bs,
-        num_kv_heads: kvh,
-        head_dim: hd,
-    };
-    let tables = block_tables(rng, &ctxs, bs, nb);
-    let mut layout = BatchLayout {
-        block_size: bs as u32,
-        ..Default::default()
-    };
-    for (i, &(ql, ctx)) in seqs.iter().enumerate() {
-        let toks: Vec<u32> = (0..ql as u32).collect();
-        layout.push_seq(&toks, (ctx - ql) as u32, &tables[i], true);
-    }
+    let (spec, mut layout) = paged_batch(rng, &seqs, bs, kvh, hd, 4);
     // A padding row (slot u32::MAX) must write nothing.
     layout.token_ids.push(0);
     layout.positions.push(0);
@@ -991,10 +991,15 @@ fn case_fused(
         &cq.data,
         c.tight(1e-2),
     );
-    let blocks: Vec<u32> = (0..nb as u32).collect();
-    let g = gpu.act_bytes_to_f32(&gpu.read_blocks(&gc, &blocks)?);
-    let cvv = bytes_f16_to_f32(&cpu.read_blocks(&cc, &blocks)?);
-    c.cmp(&format!("{name} cache"), &g, &cvv, c.tight(1e-2));
+    cmp_caches(
+        c,
+        &format!("{name} cache"),
+        gpu,
+        &gc,
+        cpu,
+        &cc,
+        c.tight(1e-2),
+    )?;
 
     // silu_mul_fused vs silu_mul of the halves.
     let (rows, f) = (7usize, 1000usize);
@@ -1386,24 +1391,7 @@ fn case_attention_bs(
     partition: usize,
     bs: usize,
 ) -> Result<()> {
-    let ctxs: Vec<usize> = seqs.iter().map(|s| s.1).collect();
-    let nb = ctxs.iter().map(|c| c.div_ceil(bs)).sum::<usize>() + 3;
-    let spec = KvCacheSpec {
-        num_layers: 2,
-        num_blocks: nb,
-        block_size: bs,
-        num_kv_heads: kvh,
-        head_dim: hd,
-    };
-    let tables = block_tables(rng, &ctxs, bs, nb);
-    let mut layout = BatchLayout {
-        block_size: bs as u32,
-        ..Default::default()
-    };
-    for (i, &(ql, ctx)) in seqs.iter().enumerate() {
-        let toks: Vec<u32> = (0..ql as u32).collect();
-        layout.push_seq(&toks, (ctx - ql) as u32, &tables[i], true);
-    }
+    let (spec, layout) = paged_batch(rng, seqs, bs, kvh, hd, 3);
     let t = layout.num_tokens();
     let attn = AttentionSpec {
         num_heads: heads,
