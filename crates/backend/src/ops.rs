@@ -390,26 +390,6 @@ pub trait Backend: Send + Sync + 'static {
         layer: usize,
         out: &mut Self::Tensor,
     ) -> Result<()>;
-    /// `paged_attention` into `attn_out`, then `proj = attn_out · woᵀ`, in whatever order the
-    /// backend can overlap (CUDA: a mixed step's decode attention and its rows of the
-    /// projection on a second stream, beside the prefill attention and its rows). `Ok(false)`
-    /// and nothing done where the backend has no such path for this batch: the caller then
-    /// runs the two ops.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_out_proj(
-        &self,
-        q: &Self::Tensor,
-        attn: &AttentionSpec,
-        batch: &Self::Batch,
-        cache: &Self::KvCache,
-        layer: usize,
-        attn_out: &mut Self::Tensor,
-        wo: &Self::Weight,
-        proj: &mut Self::Tensor,
-    ) -> Result<bool> {
-        let _ = (q, attn, batch, cache, layer, attn_out, wo, proj);
-        Ok(false)
-    }
     /// `out[i] = x[batch.logits_rows[i]]`.
     fn gather_logit_rows(
         &self,

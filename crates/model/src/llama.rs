@@ -272,10 +272,8 @@ impl<B: Backend> LlamaModel<B> {
                     b.rope_and_cache(q, k, v, &self.rope, &self.attn, batch, cache, i)?;
                 }
             }
-            if !b.attention_out_proj(q, &self.attn, batch, cache, i, attn_out, &l.wo, proj)? {
-                b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
-                b.matmul(attn_out, &l.wo, proj)?;
-            }
+            b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
+            b.matmul(attn_out, &l.wo, proj)?;
             b.add_rms_norm(residual, proj, &l.ffn_norm, eps, normed)?;
             match &l.gate_up {
                 GateUpWeights::Fused(w) => {

@@ -240,9 +240,6 @@ pub struct CudaBatch {
     pub max_query_len: usize,
     /// Sequences with `query_len == 1` (served by the decode kernel).
     pub num_decode: usize,
-    /// Whether the decode sequences all precede the others, so their tokens are the flat
-    /// batch's rows `0..num_decode` (what lets a mixed step split the output projection).
-    pub decode_prefix: bool,
     pub num_logits: usize,
 }
 
@@ -314,77 +311,6 @@ pub struct CudaBackend {
     capturing: std::sync::atomic::AtomicBool,
     /// The element type of activations, matrix weights and the KV cache.
     dtype: ModelDtype,
-    /// A second stream for running a mixed step's decode attention beside its prefill work.
-    side: SideStream,
-}
-
-/// A high-priority stream with its own cuBLASLt workspace and the two events that fork it from
-/// and join it back to the main stream (see `attention_out_proj`).
-struct SideStream {
-    stream: Arc<CudaStream>,
-    workspace: CudaSlice<u8>,
-    fork: CudaEvent,
-    join: CudaEvent,
-}
-
-/// The shape checks of `paged_attention`.
-fn check_attention(
-    q: &CudaTensor,
-    attn: &AttentionSpec,
-    batch: &CudaBatch,
-    cache: &CudaKvCache,
-    layer: usize,
-    out: &CudaTensor,
-) -> Result<()> {
-    let hd = attn.head_dim;
-    check(
-        "paged_attention",
-        q.rows == batch.num_tokens
-            && q.cols == attn.num_heads * hd
-            && out.rows == q.rows
-            && out.cols == q.cols,
-        || {
-            format!(
-                "q [{}, {}], out [{}, {}]",
-                q.rows, q.cols, out.rows, out.cols
-            )
-        },
-    )?;
-    check(
-        "paged_attention",
-        attn.num_kv_heads > 0 && (attn.num_heads % attn.num_kv_heads == 0),
-        || format!("{attn:?}: heads not a multiple of KV heads"),
-    )?;
-    check_cache_layer("paged_attention", cache, attn, layer)?;
-    Ok(())
-}
-
-/// The shape check of `matmul`: `out [x.rows, w.rows] = x · wᵀ`.
-fn check_matmul(x: &CudaTensor, w: &CudaWeight, out: &CudaTensor) -> Result<()> {
-    check(
-        "matmul",
-        x.cols == w.cols && out.rows == x.rows && out.cols == w.rows,
-        || {
-            format!(
-                "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
-                x.rows, x.cols, w.rows, w.cols, out.rows, out.cols
-            )
-        },
-    )
-}
-
-/// RVLLM_OVERLAP: 0 = a mixed step runs attention and the output projection on one stream;
-/// 1 = its decode attention on the side stream; 2 (default) = that and the decode rows of the
-/// projection.
-fn overlap_mode() -> u8 {
-    static MODE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-    *MODE.get_or_init(
-        || match std::env::var("RVLLM_OVERLAP").as_deref().map(str::trim) {
-            Ok("0") => 0,
-            Ok("1") => 1,
-            _ => 2,
-        },
-    )
 }
 
 /// Runs `f`, turning a panic (cudarc panics when a dynamically loaded library or symbol is
@@ -647,29 +573,6 @@ impl CudaBackend {
         let done = ctx
             .new_event(None)
             .map_err(|e| dev_err("creating an event", e))?;
-        let side = {
-            // Highest priority: as the main stream's CTAs retire, the SMs go to the decode
-            // attention first, which is memory-bound and short of work to overlap.
-            ctx.bind_to_thread()
-                .map_err(|e| dev_err("binding the context", e))?;
-            let (_, greatest) =
-                dr::stream::get_priority_range().map_err(|e| dev_err("stream priorities", e))?;
-            let stream = ctx
-                .new_stream_with_priority(greatest)
-                .map_err(|e| dev_err("creating a stream", e))?;
-            let workspace = unsafe { stream.alloc::<u8>(GEMM_WORKSPACE) }
-                .map_err(|e| dev_err("allocating the cuBLASLt workspace", e))?;
-            let ev = || {
-                ctx.new_event(Some(dsys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
-                    .map_err(|e| dev_err("creating an event", e))
-            };
-            SideStream {
-                stream,
-                workspace,
-                fork: ev()?,
-                join: ev()?,
-            }
-        };
         let info = DeviceInfo {
             ordinal,
             name: ctx.name().unwrap_or_default(),
@@ -693,7 +596,6 @@ impl CudaBackend {
             epoch: std::sync::atomic::AtomicU64::new(0),
             capturing: std::sync::atomic::AtomicBool::new(false),
             dtype,
-            side,
         })
     }
 
@@ -761,19 +663,6 @@ impl CudaBackend {
         smem: u32,
         args: &[Arg],
     ) -> Result<()> {
-        self.launch_on(&self.stream, name, grid, block, smem, args)
-    }
-
-    /// [`CudaBackend::launch`] on another stream.
-    fn launch_on(
-        &self,
-        stream: &CudaStream,
-        name: &str,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
-        args: &[Arg],
-    ) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
@@ -792,7 +681,7 @@ impl CudaBackend {
                 grid,
                 block,
                 smem,
-                stream.cu_stream(),
+                self.stream.cu_stream(),
                 &mut params,
             )
         }
@@ -1112,7 +1001,6 @@ impl CudaBackend {
         let mut max_context = 0;
         let mut max_query_len = 0;
         let mut num_decode = 0;
-        let mut decode_prefix = true;
         for (i, s) in batch.seqs.iter().enumerate() {
             check(
                 "upload_batch",
@@ -1129,7 +1017,6 @@ impl CudaBackend {
             max_context = max_context.max(s.context_len as usize);
             max_query_len = max_query_len.max(s.query_len as usize);
             if s.query_len == 1 {
-                decode_prefix &= num_decode == i && s.query_start as usize == i;
                 num_decode += 1;
             } else {
                 h[offs.prefill_seqs + (i - num_decode)] = i as u32;
@@ -1158,7 +1045,6 @@ impl CudaBackend {
         dst.max_context = max_context.max(batch.launch_max_context as usize);
         dst.max_query_len = max_query_len;
         dst.num_decode = num_decode;
-        dst.decode_prefix = decode_prefix;
         dst.num_logits = batch.logits_rows.len();
         Ok(())
     }
@@ -1347,7 +1233,7 @@ impl CudaBackend {
         let hchunks = group / g;
         let ctas = b.num_seqs * attn.num_kv_heads * hchunks;
         if decode_attn_mode() != DECODE_ATTN_OLD {
-            return self.decode_attention_v2(q, out, attn, b, kc, vc, block_size, None);
+            return self.decode_attention_v2(q, out, attn, b, kc, vc, block_size);
         }
         let part = self.decode_partition(ctas, b.max_context);
         let max_parts = b.max_context.div_ceil(part).max(1);
@@ -1418,106 +1304,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `out[rows] = x[rows] · wᵀ` on `stream` with cuBLASLt workspace `ws` (shapes checked by
-    /// the caller, see `check_matmul`).
-    fn matmul_rows(
-        &self,
-        stream: &CudaStream,
-        ws: u64,
-        x: &CudaTensor,
-        w: &CudaWeight,
-        out: &CudaTensor,
-        rows: std::ops::Range<usize>,
-    ) -> Result<()> {
-        if rows.is_empty() || w.rows == 0 {
-            return Ok(());
-        }
-        let xp = self.bf16_ptr("matmul", &x.buf)?;
-        let wp = match &w.buf {
-            DevBuf::Bf16(s) => raw_ptr(s, &self.stream),
-            DevBuf::F32(_) => {
-                return Err(BackendError::UnsupportedWeight(
-                    "1-D (f32) weight used as a matmul operand".into(),
-                ))
-            }
-        };
-        let out_f32 = out.buf.is_f32();
-        let out_elem = if out_f32 { 4 } else { 2 };
-        let xp = xp + (rows.start * x.cols * 2) as u64;
-        let op = out.buf.ptr(&self.stream) + (rows.start * out.cols * out_elem) as u64;
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| dev_err("binding the context", e))?;
-        self.gemm.lock().unwrap().matmul(
-            stream.cu_stream() as _,
-            ws,
-            w.rows,
-            rows.len(),
-            x.cols,
-            wp,
-            xp,
-            op,
-            out_f32,
-        )
-    }
-
-    /// A mixed step's attention and output projection on two streams: the decode attention
-    /// (memory-bound) and, when the decode tokens are the batch's first rows, their rows of the
-    /// projection run on the side stream while the main stream runs the prefill attention
-    /// (tensor cores) and the prefill rows. `false` where this does not apply (no mix, graph
-    /// capture, a head size without the decode kernel, RVLLM_OVERLAP=0).
-    #[allow(clippy::too_many_arguments)]
-    fn attention_out_proj_overlapped(
-        &self,
-        q: &CudaTensor,
-        attn: &AttentionSpec,
-        batch: &CudaBatch,
-        cache: &CudaKvCache,
-        layer: usize,
-        attn_out: &mut CudaTensor,
-        wo: &CudaWeight,
-        proj: &mut CudaTensor,
-    ) -> Result<bool> {
-        let mode = overlap_mode();
-        let hd = attn.head_dim;
-        if mode == 0
-            || batch.num_decode == 0
-            || batch.num_decode == batch.num_seqs
-            || !DECODE_HDS.contains(&hd)
-            || decode_attn_mode() == DECODE_ATTN_OLD
-            || self.capturing.load(Ordering::SeqCst)
-        {
-            return Ok(false);
-        }
-        check_attention(q, attn, batch, cache, layer, attn_out)?;
-        check_matmul(attn_out, wo, proj)?;
-        let qp = self.bf16_ptr("paged_attention", &q.buf)?;
-        let op = self.bf16_ptr("paged_attention", &attn_out.buf)?;
-        let kc = cache.part_ptr(&self.stream, layer, 0);
-        let vc = cache.part_ptr(&self.stream, layer, 1);
-        let bs = cache.spec.block_size;
-        let side = &self.side;
-        let ev = |e: cudarc::driver::DriverError| dev_err("ordering the side stream", e);
-        self.decode_attention_v2(qp, op, attn, batch, kc, vc, bs, Some(side))?;
-        let split = mode >= 2 && batch.decode_prefix;
-        let nd = batch.num_decode;
-        if split {
-            let ws = raw_ptr(&side.workspace, &self.stream);
-            self.matmul_rows(&side.stream, ws, attn_out, wo, proj, 0..nd)?;
-        }
-        side.join.record(&side.stream).map_err(ev)?;
-        self.prefill_attention(qp, op, attn, batch, kc, vc, bs, true)?;
-        if split {
-            let ws = raw_ptr(&self.workspace, &self.stream);
-            self.matmul_rows(&self.stream, ws, attn_out, wo, proj, nd..attn_out.rows)?;
-            self.stream.wait(&side.join).map_err(ev)?;
-        } else {
-            self.stream.wait(&side.join).map_err(ev)?;
-            self.matmul(attn_out, wo, proj)?;
-        }
-        Ok(true)
-    }
-
     /// The single-pass decode kernel (`paged_decode_v2_*`): grid (head chunks, sequences,
     /// partitions); with several partitions the last CTA of each (sequence, head chunk) merges.
     #[allow(clippy::too_many_arguments)]
@@ -1530,7 +1316,6 @@ impl CudaBackend {
         kc: u64,
         vc: u64,
         block_size: usize,
-        side: Option<&SideStream>,
     ) -> Result<()> {
         let hd = attn.head_dim;
         let group = attn.num_heads / attn.num_kv_heads;
@@ -1563,19 +1348,7 @@ impl CudaBackend {
             -1
         };
         let s = &self.stream;
-        // On the side stream, after everything queued so far on the main one (the scratch and
-        // counters above included).
-        let on = match side {
-            Some(side) => {
-                let ev = |e| dev_err("forking the side stream", e);
-                side.fork.record(s).map_err(ev)?;
-                side.stream.wait(&side.fork).map_err(ev)?;
-                &side.stream
-            }
-            None => s,
-        };
-        self.launch_on(
-            on,
+        self.launch(
             &decode_kernel_name(attn),
             (chunks as u32, b.num_seqs as u32, max_parts as u32),
             (128, 1, 1),
@@ -2023,7 +1796,6 @@ impl Backend for CudaBackend {
             max_context: 0,
             max_query_len: 0,
             num_decode: 0,
-            decode_prefix: false,
             num_logits: 0,
         };
         self.upload_batch_in_place(batch, &mut b)?;
@@ -2252,9 +2024,45 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
-        check_matmul(x, w, out)?;
+        check(
+            "matmul",
+            x.cols == w.cols && out.rows == x.rows && out.cols == w.rows,
+            || {
+                format!(
+                    "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
+                    x.rows, x.cols, w.rows, w.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        if x.rows == 0 || w.rows == 0 {
+            return Ok(());
+        }
+        let xp = self.bf16_ptr("matmul", &x.buf)?;
+        let wp = match &w.buf {
+            DevBuf::Bf16(s) => raw_ptr(s, &self.stream),
+            DevBuf::F32(_) => {
+                return Err(BackendError::UnsupportedWeight(
+                    "1-D (f32) weight used as a matmul operand".into(),
+                ))
+            }
+        };
+        let out_f32 = out.buf.is_f32();
+        let op = out.buf.ptr(&self.stream);
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
         let ws = raw_ptr(&self.workspace, &self.stream);
-        self.matmul_rows(&self.stream, ws, x, w, out, 0..x.rows)
+        self.gemm.lock().unwrap().matmul(
+            self.stream.cu_stream() as _,
+            ws,
+            w.rows,
+            x.rows,
+            x.cols,
+            wp,
+            xp,
+            op,
+            out_f32,
+        )
     }
 
     fn add(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
@@ -2525,7 +2333,25 @@ impl Backend for CudaBackend {
         out: &mut CudaTensor,
     ) -> Result<()> {
         let hd = attn.head_dim;
-        check_attention(q, attn, batch, cache, layer, out)?;
+        check(
+            "paged_attention",
+            q.rows == batch.num_tokens
+                && q.cols == attn.num_heads * hd
+                && out.rows == q.rows
+                && out.cols == q.cols,
+            || {
+                format!(
+                    "q [{}, {}], out [{}, {}]",
+                    q.rows, q.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        check(
+            "paged_attention",
+            attn.num_kv_heads > 0 && (attn.num_heads % attn.num_kv_heads == 0),
+            || format!("{attn:?}: heads not a multiple of KV heads"),
+        )?;
+        check_cache_layer("paged_attention", cache, attn, layer)?;
         if batch.num_seqs == 0 || batch.num_tokens == 0 {
             return Ok(());
         }
@@ -2548,20 +2374,6 @@ impl Backend for CudaBackend {
             self.prefill_attention(qp, op, attn, batch, kc, vc, bs, use_decode)?;
         }
         Ok(())
-    }
-
-    fn attention_out_proj(
-        &self,
-        q: &CudaTensor,
-        attn: &AttentionSpec,
-        batch: &CudaBatch,
-        cache: &CudaKvCache,
-        layer: usize,
-        attn_out: &mut CudaTensor,
-        wo: &CudaWeight,
-        proj: &mut CudaTensor,
-    ) -> Result<bool> {
-        self.attention_out_proj_overlapped(q, attn, batch, cache, layer, attn_out, wo, proj)
     }
 
     fn gather_logit_rows(

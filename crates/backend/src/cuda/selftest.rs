@@ -7,7 +7,7 @@
 //! before both backends see it (such values are exact in f16 too, bar subnormals), and every GPU
 //! output is poisoned with NaN before the op so unwritten elements fail.
 
-use super::{overlap_mode, CudaBackend, CudaBatch, CudaKvCache, CudaTensor};
+use super::{CudaBackend, CudaBatch, CudaKvCache, CudaTensor};
 use crate::cpu::{CpuBackend, CpuKvCache, CpuTensor};
 use crate::ops::{AttentionSpec, Backend, GeluKind, KvCacheSpec, RopeSpec, RopeStyle};
 use crate::{BatchLayout, HostWeight, ModelDtype, Result, WeightDtype};
@@ -1428,75 +1428,6 @@ fn case_attention_bs(
     Ok(())
 }
 
-/// `attention_out_proj` (a mixed step's decode attention, and with the decode tokens first
-/// also their projection rows, on the side stream) against the CPU's paged_attention then
-/// matmul; both outputs poisoned first. With the decodes not first only the attention is split.
-#[allow(clippy::too_many_arguments)]
-fn case_attention_out_proj(
-    c: &mut Checker,
-    gpu: &CudaBackend,
-    cpu: &CpuBackend,
-    rng: &mut Rng,
-    heads: usize,
-    kvh: usize,
-    hd: usize,
-    seqs: &[(usize, usize)],
-) -> Result<()> {
-    let (spec, layout) = paged_batch(rng, seqs, 16, kvh, hd, 3);
-    let t = layout.num_tokens();
-    let d = heads * hd;
-    let attn = AttentionSpec {
-        num_heads: heads,
-        num_kv_heads: kvh,
-        head_dim: hd,
-        scale: 1.0 / (hd as f32).sqrt(),
-    };
-    let mut gc = gpu.alloc_kv_cache(&spec)?;
-    let mut cc = cpu.alloc_kv_cache(&spec)?;
-    fill_caches(rng, gpu, &mut gc, cpu, &mut cc, 1.0)?;
-    let (gw, cw) = load_both(
-        gpu,
-        cpu,
-        rng,
-        WeightDtype::BF16,
-        d,
-        d,
-        1.7 / (d as f32).sqrt(),
-    )?;
-    let q = rng.bf16_vec(t * d, 3.0);
-    let gq = gpu.upload(t, d, &q)?;
-    let cq = cpu_t(t, d, q);
-    let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
-    let mut go = gpu_out(gpu, t, d)?;
-    let mut gp = gpu_out(gpu, t, d)?;
-    gpu.poison(&mut go)?;
-    gpu.poison(&mut gp)?;
-    let done = gpu.attention_out_proj(&gq, &attn, &gb, &gc, 1, &mut go, &gw, &mut gp)?;
-    let label = format!("attention+o-proj {heads}/{kvh}x{hd} seqs {seqs:?}");
-    c.truth(
-        &format!("{label} takes the two-stream path"),
-        done || overlap_mode() == 0,
-        format!("declined (decode prefix: {})", gb.decode_prefix),
-    );
-    if !done {
-        return Ok(());
-    }
-    let mut co = cpu_zeros(t, d);
-    let mut cp = cpu_zeros(t, d);
-    cpu.paged_attention(&cq, &attn, &cb, &cc, 1, &mut co)?;
-    // The CPU projects the GPU's (rounded) attention output, so the check isolates the GEMM.
-    let ga = gpu.to_host(&go)?;
-    c.cmp(&format!("{label}: attention"), &ga, &co.data, c.tight(2e-2));
-    cpu.matmul(&cpu_t(t, d, ga), &cw, &mut cp)?;
-    c.cmp(
-        &format!("{label}: projection"),
-        &gpu.to_host(&gp)?,
-        &cp.data,
-        1e-2,
-    );
-    Ok(())
-}
-
 /// Runs every check for each model dtype (bf16, then f16); `Ok(true)` when all passed. `Err`
 /// only when the backend cannot start.
 pub fn selftest(report: &mut String) -> Result<bool> {
@@ -1723,16 +1654,6 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
             0,
         )
     });
-    // Decodes first (the projection split too), then decodes after a prefill chunk.
-    let decodes_first = [(1usize, 300usize), (1, 40), (1, 1200), (37, 100), (64, 64)];
-    let decodes_after = [(37usize, 100usize), (1, 300), (1, 40), (64, 64)];
-    for &(h, kv, hd) in &[(32usize, 8usize, 128usize), (9, 3, 64)] {
-        for seqs in [&decodes_first[..], &decodes_after[..]] {
-            c.run("attention+o-proj", |c| {
-                case_attention_out_proj(c, &gpu, &cpu, &mut rng, h, kv, hd, seqs)
-            });
-        }
-    }
     c.run("prefill2", |c| {
         case_attention(
             c,
