@@ -142,7 +142,8 @@ impl Engine {
     #[pyo3(signature = (
         *, model=None, load_format="auto".to_string(), device="auto".to_string(),
         max_model_len=None, block_size=16, max_num_batched_tokens=None, max_num_seqs=None,
-        kv_cache_memory=None, gpu_memory_utilization=0.9, swap_space=0.0, enable_prefix_caching=true,
+        kv_cache_memory=None, gpu_memory_utilization=0.9, num_gpu_blocks_override=None,
+        swap_space=0.0, enable_prefix_caching=true,
         scheduling_policy="fcfs".to_string(), seed=0, skip_tokenizer_init=false, threads=0,
         enforce_eager=false, dtype="auto".to_string(),
     ))]
@@ -158,6 +159,7 @@ impl Engine {
         max_num_seqs: Option<usize>,
         kv_cache_memory: Option<u64>,
         gpu_memory_utilization: f64,
+        num_gpu_blocks_override: Option<usize>,
         swap_space: f64,
         enable_prefix_caching: bool,
         scheduling_policy: String,
@@ -188,6 +190,7 @@ impl Engine {
             max_num_seqs,
             kv_cache_memory,
             gpu_memory_utilization,
+            num_gpu_blocks_override,
             swap_space,
             enable_prefix_caching,
             scheduling_policy,

@@ -102,6 +102,13 @@ pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<ReferenceCheck
         .map(|c| PromptInput::Tokens(ids(&c["prompt_ids"])))
         .collect();
     let outs = llm.generate_inputs(prompts, &[greedy(steps)], false)?;
+    // Under a small KV cache (`--num-gpu-blocks-override`) the continuations above went
+    // through preemption; say how often.
+    let sched = &llm.engine().scheduler;
+    let preempted = format!(
+        "{} preemptions, {} by swapping",
+        sched.num_preemptions, sched.num_swap_outs
+    );
     let mut r = ReferenceCheck {
         cases: cases.len(),
         ..Default::default()
@@ -154,7 +161,7 @@ pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<ReferenceCheck
         .count();
     r.report = format!(
         "reference: {} cases: {} exact, {} first differ at a near-tie (< {NEAR_TIE}), {} differ at a clear choice; \
-         teacher-forced: {}/{} clear steps agree\n{}",
+         teacher-forced: {}/{} clear steps agree; free-running: {preempted}\n{}",
         r.cases, r.exact, r.near_tie, r.diverged, r.forced_clear_agree, r.forced_clear_steps, r.report
     );
     Ok(r)

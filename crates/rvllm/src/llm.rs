@@ -44,6 +44,9 @@ pub struct EngineArgs {
     pub kv_cache_memory: Option<u64>,
     /// Fraction of GPU memory rvllm may use (weights, activations, KV cache).
     pub gpu_memory_utilization: f64,
+    /// KV cache blocks to allocate instead of the number the memory budget gives (vLLM's
+    /// `num_gpu_blocks_override`; on either backend). For testing preemption and swapping.
+    pub num_gpu_blocks_override: Option<usize>,
     /// Host swap space in GiB.
     pub swap_space: f64,
     pub enable_prefix_caching: bool,
@@ -94,6 +97,7 @@ impl Default for EngineArgs {
             max_num_seqs: None,
             kv_cache_memory: None,
             gpu_memory_utilization: 0.9,
+            num_gpu_blocks_override: None,
             swap_space: 0.0,
             enable_prefix_caching: true,
             scheduling_policy: SchedulingPolicy::Fcfs,
@@ -402,7 +406,17 @@ impl LLM {
                 kv
             }
         };
-        let num_blocks = (kv_bytes / block_bytes) as usize;
+        let budget_blocks = (kv_bytes / block_bytes) as usize;
+        let num_blocks = match args.num_gpu_blocks_override {
+            Some(n) => {
+                tracing::info!(
+                    "KV blocks: {n} (overriding the {budget_blocks} the memory budget gives)"
+                );
+                n
+            }
+            None => budget_blocks,
+        };
+        let kv_bytes = num_blocks as u64 * block_bytes;
         let num_cpu_blocks = (args.swap_space * GIB / block_bytes as f64) as usize;
         if num_blocks * args.block_size < max_model_len {
             bail!(

@@ -154,6 +154,9 @@ struct EngineFlags {
     /// KV cache size for the CPU backend, in GiB.
     #[arg(long)]
     kv_cache_memory: Option<f64>,
+    /// KV cache blocks to allocate, whatever the memory budget (for testing preemption).
+    #[arg(long)]
+    num_gpu_blocks_override: Option<usize>,
     /// Host swap space for preempted sequences, in GiB.
     #[arg(long, default_value_t = 0.0)]
     swap_space: f64,
@@ -206,6 +209,7 @@ impl EngineFlags {
                 .kv_cache_memory
                 .map(|g| (g * (1u64 << 30) as f64) as u64),
             gpu_memory_utilization: self.gpu_memory_utilization,
+            num_gpu_blocks_override: self.num_gpu_blocks_override,
             swap_space: self.swap_space,
             enable_prefix_caching: !self.no_enable_prefix_caching,
             scheduling_policy: if self.scheduling_policy == "priority" {

@@ -52,3 +52,51 @@ fn tensor_parallel_above_one_is_refused_before_loading() {
     .to_string();
     assert!(err.contains("tensor_parallel_size 2"), "{err}");
 }
+
+#[test]
+fn num_gpu_blocks_override_sizes_the_cache_and_a_small_one_preempts_without_changing_outputs() {
+    let prompts: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                "Request {i}: write a short story about the number {}.",
+                i * 7
+            )
+        })
+        .collect();
+    let params = rvllm::SamplingParams {
+        temperature: 0.0,
+        max_tokens: Some(48),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let texts = |llm: &mut LLM| -> Vec<Vec<u32>> {
+        llm.generate(&prompts, &params)
+            .expect("generate")
+            .into_iter()
+            .map(|o| o.outputs[0].token_ids.clone())
+            .collect()
+    };
+    let want = texts(&mut common::llm(|_| {}));
+    // 16 blocks of 16 tokens: room for about three of the eight ~70-token sequences at once.
+    let mut small = common::llm(|a| {
+        a.num_gpu_blocks_override = Some(16);
+        a.max_model_len = Some(256);
+    });
+    assert_eq!(small.engine().config().num_gpu_blocks, 16);
+    assert_eq!(texts(&mut small), want);
+    assert!(
+        small.engine().scheduler.num_preemptions > 0,
+        "16 blocks for 8 sequences of ~70 tokens must preempt"
+    );
+    // Fewer blocks than one max_model_len sequence needs: refused at start, as vLLM does.
+    let err = LLM::new(EngineArgs {
+        model: Some(common::model_path()),
+        num_gpu_blocks_override: Some(4),
+        max_model_len: Some(256),
+        ..Default::default()
+    })
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains("max_model_len 256"), "{err}");
+}

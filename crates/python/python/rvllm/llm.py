@@ -79,6 +79,8 @@ _MAPPED: Dict[str, Tuple[str, str]] = {
     # The GPU's share for rvllm (CUDA builds); the CPU backend sizes its KV cache with
     # kv_cache_memory_bytes or VLLM_CPU_KVCACHE_SPACE instead, as vLLM's CPU backend does.
     "gpu_memory_utilization": ("fraction", "gpu_memory_utilization"),
+    # KV blocks whatever the memory budget (vLLM's testing knob; either backend).
+    "num_gpu_blocks_override": ("opt_pos_int", "num_gpu_blocks_override"),
     "enable_prefix_caching": ("opt_bool", "enable_prefix_caching"),
     "load_format": ("str", "load_format"),
     "seed": ("opt_seed", "seed"),
