@@ -31,6 +31,12 @@ pub struct EngineConfig {
     /// Seeds the generator that gives requests without a seed their own (vLLM's `seed`):
     /// the same engine seed and the same requests give the same outputs. None: from entropy.
     pub seed: Option<u64>,
+    /// Plan and launch step N+1 before step N's samples are back (vLLM's `async_scheduling`):
+    /// the host's scheduling and output processing overlap the device's work. Step N+1's
+    /// decodes read N's samples where the executor keeps them (see [`Executor::submit`]).
+    ///
+    /// [`Executor::submit`]: crate::Executor::submit
+    pub async_scheduling: bool,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +52,7 @@ impl Default for EngineConfig {
             policy: SchedulingPolicy::Fcfs,
             swap_min_tokens: 256,
             seed: None,
+            async_scheduling: false,
         }
     }
 }

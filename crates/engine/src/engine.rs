@@ -1,7 +1,9 @@
 //! The engine loop: add requests, `step()` until done, abort at any time.
 
 use crate::config::EngineConfig;
-use crate::executor::{Executor, SampleInfo, SampledToken, SeqId};
+use crate::executor::{
+    Executor, SampleInfo, SampledToken, SchedulerOutput, SeqId, Submitted, PENDING_TOKEN,
+};
 use crate::int_map::IntMap;
 use crate::output::{CompletionOutput, RequestOutput, RequestOutputKind, TokenLogprob};
 use crate::scheduler::Scheduler;
@@ -82,6 +84,8 @@ pub struct LlmEngine {
     pub num_prompt_tokens_total: u64,
     pub num_generation_tokens_total: u64,
     seeds: rand::rngs::StdRng,
+    /// The launched step whose samples are not back yet (asynchronous scheduling).
+    in_flight: Option<SchedulerOutput>,
 }
 
 impl LlmEngine {
@@ -107,6 +111,7 @@ impl LlmEngine {
             finished_timings: Vec::new(),
             num_prompt_tokens_total: 0,
             num_generation_tokens_total: 0,
+            in_flight: None,
         }
     }
 
@@ -251,6 +256,8 @@ impl LlmEngine {
             stop_reason: None,
             num_cached_tokens: 0,
             emitted: Default::default(),
+            pending: false,
+            sample_in_flight: false,
         }
     }
 
@@ -270,7 +277,98 @@ impl LlmEngine {
     }
 
     /// Runs one scheduler step + model step; returns outputs of every request that progressed.
+    /// One engine step: plan, run, and turn the samples into outputs. With asynchronous
+    /// scheduling the outputs are those of the step launched by the previous call (and of this
+    /// one where the executor ran it at once).
     pub fn step(&mut self) -> Result<Vec<RequestOutput>, EngineError> {
+        if self.scheduler.config.async_scheduling {
+            return self.step_async();
+        }
+        let plan = self.plan();
+        if plan.is_empty() && plan.blocks_to_swap_in.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sampled = self
+            .executor
+            .execute(&plan)
+            .map_err(EngineError::Executor)?;
+        self.scheduler.step_done(&plan);
+        self.process(&plan, sampled)
+    }
+
+    /// Step N+1 is planned and launched while step N runs; then N's samples are processed.
+    /// N+1's decodes take N's samples as [`PENDING_TOKEN`] inputs.
+    fn step_async(&mut self) -> Result<Vec<RequestOutput>, EngineError> {
+        let mut outputs = Vec::new();
+        // Penalties count the output tokens and n > 1 forks copy them: such a step's samples
+        // must be in the sequences before the next plan is made.
+        let needs_samples_first = self.in_flight.as_ref().is_some_and(|p| {
+            p.seqs.iter().any(|s| {
+                s.sample
+                    .as_ref()
+                    .is_some_and(|i| i.num_samples > 1 || i.params.has_penalties())
+            })
+        });
+        if needs_samples_first {
+            outputs = self.finish_in_flight()?;
+        }
+        let plan = self.plan();
+        let launched = if plan.is_empty() && plan.blocks_to_swap_in.is_empty() {
+            None
+        } else {
+            let r = self.executor.submit(&plan).map_err(EngineError::Executor)?;
+            self.scheduler.step_done(&plan);
+            Some((plan, r))
+        };
+        outputs.extend(self.finish_in_flight()?);
+        match launched {
+            Some((plan, Submitted::Done(sampled))) => outputs.extend(self.process(&plan, sampled)?),
+            Some((plan, Submitted::InFlight)) => {
+                self.mark_pending(&plan);
+                self.in_flight = Some(plan);
+            }
+            None => {}
+        }
+        Ok(outputs)
+    }
+
+    /// Collects and processes the step in flight, if any.
+    fn finish_in_flight(&mut self) -> Result<Vec<RequestOutput>, EngineError> {
+        let Some(plan) = self.in_flight.take() else {
+            return Ok(Vec::new());
+        };
+        let sampled = self.executor.collect().map_err(EngineError::Executor)?;
+        self.process(&plan, sampled)
+    }
+
+    /// Marks every sequence that samples in the launched `plan` as waiting for that sample and
+    /// gives it a [`PENDING_TOKEN`], so the next plan runs its decode; not a sequence this
+    /// sample surely ends (its length limits): it is not scheduled again.
+    fn mark_pending(&mut self, plan: &SchedulerOutput) {
+        let max_len = self.scheduler.config.max_model_len;
+        for s in &plan.seqs {
+            let Some(info) = &s.sample else { continue };
+            let Some(seq) = self.scheduler.seqs.get_mut(&s.seq_id) else {
+                continue;
+            };
+            let ends = info
+                .params
+                .max_tokens
+                .is_some_and(|m| seq.num_output_tokens() + 1 >= m as usize)
+                || seq.tokens.len() + 1 >= max_len;
+            if seq.is_finished() {
+                continue;
+            }
+            seq.sample_in_flight = true;
+            if info.num_samples == 1 && !seq.pending && !ends {
+                seq.tokens.push(PENDING_TOKEN);
+                seq.pending = true;
+            }
+        }
+    }
+
+    /// The next step's plan.
+    fn plan(&mut self) -> SchedulerOutput {
         let requests = &self.requests;
         let eos = self.codec.eos_token_id();
         let info = |seq: &Sequence| {
@@ -290,16 +388,16 @@ impl LlmEngine {
                 eos_token_id: eos,
             }
         };
-        let plan = self.scheduler.schedule(&info);
-        if plan.is_empty() && plan.blocks_to_swap_in.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sampled = self
-            .executor
-            .execute(&plan)
-            .map_err(EngineError::Executor)?;
-        self.scheduler.step_done(&plan);
+        self.scheduler.schedule(&info)
+    }
 
+    /// Appends a step's samples to its sequences (forking n > 1 requests) and returns the
+    /// outputs due.
+    fn process(
+        &mut self,
+        plan: &SchedulerOutput,
+        sampled: Vec<Vec<SampledToken>>,
+    ) -> Result<Vec<RequestOutput>, EngineError> {
         let sampling: Vec<(SeqId, u32)> = plan
             .seqs
             .iter()
@@ -314,9 +412,16 @@ impl LlmEngine {
         }
         let mut touched: Vec<u64> = Vec::new();
         for ((seq_id, _), toks) in sampling.into_iter().zip(sampled) {
-            let Some(key) = self.scheduler.seqs.get(&seq_id).map(|s| s.request_key) else {
+            // A sequence that stopped on the step before this one (launched before the stop was
+            // known, under asynchronous scheduling) drops this sample.
+            let Some(seq) = self.scheduler.seqs.get_mut(&seq_id) else {
                 continue;
             };
+            seq.sample_in_flight = false;
+            if seq.is_finished() {
+                continue;
+            }
+            let key = seq.request_key;
             if toks.len() > 1 {
                 self.fork(seq_id, &toks[1..]);
             }
@@ -394,7 +499,15 @@ impl LlmEngine {
         };
         req.first_token_time.get_or_insert_with(Instant::now);
         let params = req.params.clone();
-        seq.tokens.push(t.token);
+        if seq.pending {
+            // The placeholder the next step was planned with becomes the token.
+            if let Some(last) = seq.tokens.last_mut() {
+                *last = t.token;
+            }
+            seq.pending = false;
+        } else {
+            seq.tokens.push(t.token);
+        }
         self.num_generation_tokens_total += 1;
         seq.cumulative_logprob += t.logprob as f64;
         if params.logprobs.is_some() {
@@ -422,7 +535,12 @@ impl LlmEngine {
         if let Some((reason, stop)) = check_stop(seq, t.token, added, &params, eos, max_len) {
             seq.finish_reason = Some(reason);
             seq.stop_reason = stop;
-            seq.status = SeqStatus::Finished;
+            let was = std::mem::replace(&mut seq.status, SeqStatus::Finished);
+            // Preempted while this sample was in flight (asynchronous scheduling): it leaves
+            // the queue it waits in, so it is never admitted again.
+            if was != SeqStatus::Running {
+                self.scheduler.leave_queues(seq_id, was);
+            }
         }
     }
 
@@ -435,7 +553,7 @@ impl LlmEngine {
                     self.scheduler
                         .seqs
                         .get(id)
-                        .is_none_or(|s| s.output_tokens().is_empty())
+                        .is_none_or(|s| s.known_output_tokens().is_empty())
                 })
             })
             .count()
@@ -565,7 +683,7 @@ fn completion_output(
     };
     let delta = req.output_kind == RequestOutputKind::Delta;
     let from = if delta { s.emitted } else { Emitted::default() };
-    let out_tokens = s.output_tokens();
+    let out_tokens = s.known_output_tokens();
     // Text held back (a possible stop-string start) is never retracted once emitted.
     let text = s.text.get(from.text..vis).unwrap_or_default().to_string();
     let token_ids = out_tokens.get(from.tokens..).unwrap_or_default().to_vec();

@@ -5,6 +5,11 @@ use std::sync::Arc;
 
 pub type SeqId = u64;
 
+/// Stands for a token a launched step has sampled but not yet returned (asynchronous
+/// scheduling): as an input of the next step it means "this sequence's sample of the step in
+/// flight", which the executor reads where it left it.
+pub const PENDING_TOKEN: u32 = u32::MAX;
+
 /// What a sequence samples at the end of this step.
 #[derive(Debug, Clone)]
 pub struct SampleInfo {
@@ -62,9 +67,32 @@ pub struct SampledToken {
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
+/// What [`Executor::submit`] did with a step.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Ran it: its samples, as [`Executor::execute`] returns them.
+    Done(Vec<Vec<SampledToken>>),
+    /// Launched it; [`Executor::collect`] returns its samples. Until then they stay where the
+    /// next step can read them for its [`PENDING_TOKEN`] inputs.
+    InFlight,
+}
+
 /// Runs scheduled steps on the model.
 pub trait Executor: Send {
     /// Executes one step; returns, per scheduled sequence that samples (in order), the
     /// `num_samples` tokens drawn.
     fn execute(&mut self, step: &SchedulerOutput) -> Result<Vec<Vec<SampledToken>>, String>;
+
+    /// Launches one step without waiting for its samples where the executor can. Inputs equal
+    /// to [`PENDING_TOKEN`] are the samples of the step still in flight, for the same sequence.
+    /// The engine submits step N+1 while N is in flight, then collects N: at most two are
+    /// outstanding, collected in order.
+    fn submit(&mut self, step: &SchedulerOutput) -> Result<Submitted, String> {
+        self.execute(step).map(Submitted::Done)
+    }
+
+    /// The samples of the step in flight (see [`Executor::submit`]).
+    fn collect(&mut self) -> Result<Vec<Vec<SampledToken>>, String> {
+        Err("no step in flight".into())
+    }
 }

@@ -19,7 +19,9 @@ pub mod text;
 pub use config::{EngineConfig, SchedulingPolicy};
 pub use engine::{LlmEngine, PromptInput, RequestSpec};
 pub use error::EngineError;
-pub use executor::{Executor, SampleInfo, SampledToken, ScheduledSeq, SchedulerOutput};
+pub use executor::{
+    Executor, SampleInfo, SampledToken, ScheduledSeq, SchedulerOutput, Submitted, PENDING_TOKEN,
+};
 pub use output::{CompletionOutput, FinishReason, RequestOutput, RequestOutputKind, TokenLogprob};
 pub use sampling_params::SamplingParams;
 pub use text::{DecodeStream, TextCodec};

@@ -164,6 +164,13 @@ impl SamplingParams {
         self.temperature < SAMPLING_EPS
     }
 
+    /// Whether repetition, presence or frequency penalties apply (they read the output tokens).
+    pub fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+    }
+
     /// The temperature the sampler divides by for non-greedy requests: vLLM
     /// raises temperatures in `(0, 0.01)` to `0.01`.
     pub fn effective_temperature(&self) -> f32 {

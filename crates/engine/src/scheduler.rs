@@ -84,6 +84,22 @@ impl Scheduler {
         Some(seq)
     }
 
+    /// A preempted sequence (`was` Waiting or Swapped) finished: out of its queue, and its
+    /// host blocks (if swapped) freed. (Its device blocks went at the preemption.)
+    pub fn leave_queues(&mut self, id: SeqId, was: SeqStatus) {
+        match was {
+            SeqStatus::Waiting => self.waiting.retain(|&s| s != id),
+            SeqStatus::Swapped => {
+                self.swapped.retain(|&s| s != id);
+                if let Some(seq) = self.seqs.get_mut(&id) {
+                    self.blocks.free_cpu(&seq.block_table);
+                    seq.block_table.clear();
+                }
+            }
+            SeqStatus::Running | SeqStatus::Finished => {}
+        }
+    }
+
     fn preempt(&mut self, id: SeqId, out: &mut SchedulerOutput) {
         self.num_preemptions += 1;
         self.running.retain(|&s| s != id);
@@ -218,6 +234,10 @@ impl Scheduler {
                 let Some(seq) = self.seqs.get_mut(&id) else {
                     break;
                 };
+                // Preempted while a sample of it is in flight: its prompt is not known yet.
+                if seq.sample_in_flight {
+                    break;
+                }
                 // At least the last token is computed, so the step produces logits.
                 let len = seq.tokens.len();
                 seq.hash_full_blocks(bs, len - 1);
@@ -257,7 +277,9 @@ impl Scheduler {
             };
             seq.num_computed = s.start_pos + s.token_ids.len();
             seq.hash_full_blocks(bs, seq.num_computed);
-            let full = (seq.num_computed / bs).min(seq.block_table.len());
+            let full = (seq.num_computed / bs)
+                .min(seq.block_table.len())
+                .min(seq.block_hashes.len());
             for idx in seq.num_registered_blocks..full {
                 self.blocks
                     .register(seq.block_table[idx], seq.block_hashes[idx]);

@@ -1,7 +1,7 @@
 //! One generated sample of a request and its progress.
 
 use crate::block_manager::{chain_hash, BlockHash};
-use crate::executor::SeqId;
+use crate::executor::{SeqId, PENDING_TOKEN};
 use crate::output::{FinishReason, StopReason, TokenLogprob};
 use crate::text::DecodeStream;
 
@@ -45,6 +45,11 @@ pub struct Sequence {
     pub num_cached_tokens: usize,
     /// What earlier delta outputs carried: bytes of `text`, output tokens, logprob entries.
     pub emitted: Emitted,
+    /// The last of `tokens` is [`PENDING_TOKEN`]: sampled by the step in flight, not back yet.
+    pub pending: bool,
+    /// The step in flight samples for this sequence (with or without a [`PENDING_TOKEN`]): it
+    /// is not admitted again (after a preemption) until that sample is in.
+    pub sample_in_flight: bool,
 }
 
 /// How much of a sequence's output earlier [`RequestOutputKind::Delta`] outputs carried.
@@ -61,8 +66,15 @@ impl Sequence {
     pub fn num_output_tokens(&self) -> usize {
         self.tokens.len() - self.num_prompt_tokens
     }
+    /// Generated tokens, a [`PENDING_TOKEN`] at the end included (it holds the place, and
+    /// counts, for the seeds and lengths of the next step).
     pub fn output_tokens(&self) -> &[u32] {
         &self.tokens[self.num_prompt_tokens..]
+    }
+    /// Generated tokens that are known (no trailing [`PENDING_TOKEN`]): what outputs carry.
+    pub fn known_output_tokens(&self) -> &[u32] {
+        let end = self.tokens.len() - usize::from(self.pending);
+        &self.tokens[self.num_prompt_tokens..end.max(self.num_prompt_tokens)]
     }
     /// Tokens still to compute before the next sample.
     pub fn num_uncomputed(&self) -> usize {
@@ -72,13 +84,18 @@ impl Sequence {
         self.status == SeqStatus::Finished
     }
 
-    /// Extends `block_hashes` to cover every full block of `tokens[..upto]`.
+    /// Extends `block_hashes` to cover every full block of `tokens[..upto]`, up to a block
+    /// holding a [`PENDING_TOKEN`] (hashed once the token is known).
     pub fn hash_full_blocks(&mut self, block_size: usize, upto: usize) {
         let full = upto.min(self.tokens.len()) / block_size;
         while self.block_hashes.len() < full {
             let i = self.block_hashes.len();
+            let block = &self.tokens[i * block_size..(i + 1) * block_size];
+            if self.pending && block.contains(&PENDING_TOKEN) {
+                break;
+            }
             let parent = self.block_hashes.last().copied();
-            let h = chain_hash(parent, &self.tokens[i * block_size..(i + 1) * block_size]);
+            let h = chain_hash(parent, block);
             self.block_hashes.push(h);
         }
     }

@@ -9,6 +9,7 @@ use rvllm_engine::{
     SamplingParams, SchedulingPolicy,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 struct Rng(u64);
@@ -25,8 +26,19 @@ impl Rng {
 }
 
 fn engine(cfg: EngineConfig) -> LlmEngine {
-    let fake = FakeModel::new(cfg.num_gpu_blocks, cfg.block_size);
-    LlmEngine::new(cfg, Box::new(fake), Arc::new(FakeCodec))
+    engine_counting(cfg).0
+}
+
+/// The engine over a fake model (asynchronous steps when the config schedules asynchronously)
+/// and the fake's count of steps launched in flight.
+fn engine_counting(cfg: EngineConfig) -> (LlmEngine, Arc<AtomicUsize>) {
+    let mut fake = FakeModel::new(cfg.num_gpu_blocks, cfg.block_size);
+    fake.async_steps = cfg.async_scheduling;
+    let count = fake.steps_in_flight.clone();
+    (
+        LlmEngine::new(cfg, Box::new(fake), Arc::new(FakeCodec)),
+        count,
+    )
 }
 
 fn make_requests(rng: &mut Rng, count: usize) -> Vec<RequestSpec> {
@@ -51,6 +63,13 @@ fn make_requests(rng: &mut Rng, count: usize) -> Vec<RequestSpec> {
                     1
                 },
                 max_tokens: Some(1 + rng.below(40) as u32),
+                // Some stop early on a token (~5% a step), so steps already launched for them
+                // are wasted under asynchronous scheduling.
+                stop_token_ids: if rng.below(4) == 0 {
+                    (0..50).map(|_| rng.below(999) as u32).collect()
+                } else {
+                    Vec::new()
+                },
                 seed: Some(i as u64),
                 ..Default::default()
             };
@@ -111,7 +130,7 @@ fn add_delta(summed: &mut HashMap<String, RequestOutput>, o: RequestOutput) -> R
 fn simulate(seed: u64, count: usize, cfg: EngineConfig, abort_every: u64) -> (u64, u64) {
     let mut rng = Rng(seed);
     let reqs = make_requests(&mut rng, count);
-    let mut e = engine(cfg.clone());
+    let (mut e, in_flight) = engine_counting(cfg.clone());
     let mut finished: HashMap<String, RequestOutput> = HashMap::new();
     // Delta requests' outputs so far, summed.
     let mut summed: HashMap<String, RequestOutput> = HashMap::new();
@@ -174,6 +193,11 @@ fn simulate(seed: u64, count: usize, cfg: EngineConfig, abort_every: u64) -> (u6
         cfg.num_cpu_blocks,
         "all host blocks free"
     );
+    assert_eq!(
+        in_flight.load(Ordering::Relaxed) > 0,
+        cfg.async_scheduling,
+        "steps run in flight exactly when scheduling asynchronously"
+    );
     // Outputs equal the request run alone (checked on a sample to bound the run time).
     for spec in reqs.iter().step_by(7) {
         if let Some(out) = finished.get(&spec.request_id) {
@@ -182,8 +206,8 @@ fn simulate(seed: u64, count: usize, cfg: EngineConfig, abort_every: u64) -> (u6
             for (a, b) in out.outputs.iter().zip(&alone.outputs) {
                 assert_eq!(
                     a.token_ids, b.token_ids,
-                    "request {} differs from its solo run",
-                    spec.request_id
+                    "request {} differs from its solo run: {:?}",
+                    spec.request_id, spec
                 );
                 assert_eq!(a.text, b.text);
             }
@@ -472,4 +496,86 @@ fn delta_outputs_add_up_to_cumulative() {
     let cum = run_outputs(spec(vec![stop], false, RequestOutputKind::Cumulative));
     assert_eq!(fin.len(), 1);
     assert_eq!(fin[0].outputs, cum.last().expect("output").outputs);
+}
+
+/// The same simulations with asynchronous scheduling: step N+1 is planned and launched before
+/// N's samples are back; its decodes read them as pending inputs. Outputs must equal the
+/// synchronous solo runs, through preemption, swapping, aborts and early stops.
+mod async_scheduling {
+    use super::*;
+
+    fn cfg(c: EngineConfig) -> EngineConfig {
+        EngineConfig {
+            async_scheduling: true,
+            ..c
+        }
+    }
+
+    #[test]
+    fn plenty_of_blocks() {
+        let _ = simulate(
+            11,
+            1000,
+            cfg(EngineConfig {
+                num_gpu_blocks: 400,
+                max_num_batched_tokens: 256,
+                max_model_len: 1024,
+                ..Default::default()
+            }),
+            0,
+        );
+    }
+
+    #[test]
+    fn tight_kv_budget_preempts_and_recomputes() {
+        let (preempted, _) = simulate(
+            12,
+            1000,
+            cfg(EngineConfig {
+                num_gpu_blocks: 24,
+                max_num_batched_tokens: 64,
+                max_model_len: 200,
+                ..Default::default()
+            }),
+            0,
+        );
+        assert!(preempted > 0, "the budget was meant to force preemption");
+    }
+
+    #[test]
+    fn swap_space_and_priorities() {
+        let (preempted, swapped) = simulate(
+            13,
+            800,
+            cfg(EngineConfig {
+                num_gpu_blocks: 40,
+                num_cpu_blocks: 64,
+                max_num_batched_tokens: 48,
+                max_model_len: 400,
+                policy: SchedulingPolicy::Priority,
+                swap_min_tokens: 8,
+                ..Default::default()
+            }),
+            0,
+        );
+        assert!(
+            preempted > 0 && swapped > 0,
+            "preempted {preempted}, swapped {swapped}"
+        );
+    }
+
+    #[test]
+    fn aborts_free_everything() {
+        let _ = simulate(
+            14,
+            800,
+            cfg(EngineConfig {
+                num_gpu_blocks: 30,
+                max_num_batched_tokens: 40,
+                max_model_len: 200,
+                ..Default::default()
+            }),
+            5,
+        );
+    }
 }

@@ -3,7 +3,9 @@
 //! scheduling, block sharing, copy-on-write, swap or prefix-cache mistake changes the outputs.
 #![allow(dead_code)]
 
-use rvllm_engine::{DecodeStream, Executor, SampledToken, SchedulerOutput, TextCodec};
+use rvllm_engine::{
+    DecodeStream, Executor, SampledToken, SchedulerOutput, Submitted, TextCodec, PENDING_TOKEN,
+};
 use std::collections::HashMap;
 
 pub const VOCAB: u32 = 1000;
@@ -15,6 +17,14 @@ pub struct FakeModel {
     block_size: usize,
     pub steps: usize,
     pub max_tokens_seen: usize,
+    /// Launch steps asynchronously where every sampling row draws one token, as a GPU runner
+    /// does: `submit` keeps the samples for `collect` and for the next step's pending inputs.
+    pub async_steps: bool,
+    /// Samples of the step in flight, by sequence: what its next step's pending inputs are.
+    last_samples: HashMap<u64, u32>,
+    in_flight: std::collections::VecDeque<Vec<Vec<SampledToken>>>,
+    /// Steps launched in flight so far (shared, so a test can read it from outside the engine).
+    pub steps_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeModel {
@@ -25,6 +35,10 @@ impl FakeModel {
             block_size,
             steps: 0,
             max_tokens_seen: 0,
+            async_steps: false,
+            last_samples: HashMap::new(),
+            in_flight: Default::default(),
+            steps_in_flight: Default::default(),
         }
     }
 }
@@ -39,6 +53,48 @@ fn mix(mut h: u64, v: u64) -> u64 {
 
 impl Executor for FakeModel {
     fn execute(&mut self, step: &SchedulerOutput) -> Result<Vec<Vec<SampledToken>>, String> {
+        let out = self.run(step)?;
+        if !step.seqs.is_empty() {
+            // These samples go back now: no later input may stand for them.
+            self.last_samples.clear();
+        }
+        Ok(out)
+    }
+
+    fn submit(&mut self, step: &SchedulerOutput) -> Result<Submitted, String> {
+        if self.in_flight.len() > 1 {
+            return Err("two steps are already in flight".into());
+        }
+        let one_each = step
+            .seqs
+            .iter()
+            .all(|s| s.sample.as_ref().is_none_or(|i| i.num_samples == 1));
+        if !(self.async_steps && one_each) || step.seqs.is_empty() {
+            return self.execute(step).map(Submitted::Done);
+        }
+        let out = self.run(step)?;
+        self.last_samples = step
+            .seqs
+            .iter()
+            .filter(|s| s.sample.is_some())
+            .zip(&out)
+            .map(|(s, toks)| (s.seq_id, toks[0].token))
+            .collect();
+        self.in_flight.push_back(out);
+        self.steps_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Submitted::InFlight)
+    }
+
+    fn collect(&mut self) -> Result<Vec<Vec<SampledToken>>, String> {
+        self.in_flight
+            .pop_front()
+            .ok_or_else(|| "no step in flight".to_string())
+    }
+}
+
+impl FakeModel {
+    fn run(&mut self, step: &SchedulerOutput) -> Result<Vec<Vec<SampledToken>>, String> {
         self.steps += 1;
         self.max_tokens_seen = self.max_tokens_seen.max(step.num_tokens());
         let bs = self.block_size;
@@ -63,6 +119,17 @@ impl Executor for FakeModel {
         for s in &step.seqs {
             for (i, &t) in s.token_ids.iter().enumerate() {
                 let pos = s.start_pos + i;
+                // A pending input is this sequence's sample of the step in flight.
+                let t = if t == PENDING_TOKEN {
+                    *self.last_samples.get(&s.seq_id).ok_or_else(|| {
+                        format!(
+                            "seq {} pos {pos}: pending input with no step in flight",
+                            s.seq_id
+                        )
+                    })?
+                } else {
+                    t
+                };
                 let slot = s.block_table[pos / bs] as usize * bs + pos % bs;
                 self.slots[slot] = Some((t, pos as u32));
             }
