@@ -38,6 +38,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 step gpu_ops "$BIN" gpu-check $([ "$MODE" = full ] && echo --bench)
 [ -f "$M" ] && step smollm2_reference "$BIN" check-reference --device cuda
 [ -f "$M" ] && step smollm2_reference_fp16 "$BIN" check-reference --device cuda --dtype float16
+# The same without asynchronous scheduling, and through preemption and swapping (24 KV blocks).
+[ -f "$M" ] && step smollm2_reference_sync "$BIN" check-reference --device cuda --no-async-scheduling
+[ -f "$M" ] && step smollm2_reference_small_kv "$BIN" check-reference --device cuda --num-gpu-blocks-override 24 --max-model-len 256 --swap-space 1
 # bf16 and f16 logits against the CPU in f32, and f16 against bf16.
 step llama8b_logits "$BIN" compare-logits --config tests/model-configs/llama-3-8b --prompt-len 8 --dtype all
 L8="--model tests/model-configs/llama-3-8b --load-format dummy --device cuda --max-model-len 4096"
@@ -55,6 +58,7 @@ if [ "$MODE" = full ]; then
     step decode_b$b "$BIN" bench latency $L8 --input-len 128 --output-len 64 --batch-size $b --num-iters 1
   done
   step decode_b256_sampled "$BIN" bench latency $L8 --input-len 128 --output-len 64 --batch-size 256 --num-iters 1 --temperature 1.0
+  step decode_b256_sync "$BIN" bench latency $L8 --input-len 128 --output-len 64 --batch-size 256 --num-iters 1 --no-async-scheduling
   step t1_throughput "$BIN" bench throughput $L8 --num-prompts 1000 --input-len 1024 --output-len 128
   step throughput_128_128 "$BIN" bench throughput $L8 --num-prompts 1000 --input-len 128 --output-len 128
 fi

@@ -175,6 +175,14 @@ extern "C" __global__ void rms_norm_wbf16(act_t* out, act_t* residual, const act
 }
 
 // ---------------------------------------------------------------- elementwise
+// Asynchronous scheduling: a step's inputs that are the previous step's samples, still on the
+// device. pairs[2i] = flat token index, pairs[2i+1] = row of the sampled ids.
+extern "C" __global__ void patch_token_ids(u32* __restrict__ token_ids, const u32* __restrict__ ids,
+                                           const u32* __restrict__ pairs, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) token_ids[pairs[2 * i]] = ids[pairs[2 * i + 1]];
+}
+
 extern "C" __global__ void add_bf16(act_t* __restrict__ x, const act_t* __restrict__ y, u64 n) {
     const u64 stride = (u64)gridDim.x * blockDim.x;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;

@@ -161,6 +161,39 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// The first `n` ids, after all enqueued work finished.
     fn ids_to_host(&self, ids: &Self::Ids, n: usize) -> Result<Vec<u32>>;
+    /// Starts copying the first `n` ids to the host without waiting for them (asynchronous
+    /// scheduling; at most two copies outstanding). `Ok(false)`, and nothing started, where the
+    /// backend cannot: the caller uses `ids_to_host`.
+    fn ids_to_host_start(&self, ids: &mut Self::Ids, n: usize) -> Result<bool> {
+        let _ = (ids, n);
+        Ok(false)
+    }
+    /// The ids of the oldest copy `ids_to_host_start` began, once it is complete.
+    fn ids_to_host_finish(&self, ids: &mut Self::Ids) -> Result<Vec<u32>> {
+        let _ = ids;
+        Err(BackendError::Device(format!(
+            "the {} backend starts no asynchronous id copies",
+            self.name()
+        )))
+    }
+    /// For each `(flat index, row)`: the batch's input token at that index becomes `ids[row]`,
+    /// in stream order (after the step that sampled `ids`, before the next forward): a step
+    /// whose inputs are samples that never went to the host.
+    fn patch_token_ids(
+        &self,
+        batch: &mut Self::Batch,
+        ids: &mut Self::Ids,
+        pairs: &[(u32, u32)],
+    ) -> Result<()> {
+        let _ = (batch, ids);
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        Err(BackendError::Device(format!(
+            "the {} backend cannot take input tokens from sampled ids",
+            self.name()
+        )))
+    }
 
     /// Readies whatever the attention of `attn` needs (the CUDA backend compiles its kernel
     /// variants), so the first step does not pay for it.

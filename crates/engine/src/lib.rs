@@ -20,7 +20,8 @@ pub use config::{EngineConfig, SchedulingPolicy};
 pub use engine::{LlmEngine, PromptInput, RequestSpec};
 pub use error::EngineError;
 pub use executor::{
-    Executor, SampleInfo, SampledToken, ScheduledSeq, SchedulerOutput, Submitted, PENDING_TOKEN,
+    Executor, SampleInfo, SampledToken, ScheduledSeq, SchedulerOutput, SeqId, Submitted,
+    PENDING_TOKEN,
 };
 pub use output::{CompletionOutput, FinishReason, RequestOutput, RequestOutputKind, TokenLogprob};
 pub use sampling_params::SamplingParams;

@@ -145,7 +145,7 @@ impl Engine {
         kv_cache_memory=None, gpu_memory_utilization=0.9, num_gpu_blocks_override=None,
         swap_space=0.0, enable_prefix_caching=true,
         scheduling_policy="fcfs".to_string(), seed=0, skip_tokenizer_init=false, threads=0,
-        enforce_eager=false, dtype="auto".to_string(),
+        enforce_eager=false, async_scheduling=true, dtype="auto".to_string(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -167,6 +167,7 @@ impl Engine {
         skip_tokenizer_init: bool,
         threads: usize,
         enforce_eager: bool,
+        async_scheduling: bool,
         dtype: String,
     ) -> PyResult<Self> {
         let scheduling_policy = match scheduling_policy.as_str() {
@@ -198,6 +199,7 @@ impl Engine {
             skip_tokenizer_init,
             threads,
             enforce_eager,
+            async_scheduling,
             dtype,
             ..EngineArgs::default()
         };

@@ -6,7 +6,9 @@ use crate::sampler::{self, SampleRequest};
 use crate::step_profile::StepProfile;
 use rayon::prelude::*;
 use rvllm_backend::{Backend, BatchLayout, SamplePlan, SampleRow};
-use rvllm_engine::{Executor, SampleInfo, SampledToken, SchedulerOutput};
+use rvllm_engine::{
+    Executor, SampleInfo, SampledToken, SchedulerOutput, SeqId, Submitted, PENDING_TOKEN,
+};
 use rvllm_model::{ForwardBuffers, LlamaModel};
 use std::collections::HashMap;
 
@@ -52,6 +54,9 @@ pub struct ModelRunner<B: Backend> {
     /// The step runs inside this pool, so the ops' parallel loops start from a pool thread and
     /// the caller sleeps once per step instead of once per op (measured 25-40% of a t=1 matmul).
     pool: std::sync::Arc<rayon::ThreadPool>,
+    /// Rows of `ids` holding each sequence's sample of the last step launched in flight: the
+    /// next step's [`PENDING_TOKEN`] inputs (asynchronous scheduling).
+    in_flight_rows: HashMap<SeqId, u32>,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -92,6 +97,7 @@ impl<B: Backend> ModelRunner<B> {
             profile: StepProfile::from_env(),
             swap_space: HashMap::new(),
             host_sampling: std::env::var("RVLLM_HOST_SAMPLING").is_ok_and(|v| v.trim() == "1"),
+            in_flight_rows: HashMap::new(),
             pool: std::sync::Arc::new(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(rayon::current_num_threads())
@@ -133,6 +139,33 @@ impl<B: Backend> ModelRunner<B> {
         batch
     }
 
+    /// The step's [`PENDING_TOKEN`] inputs as `(flat index, row of ids)` pairs for
+    /// `patch_token_ids`; in `batch` they become 0 until patched on the device.
+    fn pending_inputs(
+        &self,
+        step: &SchedulerOutput,
+        batch: &mut BatchLayout,
+    ) -> Result<Vec<(u32, u32)>, String> {
+        let mut pairs = Vec::new();
+        for (s, l) in step.seqs.iter().zip(&batch.seqs) {
+            for (i, &t) in s.token_ids.iter().enumerate() {
+                if t != PENDING_TOKEN {
+                    continue;
+                }
+                let row = *self.in_flight_rows.get(&s.seq_id).ok_or_else(|| {
+                    format!(
+                        "sequence {}: a pending input with no sample of it in flight",
+                        s.seq_id
+                    )
+                })?;
+                let flat = l.query_start + i as u32;
+                batch.token_ids[flat as usize] = 0;
+                pairs.push((flat, row));
+            }
+        }
+        Ok(pairs)
+    }
+
     fn move_blocks(&mut self, step: &SchedulerOutput) -> Result<(), String> {
         let b = &self.backend;
         for &(dev, host) in &step.blocks_to_swap_out {
@@ -160,21 +193,81 @@ impl<B: Backend> ModelRunner<B> {
 impl<B: Backend> Executor for ModelRunner<B> {
     fn execute(&mut self, step: &SchedulerOutput) -> Result<Vec<Vec<SampledToken>>, String> {
         let pool = self.pool.clone();
-        pool.install(|| self.execute_in_pool(step))
+        match pool.install(|| self.run_step(step, false))? {
+            Submitted::Done(out) => Ok(out),
+            Submitted::InFlight => self.collect(),
+        }
+    }
+
+    /// Steps whose every row is a plain device draw (greedy, temperature, top-k/p, min-p) stay
+    /// in flight: their ids are copied to the host without waiting and stay on the device for
+    /// the next step's pending inputs.
+    fn submit(&mut self, step: &SchedulerOutput) -> Result<Submitted, String> {
+        let pool = self.pool.clone();
+        pool.install(|| self.run_step(step, true))
+    }
+
+    fn collect(&mut self) -> Result<Vec<Vec<SampledToken>>, String> {
+        let ids = self
+            .backend
+            .ids_to_host_finish(&mut self.ids)
+            .map_err(|e| e.to_string())?;
+        Ok(ids.into_iter().map(device_token).collect())
     }
 }
 
 impl<B: Backend> ModelRunner<B> {
+    /// A plain step's sampled ids (the first `n` of `self.ids`): started on their way to the
+    /// host and left in flight when `may_defer` and the backend can, else copied now.
+    fn finish_plain(
+        &mut self,
+        step: &SchedulerOutput,
+        n: usize,
+        may_defer: bool,
+    ) -> Result<Submitted, String> {
+        let b = &self.backend;
+        if may_defer
+            && b.ids_to_host_start(&mut self.ids, n)
+                .map_err(|e| e.to_string())?
+        {
+            self.in_flight_rows = step
+                .seqs
+                .iter()
+                .filter(|s| s.sample.is_some())
+                .enumerate()
+                .map(|(row, s)| (s.seq_id, row as u32))
+                .collect();
+            return Ok(Submitted::InFlight);
+        }
+        self.in_flight_rows.clear();
+        let ids = b.ids_to_host(&self.ids, n).map_err(|e| e.to_string())?;
+        Ok(Submitted::Done(ids.into_iter().map(device_token).collect()))
+    }
+
+    /// One step; with `may_defer`, a step of plain device draws is left in flight.
+    fn run_step(&mut self, step: &SchedulerOutput, may_defer: bool) -> Result<Submitted, String> {
+        let out = self.execute_in_pool(step, may_defer)?;
+        if let Submitted::Done(_) = &out {
+            if !step.seqs.is_empty() {
+                // `ids` now holds this step's draws (or none): no input may stand for them.
+                self.in_flight_rows.clear();
+            }
+        }
+        Ok(out)
+    }
+
     fn execute_in_pool(
         &mut self,
         step: &SchedulerOutput,
-    ) -> Result<Vec<Vec<SampledToken>>, String> {
+        may_defer: bool,
+    ) -> Result<Submitted, String> {
         self.move_blocks(step)?;
         if step.seqs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Submitted::Done(Vec::new()));
         }
         self.profile.begin();
         let mut layout = self.build_batch(step);
+        let pending = self.pending_inputs(step, &mut layout)?;
         let samplers: Vec<&SampleInfo> =
             step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
         let device_sampling = self.backend.samples_on_device();
@@ -197,7 +290,7 @@ impl<B: Backend> ModelRunner<B> {
         if on_device
             && decode_only
             && self.graphs.enabled
-            && self.decode_with_graph(&mut layout, &row_params)?
+            && self.decode_with_graph(&mut layout, &row_params, &pending)?
         {
             let n = samplers.len();
             let out = match &plan {
@@ -207,15 +300,15 @@ impl<B: Backend> ModelRunner<B> {
                     let b = &self.backend;
                     b.set_rows(&mut self.bufs.logits, n)
                         .map_err(|e| e.to_string())?;
-                    sample_planned(b, &self.bufs.logits, &mut self.ids, plan, &samplers)?
+                    Submitted::Done(sample_planned(
+                        b,
+                        &self.bufs.logits,
+                        &mut self.ids,
+                        plan,
+                        &samplers,
+                    )?)
                 }
-                None => {
-                    let ids = self
-                        .backend
-                        .ids_to_host(&self.ids, n)
-                        .map_err(|e| e.to_string())?;
-                    ids.into_iter().map(device_token).collect()
-                }
+                None => self.finish_plain(step, n, may_defer)?,
             };
             self.profile.end(ntok, true);
             return Ok(out);
@@ -231,6 +324,8 @@ impl<B: Backend> ModelRunner<B> {
                 .batch
                 .insert(b.upload_batch(&layout).map_err(|e| e.to_string())?),
         };
+        b.patch_token_ids(dev_batch, &mut self.ids, &pending)
+            .map_err(|e| e.to_string())?;
         self.profile.uploaded();
         let max_rows = self.bufs.max_rows;
         let fits = ntok <= self.bufs.max_tokens && layout.logits_rows.len() <= max_rows;
@@ -251,23 +346,21 @@ impl<B: Backend> ModelRunner<B> {
         if let (Some(plan), true) = (&plan, b.shape(logits).0 <= max_rows) {
             let out = sample_planned(b, logits, &mut self.ids, plan, &samplers)?;
             self.profile.end(ntok, decode_only);
-            return Ok(out);
+            return Ok(Submitted::Done(out));
         }
         if all_plain && b.shape(logits).0 <= max_rows {
             b.write_sample_params(&mut self.ids, &row_params)
                 .map_err(|e| e.to_string())?;
             b.sample_rows_into(logits, &mut self.ids)
                 .map_err(|e| e.to_string())?;
-            let ids = b
-                .ids_to_host(&self.ids, samplers.len())
-                .map_err(|e| e.to_string())?;
+            let out = self.finish_plain(step, samplers.len(), may_defer)?;
             self.profile.end(ntok, decode_only);
-            return Ok(ids.into_iter().map(device_token).collect());
+            return Ok(out);
         }
         let host = b.to_host(logits).map_err(|e| e.to_string())?;
         let out = self.sample_on_host(&samplers, &host)?;
         self.profile.end(ntok, decode_only);
-        Ok(out)
+        Ok(Submitted::Done(out))
     }
 
     /// A decode step through the bucket's captured graph: the forward into `self.bufs` and a
@@ -277,6 +370,7 @@ impl<B: Backend> ModelRunner<B> {
         &mut self,
         layout: &mut BatchLayout,
         row_params: &[SampleRow],
+        pending: &[(u32, u32)],
     ) -> Result<bool, String> {
         let n = layout.seqs.len();
         let Some(bucket) = self.graphs.bucket_for(n) else {
@@ -301,6 +395,8 @@ impl<B: Backend> ModelRunner<B> {
             }),
         };
         b.upload_batch_into(padded, &mut state.batch).map_err(err)?;
+        b.patch_token_ids(&mut state.batch, &mut self.ids, pending)
+            .map_err(err)?;
         // Padding rows are greedy.
         let mut params = row_params.to_vec();
         params.resize(bucket, SampleRow::GREEDY);

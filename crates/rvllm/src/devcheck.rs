@@ -137,6 +137,8 @@ pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<ReferenceCheck
     // prefix cache makes each of these a short prefill.
     let mut forced = Vec::new();
     let mut expect = Vec::new();
+    // (case prompt, step, top-2 gap) of each forced step, for the report.
+    let mut forced_at = Vec::new();
     for case in cases {
         let (prompt, want, gap) = (
             ids(&case["prompt_ids"]),
@@ -149,16 +151,25 @@ pub fn check_reference(llm: &mut LLM, reference: &Path) -> Result<ReferenceCheck
                 p.extend_from_slice(&want[..i]);
                 forced.push(PromptInput::Tokens(p));
                 expect.push(want[i]);
+                forced_at.push((case["prompt"].as_str().unwrap_or(""), i, gap[i]));
             }
         }
     }
     let outs = llm.generate_inputs(forced, &[greedy(1)], false)?;
     r.forced_clear_steps = expect.len();
-    r.forced_clear_agree = outs
-        .iter()
-        .zip(&expect)
-        .filter(|(o, &w)| o.outputs[0].token_ids.first() == Some(&w))
-        .count();
+    r.forced_clear_agree = 0;
+    let mut forced_report = String::new();
+    for ((o, &w), (prompt, step, gap)) in outs.iter().zip(&expect).zip(&forced_at) {
+        let got = o.outputs[0].token_ids.first().copied();
+        if got == Some(w) {
+            r.forced_clear_agree += 1;
+        } else {
+            forced_report += &format!(
+                "  teacher-forced {prompt:?} step {step}: got {got:?}, reference {w} (top-2 gap {gap:.3})\n"
+            );
+        }
+    }
+    r.report += &forced_report;
     r.report = format!(
         "reference: {} cases: {} exact, {} first differ at a near-tie (< {NEAR_TIE}), {} differ at a clear choice; \
          teacher-forced: {}/{} clear steps agree; free-running: {preempted}\n{}",

@@ -57,6 +57,11 @@ pub struct EngineArgs {
     pub threads: usize,
     /// No CUDA graphs for decode steps (vLLM's `enforce_eager`).
     pub enforce_eager: bool,
+    /// Plan and launch each step before the previous one's samples are back (vLLM's
+    /// `async_scheduling`; on by default): host work overlaps the GPU's. Steps whose rows all
+    /// draw on the device (no penalties, logprobs or n > 1 prompt ends) run this way; others,
+    /// and every CPU step, as usual.
+    pub async_scheduling: bool,
     /// vLLM's `dtype`: `auto` (the checkpoint config's `torch_dtype`; bfloat16 when it has none,
     /// for GGUF files and for float32 checkpoints), `bfloat16`, `float16` / `half`, or
     /// `float32` / `float`. The CUDA backend computes in the 16-bit type chosen; the CPU backend
@@ -105,6 +110,7 @@ impl Default for EngineArgs {
             skip_tokenizer_init: false,
             threads: 0,
             enforce_eager: false,
+            async_scheduling: true,
             dtype: "auto".into(),
             chat_template: None,
             tensor_parallel_size: 1,
@@ -458,6 +464,7 @@ impl LLM {
             enable_prefix_caching: args.enable_prefix_caching,
             policy: args.scheduling_policy,
             seed: Some(args.seed),
+            async_scheduling: args.async_scheduling,
             ..Default::default()
         };
         Ok(LLM {

@@ -188,6 +188,13 @@ struct EngineFlags {
     /// Run every step op by op: no CUDA graphs for decode steps.
     #[arg(long)]
     enforce_eager: bool,
+    /// Plan and launch each step before the previous one's samples are back, so host work
+    /// overlaps the GPU's: the default (the flag is accepted as vLLM accepts it).
+    #[arg(long)]
+    async_scheduling: bool,
+    /// Wait for each step's samples before planning the next.
+    #[arg(long, conflicts_with = "async_scheduling")]
+    no_async_scheduling: bool,
     /// Model dtype: `auto` (the config's torch_dtype; bfloat16 for GGUF files or when absent),
     /// `bfloat16`, `float16` / `half`, `float32` / `float` (CPU only). The CUDA backend computes
     /// in it; the CPU backend always computes in float32.
@@ -219,6 +226,7 @@ impl EngineFlags {
             },
             seed: self.seed,
             enforce_eager: self.enforce_eager,
+            async_scheduling: !self.no_async_scheduling,
             dtype: self.dtype.clone(),
             skip_tokenizer_init: false,
             threads: self.threads,

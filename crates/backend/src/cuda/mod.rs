@@ -175,6 +175,21 @@ pub struct CudaIds {
     len: usize,
     /// Buffers of `sample_rows_planned`, allocated on first use.
     plan: sampling::PlanBuffers,
+    /// Copies of `buf` to the host started by `ids_to_host_start`, oldest first.
+    copies: IdsCopies,
+}
+
+/// Two pinned host buffers that sampled ids are copied into without waiting (asynchronous
+/// scheduling keeps two steps outstanding), with an event per buffer, and the `(flat index,
+/// row)` pairs of `patch_token_ids` on the device.
+#[derive(Default)]
+struct IdsCopies {
+    host: [Option<PinnedHostSlice<u32>>; 2],
+    done: [Option<CudaEvent>; 2],
+    /// (buffer, ids) of each started copy, oldest first.
+    started: std::collections::VecDeque<(usize, usize)>,
+    next: usize,
+    pairs: Option<CudaSlice<u32>>,
 }
 
 /// A captured CUDA graph, replayed on the backend's stream.
@@ -369,7 +384,8 @@ fn rope_v8_enabled() -> bool {
 }
 
 /// Kernels of the core module (attention variants are compiled on demand, see `func`).
-const CORE_KERNELS: [&str; 31] = [
+const CORE_KERNELS: [&str; 32] = [
+    "patch_token_ids",
     "convert_weight_bf16",
     "convert_weight_f32",
     "dummy_fill_bf16",
@@ -1825,6 +1841,7 @@ impl Backend for CudaBackend {
             seeds: self.alloc_raw::<u64>(n)?,
             len: n,
             plan: Default::default(),
+            copies: Default::default(),
         };
         // Greedy until told otherwise (1/temperature 0).
         self.memset(raw_ptr(&ids.params, &self.stream), 0, 4 * n.max(1) * 4)?;
@@ -1900,6 +1917,120 @@ impl Backend for CudaBackend {
         let mut v = vec![0u32; n.min(ids.len)];
         self.dtoh(&mut v, raw_ptr(&ids.buf, &self.stream))?;
         Ok(v)
+    }
+
+    fn ids_to_host_start(&self, ids: &mut CudaIds, n: usize) -> Result<bool> {
+        let n = n.min(ids.len);
+        let c = &mut ids.copies;
+        if c.started.len() >= 2 {
+            return Err(BackendError::Device(
+                "two id copies are already outstanding".into(),
+            ));
+        }
+        let slot = c.next;
+        c.next = 1 - c.next;
+        if c.host[slot]
+            .as_ref()
+            .is_none_or(|h| h.len() < ids.len.max(1))
+        {
+            c.host[slot] = None;
+            c.host[slot] = Some(
+                unsafe { self.ctx.alloc_pinned::<u32>(ids.len.max(1)) }
+                    .map_err(|e| dev_err("allocating pinned memory for ids", e))?,
+            );
+        }
+        if c.done[slot].is_none() {
+            c.done[slot] = Some(
+                self.ctx
+                    .new_event(Some(dsys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+                    .map_err(|e| dev_err("creating an event", e))?,
+            );
+        }
+        let (Some(host), Some(done)) = (c.host[slot].as_mut(), c.done[slot].as_ref()) else {
+            return Ok(false);
+        };
+        let h = host
+            .as_mut_slice()
+            .map_err(|e| dev_err("pinned memory for ids", e))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        unsafe {
+            dr::memcpy_dtoh_async(
+                &mut h[..n],
+                raw_ptr(&ids.buf, &self.stream),
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| dev_err("device to host copy of ids", e))?;
+        done.record(&self.stream)
+            .map_err(|e| dev_err("recording the ids copy", e))?;
+        c.started.push_back((slot, n));
+        Ok(true)
+    }
+
+    fn ids_to_host_finish(&self, ids: &mut CudaIds) -> Result<Vec<u32>> {
+        let c = &mut ids.copies;
+        let (slot, n) = c
+            .started
+            .pop_front()
+            .ok_or_else(|| BackendError::Device("no id copy was started".into()))?;
+        let (Some(host), Some(done)) = (c.host[slot].as_ref(), c.done[slot].as_ref()) else {
+            return Err(BackendError::Device("id copy buffer missing".into()));
+        };
+        done.synchronize()
+            .map_err(|e| dev_err("waiting for the ids copy", e))?;
+        let h = host
+            .as_slice()
+            .map_err(|e| dev_err("pinned memory for ids", e))?;
+        Ok(h[..n].to_vec())
+    }
+
+    fn patch_token_ids(
+        &self,
+        batch: &mut CudaBatch,
+        ids: &mut CudaIds,
+        pairs: &[(u32, u32)],
+    ) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        check(
+            "patch_token_ids",
+            pairs
+                .iter()
+                .all(|&(t, r)| (t as usize) < batch.num_tokens && (r as usize) < ids.len),
+            || {
+                format!(
+                    "pairs out of range ({} tokens, {} ids)",
+                    batch.num_tokens, ids.len
+                )
+            },
+        )?;
+        let flat: Vec<u32> = pairs.iter().flat_map(|&(t, r)| [t, r]).collect();
+        let c = &mut ids.copies;
+        if c.pairs.as_ref().is_none_or(|p| p.len() < flat.len()) {
+            c.pairs = None;
+            c.pairs = Some(self.alloc_raw::<u32>(flat.len().next_power_of_two())?);
+        }
+        let Some(dev_pairs) = c.pairs.as_ref() else {
+            return Ok(());
+        };
+        let pp = raw_ptr(dev_pairs, &self.stream);
+        // A pageable copy: the driver stages it before returning, in stream order.
+        self.htod(pp, &flat)?;
+        self.launch(
+            "patch_token_ids",
+            ((pairs.len() as u32).div_ceil(256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(batch.ptr(&self.stream, batch.offs.token_ids)),
+                Arg::P(raw_ptr(&ids.buf, &self.stream)),
+                Arg::P(pp),
+                Arg::I(pairs.len() as i32),
+            ],
+        )
     }
 
     fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<CudaGraphExec>> {

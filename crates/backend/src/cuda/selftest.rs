@@ -318,6 +318,84 @@ fn case_embed_gather(
     Ok(())
 }
 
+/// Asynchronous scheduling's device side: sampled ids copied to the host without waiting (two
+/// copies outstanding, returned oldest first), and a batch whose inputs are patched from those
+/// ids on the device (checked through `embed`, against the CPU with the ids filled in).
+fn case_async_ids(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+) -> Result<()> {
+    let (vocab, hidden, rows) = (1000usize, 64usize, 9usize);
+    let mut ids = gpu.alloc_ids(16)?;
+    let mut draws = Vec::new();
+    for _ in 0..2 {
+        let x = rng.bf16_vec(rows * vocab, 4.0);
+        let want = crate::ops::argmax_rows_host(&x, vocab);
+        gpu.write_sample_params(&mut ids, &vec![crate::SampleRow::GREEDY; rows])?;
+        gpu.sample_rows_into(&gpu.upload(rows, vocab, &x)?, &mut ids)?;
+        let started = gpu.ids_to_host_start(&mut ids, rows)?;
+        c.truth("ids_to_host_start starts a copy", started, String::new());
+        draws.push(want);
+    }
+    for (i, want) in draws.iter().enumerate() {
+        let got = gpu.ids_to_host_finish(&mut ids)?;
+        c.truth(
+            &format!("async id copy {i} (two outstanding, oldest first)"),
+            &got == want,
+            format!("got {got:?}, want {want:?}"),
+        );
+    }
+    c.truth(
+        "no third copy to finish",
+        gpu.ids_to_host_finish(&mut ids).is_err(),
+        "finished a copy that was never started".into(),
+    );
+    // `ids` holds the second draw. A batch of two prefill chunks and three decodes, two of
+    // whose inputs (flat 7 and 9) come from rows 4 and 0 of it.
+    let last = &draws[1];
+    let table = rand_weight_bytes(rng, WeightDtype::BF16, vocab, hidden, 1.0);
+    let hw = HostWeight {
+        rows: vocab,
+        cols: hidden,
+        dtype: WeightDtype::BF16,
+        bytes: &table,
+    };
+    let (gw, cw) = (gpu.load_weight(&hw)?, cpu.load_weight(&hw)?);
+    let bt: Vec<u32> = (0..4).collect();
+    let mut layout = BatchLayout {
+        block_size: 16,
+        ..Default::default()
+    };
+    let tokens: Vec<u32> = (0..10).map(|_| rng.below(vocab) as u32).collect();
+    layout.push_seq(&tokens[..4], 0, &bt, true);
+    layout.push_seq(&tokens[4..7], 0, &bt, true);
+    for &t in &tokens[7..] {
+        layout.push_seq(&[t], 9, &bt, true);
+    }
+    let pairs = [(7u32, 4u32), (9, 0)];
+    let mut gb = gpu.upload_batch(&layout)?;
+    gpu.patch_token_ids(&mut gb, &mut ids, &pairs)?;
+    let mut patched = layout.clone();
+    for &(t, r) in &pairs {
+        patched.token_ids[t as usize] = last[r as usize];
+    }
+    let cb = cpu.upload_batch(&patched)?;
+    let mut go = gpu_out(gpu, 10, hidden)?;
+    gpu.poison(&mut go)?;
+    let mut co = cpu_zeros(10, hidden);
+    gpu.embed(&gw, &gb, &mut go)?;
+    cpu.embed(&cw, &cb, &mut co)?;
+    c.cmp(
+        "embed of inputs patched from sampled ids",
+        &gpu.to_host(&go)?,
+        &co.data,
+        1e-6,
+    );
+    Ok(())
+}
+
 fn case_norms(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
     for &(rows, cols) in &[(7usize, 4096usize), (1, 576), (64, 576), (3, 100)] {
         for wdt in [WeightDtype::F32, WeightDtype::BF16] {
@@ -1724,6 +1802,7 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
     c.run("matmul", |c| case_matmul(c, &gpu, &cpu, &mut rng));
     c.run("graph", |c| case_graph(c, &gpu, &cpu, &mut rng));
     c.run("sampling", |c| case_sampling(c, &gpu, &mut rng));
+    c.run("async ids", |c| case_async_ids(c, &gpu, &cpu, &mut rng));
     c.run("planned sampling", |c| {
         sampling::case_planned(c, &gpu, &mut rng)
     });

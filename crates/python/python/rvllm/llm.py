@@ -86,6 +86,7 @@ _MAPPED: Dict[str, Tuple[str, str]] = {
     "seed": ("opt_seed", "seed"),
     "skip_tokenizer_init": ("bool", "skip_tokenizer_init"),
     "enforce_eager": ("bool", "enforce_eager"),
+    "async_scheduling": ("bool", "async_scheduling"),
     "device": ("str", "device"),
     "scheduling_policy": ("str", "scheduling_policy"),
     "kv_cache_memory_bytes": ("opt_pos_int", "kv_cache_memory"),
