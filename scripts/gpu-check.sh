@@ -38,9 +38,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 step gpu_ops "$BIN" gpu-check $([ "$MODE" = full ] && echo --bench)
 [ -f "$M" ] && step smollm2_reference "$BIN" check-reference --device cuda
 [ -f "$M" ] && step smollm2_reference_fp16 "$BIN" check-reference --device cuda --dtype float16
-# The same without asynchronous scheduling, and through preemption and swapping (24 KV blocks).
+# The same without asynchronous scheduling, and through preemption and swapping (24 KV blocks;
+# in float16: in bfloat16 one teacher-forced step of 1238, at a top-2 gap of 0.63, flips with
+# the batch shapes a small cache gives, in both scheduling modes; float16 and the CPU agree).
 [ -f "$M" ] && step smollm2_reference_sync "$BIN" check-reference --device cuda --no-async-scheduling
-[ -f "$M" ] && step smollm2_reference_small_kv "$BIN" check-reference --device cuda --num-gpu-blocks-override 24 --max-model-len 256 --swap-space 1
+[ -f "$M" ] && step smollm2_reference_small_kv "$BIN" check-reference --device cuda --dtype float16 --num-gpu-blocks-override 24 --max-model-len 256 --swap-space 1
 # bf16 and f16 logits against the CPU in f32, and f16 against bf16.
 step llama8b_logits "$BIN" compare-logits --config tests/model-configs/llama-3-8b --prompt-len 8 --dtype all
 L8="--model tests/model-configs/llama-3-8b --load-format dummy --device cuda --max-model-len 4096"
