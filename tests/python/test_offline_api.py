@@ -311,3 +311,17 @@ def test_ctrl_c_aborts_generation_and_keeps_the_llm_usable():
     assert lines[0].startswith("interrupted after"), res.stdout
     assert float(lines[0].split()[-1].rstrip("s")) < 30
     assert lines[1] == "usable 2"
+
+
+def test_async_scheduling_and_a_tiny_kv_cache_keep_greedy_outputs(llm):
+    # vLLM's engine arguments: async_scheduling (on by default here) and num_gpu_blocks_override.
+    # 16 blocks of 16 tokens hold about three of these sequences at once: the rest preempt.
+    prompts = [f"Item {i} of a list of fruits:" for i in range(6)]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    want = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    small = LLM(model=rvllm.DEFAULT_MODEL, max_model_len=256, num_gpu_blocks_override=16,
+                async_scheduling=False)
+    got = [o.outputs[0].token_ids for o in small.generate(prompts, params, use_tqdm=False)]
+    assert got == want
+    with pytest.raises(ValueError):
+        LLM(model=rvllm.DEFAULT_MODEL, num_gpu_blocks_override=0)

@@ -208,10 +208,12 @@ impl<B: Backend> Executor for ModelRunner<B> {
     }
 
     fn collect(&mut self) -> Result<Vec<Vec<SampledToken>>, String> {
+        let t0 = std::time::Instant::now();
         let ids = self
             .backend
             .ids_to_host_finish(&mut self.ids)
             .map_err(|e| e.to_string())?;
+        self.profile.collected(t0.elapsed());
         Ok(ids.into_iter().map(device_token).collect())
     }
 }

@@ -12,6 +12,9 @@ struct Phases {
     upload: Duration,
     forward: Duration,
     sample: Duration,
+    /// Asynchronous scheduling: waiting for an in-flight step's samples, between this step's
+    /// launch and the next one's (taken out of `between`).
+    collect: Duration,
 }
 
 impl Phases {
@@ -19,14 +22,15 @@ impl Phases {
         let n = self.steps.max(1) as f64;
         let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
         format!(
-            "{name}: {} steps, {:.1} tokens/step; per step ms: engine {:.3}, upload {:.3}, forward enqueue {:.3}, wait+sample {:.3}, total {:.3}",
+            "{name}: {} steps, {:.1} tokens/step; per step ms: engine {:.3}, upload {:.3}, forward enqueue {:.3}, wait+sample {:.3}, wait for the step in flight {:.3}, total {:.3}",
             self.steps,
             self.tokens as f64 / n,
             ms(self.between),
             ms(self.upload),
             ms(self.forward),
             ms(self.sample),
-            ms(self.between + self.upload + self.forward + self.sample),
+            ms(self.collect),
+            ms(self.between + self.upload + self.forward + self.sample + self.collect),
         )
     }
 }
@@ -38,6 +42,10 @@ pub struct StepProfile {
     mixed: Phases,
     /// The step being timed: (start, after upload, after forward).
     cur: Option<(Instant, Duration, Option<Instant>, Option<Instant>)>,
+    /// Time spent collecting in-flight samples since the last step ended.
+    collect: Duration,
+    /// Collect time charged to the step being timed.
+    cur_collect: Duration,
 }
 
 impl StepProfile {
@@ -48,6 +56,8 @@ impl StepProfile {
             decode: Phases::default(),
             mixed: Phases::default(),
             cur: None,
+            collect: Duration::ZERO,
+            cur_collect: Duration::ZERO,
         }
     }
 
@@ -57,7 +67,15 @@ impl StepProfile {
         }
         let now = Instant::now();
         let between = self.last_end.map(|e| now - e).unwrap_or_default();
-        self.cur = Some((now, between, None, None));
+        self.cur_collect = std::mem::take(&mut self.collect);
+        self.cur = Some((now, between.saturating_sub(self.cur_collect), None, None));
+    }
+
+    /// Time spent waiting for an in-flight step's samples (asynchronous scheduling).
+    pub fn collected(&mut self, waited: Duration) {
+        if self.enabled {
+            self.collect += waited;
+        }
     }
 
     pub fn uploaded(&mut self) {
@@ -91,6 +109,7 @@ impl StepProfile {
         p.upload += up - start;
         p.forward += fw - up;
         p.sample += now - fw;
+        p.collect += std::mem::take(&mut self.cur_collect);
         self.last_end = Some(now);
     }
 }
