@@ -265,14 +265,7 @@ fn case_embed_gather(
     rng: &mut Rng,
 ) -> Result<()> {
     let (vocab, hidden, t) = (1000, 576, 37);
-    let table = rand_weight_bytes(rng, WeightDtype::BF16, vocab, hidden, 1.0);
-    let hw = HostWeight {
-        rows: vocab,
-        cols: hidden,
-        dtype: WeightDtype::BF16,
-        bytes: &table,
-    };
-    let (gw, cw) = (gpu.load_weight(&hw)?, cpu.load_weight(&hw)?);
+    let (gw, cw) = load_both(gpu, cpu, rng, WeightDtype::BF16, vocab, hidden, 1.0)?;
     let mut layout = BatchLayout {
         block_size: 16,
         ..Default::default()
@@ -355,14 +348,7 @@ fn case_async_ids(
     // `ids` holds the second draw. A batch of two prefill chunks and three decodes, two of
     // whose inputs (flat 7 and 9) come from rows 4 and 0 of it.
     let last = &draws[1];
-    let table = rand_weight_bytes(rng, WeightDtype::BF16, vocab, hidden, 1.0);
-    let hw = HostWeight {
-        rows: vocab,
-        cols: hidden,
-        dtype: WeightDtype::BF16,
-        bytes: &table,
-    };
-    let (gw, cw) = (gpu.load_weight(&hw)?, cpu.load_weight(&hw)?);
+    let (gw, cw) = load_both(gpu, cpu, rng, WeightDtype::BF16, vocab, hidden, 1.0)?;
     let bt: Vec<u32> = (0..4).collect();
     let mut layout = BatchLayout {
         block_size: 16,
