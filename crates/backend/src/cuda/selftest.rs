@@ -1846,7 +1846,7 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
     };
     // (batch, context, ragged: contexts uniform in [0.9, 1.1] x context, launch geometry for
     // contexts up to this many tokens as a captured decode graph has; 0 = the batch's longest).
-    let shapes: [(usize, usize, bool, usize); 13] = [
+    let shapes: [(usize, usize, bool, usize); 21] = [
         (1, 2048, false, 0),
         (4, 4096, false, 0),
         (16, 2048, false, 0),
@@ -1860,6 +1860,15 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
         (256, 1100, true, 4096),
         (1, 2048, false, 4096),
         (64, 2048, true, 4096),
+        // The decode benchmarks' steps (128-token prompts), as their graphs launch them.
+        (256, 160, true, 0),
+        (256, 160, true, 4096),
+        (32, 160, true, 4096),
+        (32, 160, true, 0),
+        (8, 160, true, 4096),
+        (8, 160, true, 0),
+        (1, 200, false, 4096),
+        (1, 200, false, 0),
     ];
     let max_tokens = 64 * 8192;
     let spec = KvCacheSpec {
