@@ -59,8 +59,8 @@ pub struct EngineArgs {
     pub enforce_eager: bool,
     /// Plan and launch each step before the previous one's samples are back (vLLM's
     /// `async_scheduling`; on by default): host work overlaps the GPU's. Steps whose rows all
-    /// draw on the device (no penalties, logprobs or n > 1 prompt ends) run this way; others,
-    /// and every CPU step, as usual.
+    /// draw on the device (no penalties, logprobs or n > 1 prompt ends; on the CPU, greedy
+    /// steps, with nothing to overlap) run this way; others as usual.
     pub async_scheduling: bool,
     /// vLLM's `dtype`: `auto` (the checkpoint config's `torch_dtype`; bfloat16 when it has none,
     /// for GGUF files and for float32 checkpoints), `bfloat16`, `float16` / `half`, or

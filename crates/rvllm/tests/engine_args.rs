@@ -103,9 +103,8 @@ fn num_gpu_blocks_override_sizes_the_cache_and_a_small_one_preempts_without_chan
 
 #[test]
 fn async_scheduling_gives_the_same_greedy_outputs() {
-    // On the CPU every step runs at once (the backend keeps no samples on a device), so this
-    // checks the engine's asynchronous path end to end with a real model; the GPU's in-flight
-    // steps are checked on the device (scripts/gpu-check.sh).
+    // On the CPU greedy steps take the in-flight path too (nothing overlaps there): the
+    // engine's pending inputs and the runner's patch and deferred id copies, with a real model.
     let prompts: Vec<String> = (0..4).map(|i| format!("Fact number {i}:")).collect();
     let params = rvllm::SamplingParams {
         temperature: 0.0,

@@ -34,6 +34,11 @@ impl CpuBatch {
         &self.layout
     }
 
+    /// The input tokens, for `patch_token_ids` (the rope table depends on positions only).
+    pub fn token_ids_mut(&mut self) -> &mut [u32] {
+        &mut self.layout.token_ids
+    }
+
     /// The cos/sin table of this batch's positions for `spec`. A spec other than the cached
     /// one (a model with per-layer rope settings) gets a table of its own, not cached.
     pub fn rope_table(&self, spec: &RopeSpec) -> Cow<'_, RopeTable> {

@@ -31,6 +31,9 @@ pub struct CpuTensor {
 pub struct CpuIds {
     pub ids: Vec<u32>,
     pub params: Vec<crate::ops::SampleRow>,
+    /// Copies `ids_to_host_start` took, oldest first. Nothing overlaps on the CPU; this lets
+    /// greedy steps take the runner's in-flight path (asynchronous scheduling) as on a GPU.
+    started: std::collections::VecDeque<Vec<u32>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -180,6 +183,7 @@ impl Backend for CpuBackend {
         Ok(CpuIds {
             ids: vec![0; n],
             params: vec![crate::ops::SampleRow::GREEDY; n],
+            started: Default::default(),
         })
     }
 
@@ -204,6 +208,41 @@ impl Backend for CpuBackend {
 
     fn ids_to_host(&self, ids: &CpuIds, n: usize) -> Result<Vec<u32>> {
         Ok(ids.ids[..n.min(ids.ids.len())].to_vec())
+    }
+
+    fn ids_to_host_start(&self, ids: &mut CpuIds, n: usize) -> Result<bool> {
+        check("ids_to_host_start", ids.started.len() < 2, || {
+            "two id copies are already outstanding".into()
+        })?;
+        let copy = ids.ids[..n.min(ids.ids.len())].to_vec();
+        ids.started.push_back(copy);
+        Ok(true)
+    }
+
+    fn ids_to_host_finish(&self, ids: &mut CpuIds) -> Result<Vec<u32>> {
+        ids.started
+            .pop_front()
+            .ok_or_else(|| BackendError::Device("no id copy was started".into()))
+    }
+
+    fn patch_token_ids(
+        &self,
+        batch: &mut CpuBatch,
+        ids: &mut CpuIds,
+        pairs: &[(u32, u32)],
+    ) -> Result<()> {
+        let tokens = batch.token_ids_mut();
+        for &(t, r) in pairs {
+            let (Some(dst), Some(&id)) = (tokens.get_mut(t as usize), ids.ids.get(r as usize))
+            else {
+                return Err(BackendError::Shape {
+                    op: "patch_token_ids",
+                    detail: format!("pair ({t}, {r}) out of range"),
+                });
+            };
+            *dst = id;
+        }
+        Ok(())
     }
 
     fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
