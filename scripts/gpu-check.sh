@@ -44,6 +44,15 @@ step gpu_ops "$BIN" gpu-check $([ "$MODE" = full ] && echo --bench)
 [ -f "$M" ] && step smollm2_reference_sync "$BIN" check-reference --device cuda --no-async-scheduling
 [ -f "$M" ] && step smollm2_reference_small_kv "$BIN" check-reference --device cuda --dtype float16 --num-gpu-blocks-override 24 --max-model-len 256 --swap-space 1
 # bf16 and f16 logits against the CPU in f32, and f16 against bf16.
+# The server on the GPU (steps in flight under asynchronous scheduling): 32 greedy requests one
+# at a time, then 64 at once (half streamed); each must finish at max_tokens without an error.
+if [ -f "$M" ]; then
+  "$BIN" serve --device cuda --port 8011 >"$OUT/serve.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 1 90); do curl -s localhost:8011/health >/dev/null && break; sleep 1; done
+  step serve_smoke python3 scripts/serve_smoke.py http://127.0.0.1:8011 32
+  kill -TERM "$SERVER"; wait "$SERVER"
+fi
 step llama8b_logits "$BIN" compare-logits --config tests/model-configs/llama-3-8b --prompt-len 8 --dtype all
 L8="--model tests/model-configs/llama-3-8b --load-format dummy --device cuda --max-model-len 4096"
 # Start-up with an empty kernel cache (NVRTC compiles what the model needs), then warm.
