@@ -256,7 +256,6 @@ impl LlmEngine {
             stop_reason: None,
             num_cached_tokens: 0,
             emitted: Default::default(),
-            pending: false,
             sample_in_flight: false,
         }
     }
@@ -276,7 +275,6 @@ impl LlmEngine {
         Some(build_output(&req, seqs.iter_mut(), true))
     }
 
-    /// Runs one scheduler step + model step; returns outputs of every request that progressed.
     /// One engine step: plan, run, and turn the samples into outputs. With asynchronous
     /// scheduling the outputs are those of the step launched by the previous call (and of this
     /// one where the executor ran it at once).
@@ -351,18 +349,17 @@ impl LlmEngine {
             let Some(seq) = self.scheduler.seqs.get_mut(&s.seq_id) else {
                 continue;
             };
+            if seq.is_finished() {
+                continue;
+            }
+            seq.sample_in_flight = true;
             let ends = info
                 .params
                 .max_tokens
                 .is_some_and(|m| seq.num_output_tokens() + 1 >= m as usize)
                 || seq.tokens.len() + 1 >= max_len;
-            if seq.is_finished() {
-                continue;
-            }
-            seq.sample_in_flight = true;
-            if info.num_samples == 1 && !seq.pending && !ends {
+            if info.num_samples == 1 && !seq.pending() && !ends {
                 seq.tokens.push(PENDING_TOKEN);
-                seq.pending = true;
             }
         }
     }
@@ -499,12 +496,11 @@ impl LlmEngine {
         };
         req.first_token_time.get_or_insert_with(Instant::now);
         let params = req.params.clone();
-        if seq.pending {
+        if seq.pending() {
             // The placeholder the next step was planned with becomes the token.
             if let Some(last) = seq.tokens.last_mut() {
                 *last = t.token;
             }
-            seq.pending = false;
         } else {
             seq.tokens.push(t.token);
         }

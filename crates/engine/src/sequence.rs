@@ -45,8 +45,6 @@ pub struct Sequence {
     pub num_cached_tokens: usize,
     /// What earlier delta outputs carried: bytes of `text`, output tokens, logprob entries.
     pub emitted: Emitted,
-    /// The last of `tokens` is [`PENDING_TOKEN`]: sampled by the step in flight, not back yet.
-    pub pending: bool,
     /// The step in flight samples for this sequence (with or without a [`PENDING_TOKEN`]): it
     /// is not admitted again (after a preemption) until that sample is in.
     pub sample_in_flight: bool,
@@ -63,6 +61,11 @@ pub struct Emitted {
 }
 
 impl Sequence {
+    /// Whether the last token is [`PENDING_TOKEN`]: sampled by the step in flight, not back
+    /// yet. (Never a real token: prompts and samples are checked against the vocabulary.)
+    pub fn pending(&self) -> bool {
+        self.tokens.last() == Some(&PENDING_TOKEN)
+    }
     pub fn num_output_tokens(&self) -> usize {
         self.tokens.len() - self.num_prompt_tokens
     }
@@ -73,7 +76,7 @@ impl Sequence {
     }
     /// Generated tokens that are known (no trailing [`PENDING_TOKEN`]): what outputs carry.
     pub fn known_output_tokens(&self) -> &[u32] {
-        let end = self.tokens.len() - usize::from(self.pending);
+        let end = self.tokens.len() - usize::from(self.pending());
         &self.tokens[self.num_prompt_tokens..end.max(self.num_prompt_tokens)]
     }
     /// Tokens still to compute before the next sample.
@@ -91,7 +94,7 @@ impl Sequence {
         while self.block_hashes.len() < full {
             let i = self.block_hashes.len();
             let block = &self.tokens[i * block_size..(i + 1) * block_size];
-            if self.pending && block.contains(&PENDING_TOKEN) {
+            if block.contains(&PENDING_TOKEN) {
                 break;
             }
             let parent = self.block_hashes.last().copied();

@@ -193,7 +193,7 @@ impl<B: Backend> ModelRunner<B> {
 impl<B: Backend> Executor for ModelRunner<B> {
     fn execute(&mut self, step: &SchedulerOutput) -> Result<Vec<Vec<SampledToken>>, String> {
         let pool = self.pool.clone();
-        match pool.install(|| self.run_step(step, false))? {
+        match pool.install(|| self.execute_in_pool(step, false))? {
             Submitted::Done(out) => Ok(out),
             Submitted::InFlight => self.collect(),
         }
@@ -204,7 +204,7 @@ impl<B: Backend> Executor for ModelRunner<B> {
     /// the next step's pending inputs.
     fn submit(&mut self, step: &SchedulerOutput) -> Result<Submitted, String> {
         let pool = self.pool.clone();
-        pool.install(|| self.run_step(step, true))
+        pool.install(|| self.execute_in_pool(step, true))
     }
 
     fn collect(&mut self) -> Result<Vec<Vec<SampledToken>>, String> {
@@ -241,23 +241,11 @@ impl<B: Backend> ModelRunner<B> {
                 .collect();
             return Ok(Submitted::InFlight);
         }
-        self.in_flight_rows.clear();
         let ids = b.ids_to_host(&self.ids, n).map_err(|e| e.to_string())?;
         Ok(Submitted::Done(ids.into_iter().map(device_token).collect()))
     }
 
     /// One step; with `may_defer`, a step of plain device draws is left in flight.
-    fn run_step(&mut self, step: &SchedulerOutput, may_defer: bool) -> Result<Submitted, String> {
-        let out = self.execute_in_pool(step, may_defer)?;
-        if let Submitted::Done(_) = &out {
-            if !step.seqs.is_empty() {
-                // `ids` now holds this step's draws (or none): no input may stand for them.
-                self.in_flight_rows.clear();
-            }
-        }
-        Ok(out)
-    }
-
     fn execute_in_pool(
         &mut self,
         step: &SchedulerOutput,
@@ -270,6 +258,9 @@ impl<B: Backend> ModelRunner<B> {
         self.profile.begin();
         let mut layout = self.build_batch(step);
         let pending = self.pending_inputs(step, &mut layout)?;
+        // Resolved: this step's draws overwrite `ids`, so no later input may stand for the old
+        // rows (an in-flight finish sets its own).
+        self.in_flight_rows.clear();
         let samplers: Vec<&SampleInfo> =
             step.seqs.iter().filter_map(|s| s.sample.as_ref()).collect();
         let device_sampling = self.backend.samples_on_device();
