@@ -81,6 +81,41 @@ extern "C" __global__ void dummy_fill_f32(float* __restrict__ dst, u64 n, u64 se
         dst[i] = splitmix_uniform(seed, i);
 }
 
+// ---------------------------------------------------------------- folded norms
+// w[r, c] *= norm[c] (an RMS norm's weight folded into the projection that reads its output).
+extern "C" __global__ void fold_norm_cols_bf16(act_t* __restrict__ w, const float* __restrict__ norm,
+                                               u64 n, u64 cols) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        w[i] = f2act(act2f(w[i]) * norm[i % cols]);
+}
+
+extern "C" __global__ void fill_f32(float* __restrict__ dst, u64 n, float v) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        dst[i] = v;
+}
+
+// 1 / rms of one row (the RMS norm's scale, same formula as rms_norm_impl), on every thread of
+// the block; `red` holds >= 32 floats. Kernels that consume a projection of the un-normed
+// residual stream (weights with the norm folded in) apply it per token.
+__device__ __forceinline__ float row_rstd(const act_t* __restrict__ x, int cols, float eps, float* red) {
+    float ss = 0.f;
+    if ((cols & 7) == 0) {
+        for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) {
+            float f[8];
+            act8_to_f32(((const act8*)x)[c], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += f[e] * f[e];
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const float f = act2f(x[c]);
+            ss += f * f;
+        }
+    }
+    ss = block_sum(ss, red);
+    return rsqrtf(ss / (float)cols + eps);
+}
+
 // ---------------------------------------------------------------- row gathers
 // out[r] = table[idx[r]] for r < rows (grid.x = rows). Out-of-range ids give a zero row.
 extern "C" __global__ void gather_rows_bf16(act_t* __restrict__ out, const act_t* __restrict__ table,
@@ -280,7 +315,8 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
                                       const u32* __restrict__ slot_mapping,
                                       act_t* __restrict__ k_cache, act_t* __restrict__ v_cache,
                                       int heads, int kv_heads, int hd, int rotary_dim, int neox,
-                                      float log2_theta, u64 num_slots) {
+                                      float log2_theta, u64 num_slots,
+                                      const act_t* __restrict__ norm_x, int norm_cols, float eps) {
     // One block per token: the token's cos/sin table (rotary_dim / 2 angles) is computed once
     // into shared memory and serves all its query and key heads (per-head sincosf made this
     // kernel compute-bound: 122 us for a 4096-token step of the 8B model).
@@ -290,6 +326,10 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
     const bool write = slot != 0xffffffffu && (u64)slot < num_slots;
     const int half = rotary_dim / 2;
     rope_table(cs, (float)positions[t], half, rotary_dim, log2_theta);
+    // norm_x (folded norms): q, k and v are projections of the un-normed residual row, scaled
+    // here by its 1 / rms.
+    __shared__ float red[32];
+    const float sc = norm_x ? row_rstd(norm_x + t * norm_cols, norm_cols, eps, red) : 1.f;
     // Rotated pairs of the query and key heads of this block's share (head % gridDim.y ==
     // blockIdx.y: small steps spread a token's heads over several blocks).
     const int qk_heads = heads + kv_heads;
@@ -305,7 +345,7 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
         const float c = cs[i], s = cs[half + i];
         const int a = neox ? i : 2 * i;
         const int b = neox ? i + half : 2 * i + 1;
-        const float x0 = act2f(src[a]), x1 = act2f(src[b]);
+        const float x0 = act2f(src[a]) * sc, x1 = act2f(src[b]) * sc;
         const act_t y0 = f2act(x0 * c - x1 * s);
         const act_t y1 = f2act(x0 * s + x1 * c);
         // Every read of this thread's pair happens before its writes (dst may alias src).
@@ -327,7 +367,7 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
         const act_t* src = r.src;
         act_t* dst = r.dst;
         act_t* kc = r.kc;
-        const act_t x = src[d];
+        const act_t x = f2act(act2f(src[d]) * sc);  // exact when sc == 1
         if (dst) dst[d] = x;
         if (kc) kc[d] = x;
     }
@@ -336,8 +376,18 @@ extern "C" __global__ void rope_cache(const act_t* q_src, act_t* q_dst, const ac
     const int my_v = (kv_heads - h0 + hs - 1) / hs;
     for (int e = threadIdx.x; e < my_v * hd; e += blockDim.x) {
         const int h = h0 + (e / hd) * hs, d = e % hd;
-        v_cache[(u64)slot * kv_heads * hd + (u64)h * hd + d] = v_src[t * v_stride + (u64)h * hd + d];
+        v_cache[(u64)slot * kv_heads * hd + (u64)h * hd + d] =
+            f2act(act2f(v_src[t * v_stride + (u64)h * hd + d]) * sc);
     }
+}
+
+// v * sc, 8 values (exact when sc == 1: a round trip through f32).
+__device__ __forceinline__ act8 scale_act8(act8 v, float sc) {
+    float f[8];
+    act8_to_f32(v, f);
+#pragma unroll
+    for (int e = 0; e < 8; e++) f[e] *= sc;
+    return f32_to_act8(f);
 }
 
 // rope_cache with 16-byte accesses: a thread rotates 8 pairs (neox: 8 consecutive angles, one
@@ -352,13 +402,17 @@ extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const
                                          const u32* __restrict__ slot_mapping,
                                          act_t* __restrict__ k_cache, act_t* __restrict__ v_cache,
                                          int heads, int kv_heads, int hd, int rotary_dim, int neox,
-                                         float log2_theta, u64 num_slots) {
+                                         float log2_theta, u64 num_slots,
+                                         const act_t* __restrict__ norm_x, int norm_cols,
+                                         float eps) {
     extern __shared__ float cs[];  // [half] cos, then [half] sin
     const u64 t = blockIdx.x;
     const u32 slot = slot_mapping[t];
     const bool write = slot != 0xffffffffu && (u64)slot < num_slots;
     const int half = rotary_dim / 2;
     rope_table(cs, (float)positions[t], half, rotary_dim, log2_theta);
+    __shared__ float red[32];
+    const float sc = norm_x ? row_rstd(norm_x + t * norm_cols, norm_cols, eps, red) : 1.f;
     const int qk_heads = heads + kv_heads;
     const int hs = gridDim.y, h0 = blockIdx.y;
     const int my_heads = (qk_heads - h0 + hs - 1) / hs;
@@ -375,7 +429,7 @@ extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const
         if (j >= nrot) {
             // Dimensions past rotary_dim pass through unrotated.
             const int d = rotary_dim + 8 * (j - nrot);
-            const act8 v = *(const act8*)(src + d);
+            const act8 v = scale_act8(*(const act8*)(src + d), sc);
             if (dst) *(act8*)(dst + d) = v;
             if (kc) *(act8*)(kc + d) = v;
             continue;
@@ -388,6 +442,8 @@ extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const
             act8_to_f32(*(const act8*)(src + b), x1);
 #pragma unroll
             for (int e = 0; e < 8; e++) {
+                x0[e] *= sc;
+                x1[e] *= sc;
                 const float c = cs[a + e], s = cs[half + a + e];
                 y0[e] = x0[e] * c - x1[e] * s;
                 y1[e] = x0[e] * s + x1[e] * c;
@@ -407,6 +463,8 @@ extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const
             float x[8], y[8];
             act8_to_f32(*(const act8*)(src + a), x);
 #pragma unroll
+            for (int e = 0; e < 8; e++) x[e] *= sc;
+#pragma unroll
             for (int e = 0; e < 4; e++) {
                 const float c = cs[4 * j + e], s = cs[half + 4 * j + e];
                 y[2 * e] = x[2 * e] * c - x[2 * e + 1] * s;
@@ -425,7 +483,7 @@ extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const
         const int hh = e / vchunks, c = e - hh * vchunks;
         const int h = h0 + hh * hs;
         *(act8*)(v_cache + (u64)slot * kv_heads * hd + (u64)h * hd + 8 * c) =
-            *(const act8*)(v_src + t * v_stride + (u64)h * hd + 8 * c);
+            scale_act8(*(const act8*)(v_src + t * v_stride + (u64)h * hd + 8 * c), sc);
     }
 }
 
@@ -433,6 +491,35 @@ extern "C" __global__ void rope_cache_v8(const act_t* q_src, act_t* q_dst, const
 extern "C" __global__ void silu_mul_fused_bf16(act_t* __restrict__ out, const act_t* __restrict__ gu,
                                                u64 rows, u64 f) {
     act_mul_fused_impl(out, gu, rows, f, SiluAct{});
+}
+
+// silu_mul_fused of a gate/up projection of the un-normed residual stream (folded norms): both
+// halves of row r are scaled by 1 / rms(x[r]) first. grid (rows, chunks): each block computes
+// its row's scale, then takes every chunks-th 8-element group of the row.
+extern "C" __global__ void silu_mul_fused_rms_bf16(act_t* __restrict__ out,
+                                                   const act_t* __restrict__ gu, u64 f,
+                                                   const act_t* __restrict__ x, int xcols,
+                                                   float eps) {
+    __shared__ float red[32];
+    const u64 r = blockIdx.x;
+    const float sc = row_rstd(x + r * xcols, xcols, eps, red);
+    const act_t* g = gu + r * 2 * f;
+    const act_t* u = g + f;
+    act_t* o = out + r * f;
+    const u64 stride = (u64)gridDim.y * blockDim.x;
+    u64 i = (u64)blockIdx.y * blockDim.x + threadIdx.x;
+    if ((f & 7) == 0) {
+        for (; i < f / 8; i += stride) {
+            float a[8], b[8];
+            act8_to_f32(((const act8*)g)[i], a);
+            act8_to_f32(((const act8*)u)[i], b);
+#pragma unroll
+            for (int e = 0; e < 8; e++) a[e] = silu(a[e] * sc) * (b[e] * sc);
+            ((act8*)o)[i] = f32_to_act8(a);
+        }
+    } else {
+        for (; i < f; i += stride) o[i] = f2act(silu(act2f(g[i]) * sc) * (act2f(u[i]) * sc));
+    }
 }
 
 // Index of the largest value of each row (ties: the lowest index), for greedy sampling without

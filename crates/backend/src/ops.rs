@@ -413,6 +413,56 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (x, w, residual);
         Err(no_fused_matvec(self.name()))
     }
+    /// Folds an RMS norm's weight into the projections that read its output: every `w[:, c]`
+    /// is multiplied by `norm[c]`, then `norm` becomes all ones. The model then runs the
+    /// projections on the un-normed residual stream and applies each token's 1 / rms after them
+    /// (`rope_qkv_and_cache_rms`, `silu_mul_fused_rms`), so a layer needs no norm kernels.
+    /// `Ok(false)` (nothing changed) where the backend keeps norms apart: quantized CPU weights
+    /// cannot absorb a scale, and f16 could overflow on projections of un-normed rows.
+    fn fold_norm(&self, norm: &mut Self::Weight, ws: &mut [&mut Self::Weight]) -> Result<bool> {
+        let _ = (norm, ws);
+        Ok(false)
+    }
+    /// `residual += x · wᵀ` for any number of tokens (the residual add in the GEMM's epilogue).
+    fn matmul_add(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        residual: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (x, w, residual);
+        Err(no_folded_norms(self.name()))
+    }
+    /// `rope_qkv_and_cache` of `qkv` scaled row by row by `1 / rms(x[t])` (the attention norm of
+    /// a layer whose norm weight was folded into the Q/K/V weight; `x` is the residual stream).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_qkv_and_cache_rms(
+        &self,
+        qkv: &Self::Tensor,
+        x: &Self::Tensor,
+        eps: f32,
+        q_out: &mut Self::Tensor,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &Self::Batch,
+        cache: &mut Self::KvCache,
+        layer: usize,
+    ) -> Result<()> {
+        let _ = (qkv, x, eps, q_out, rope, attn, batch, cache, layer);
+        Err(no_folded_norms(self.name()))
+    }
+    /// `out = silu(s·gu[:, :f]) * (s·gu[:, f:])` with `s = 1 / rms(x[t])` per row (the MLP norm
+    /// of a layer whose norm weight was folded into the gate/up weight).
+    fn silu_mul_fused_rms(
+        &self,
+        gu: &Self::Tensor,
+        x: &Self::Tensor,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (gu, x, eps, out);
+        Err(no_folded_norms(self.name()))
+    }
     /// Causal attention of each sequence's new queries over its whole cached context.
     fn paged_attention(
         &self,
@@ -437,6 +487,10 @@ pub trait Backend: Send + Sync + 'static {
 
 fn no_fused_matvec(backend: &str) -> BackendError {
     BackendError::Device(format!("{backend} has no fused small-batch projections"))
+}
+
+fn no_folded_norms(backend: &str) -> BackendError {
+    BackendError::Device(format!("{backend} does not fold norms into projections"))
 }
 
 /// Host argmax per row (lowest index on ties).

@@ -35,6 +35,10 @@ pub struct LlamaModel<B: Backend> {
     lm_head: Option<B::Weight>,
     attn: AttentionSpec,
     rope: RopeSpec,
+    /// Every layer's norm weights live in its Q/K/V and gate/up weights (`Backend::fold_norm`;
+    /// the norms themselves are all ones): steps beyond the fused small-batch projections run
+    /// without norm kernels.
+    norms_folded: bool,
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -68,6 +72,7 @@ impl<B: Backend> LlamaModel<B> {
                 w_down: w("ffn_down", h, f)?,
             });
         }
+        let norms_folded = fold_norms(backend, &mut layers)?;
         let lm_head = if c.tie_word_embeddings || !src.has("output.weight") {
             None
         } else {
@@ -89,6 +94,7 @@ impl<B: Backend> LlamaModel<B> {
                 theta: c.rope_theta,
                 rotary_dim: c.head_dim,
             },
+            norms_folded,
             config,
         })
     }
@@ -245,6 +251,15 @@ impl<B: Backend> LlamaModel<B> {
                 return Ok(logits);
             }
         }
+        if self.norms_folded {
+            if let (Some(qkv), Some(gu)) = (qkv.as_mut(), gate_up.as_mut()) {
+                self.layers_folded_norms(b, batch, cache, residual, q, qkv, attn_out, gu, act)?;
+                b.gather_logit_rows(residual, batch, last)?;
+                b.rms_norm(last, &self.final_norm, eps, last_normed)?;
+                b.matmul(last_normed, lm_head, logits)?;
+                return Ok(logits);
+            }
+        }
         for (i, l) in self.layers.iter().enumerate() {
             if i == 0 {
                 b.rms_norm(residual, &l.attn_norm, eps, normed)?;
@@ -298,6 +313,46 @@ impl<B: Backend> LlamaModel<B> {
         b.rms_norm(last, &self.final_norm, eps, last_normed)?;
         b.matmul(last_normed, lm_head, logits)?;
         Ok(logits)
+    }
+
+    /// The decoder layers with folded norms (`norms_folded`): each projection reads the
+    /// residual stream itself, the rope/cache and SwiGLU kernels apply the token's 1 / rms,
+    /// and the output and down projections add into the residual in their epilogue. Seven
+    /// kernels a layer instead of nine.
+    #[allow(clippy::too_many_arguments)]
+    fn layers_folded_norms(
+        &self,
+        b: &B,
+        batch: &B::Batch,
+        cache: &mut B::KvCache,
+        residual: &mut B::Tensor,
+        q: &mut B::Tensor,
+        qkv: &mut B::Tensor,
+        attn_out: &mut B::Tensor,
+        gate_up: &mut B::Tensor,
+        act: &mut B::Tensor,
+    ) -> Result<()> {
+        let eps = self.config.norm_eps;
+        for (i, l) in self.layers.iter().enumerate() {
+            let (QkvWeights::Fused(w_qkv), GateUpWeights::Fused(w_gu)) = (&l.qkv, &l.gate_up)
+            else {
+                return Err(rvllm_backend::BackendError::Shape {
+                    op: "forward",
+                    detail: format!("layer {i} has no fused projections"),
+                }
+                .into());
+            };
+            b.matmul(residual, w_qkv, qkv)?;
+            b.rope_qkv_and_cache_rms(
+                qkv, residual, eps, q, &self.rope, &self.attn, batch, cache, i,
+            )?;
+            b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
+            b.matmul_add(attn_out, &l.wo, residual)?;
+            b.matmul(residual, w_gu, gate_up)?;
+            b.silu_mul_fused_rms(gate_up, residual, eps, act)?;
+            b.matmul_add(act, &l.w_down, residual)?;
+        }
+        Ok(())
     }
 
     /// Whether every layer has stacked Q/K/V and gate/up weights.
@@ -356,6 +411,33 @@ impl<B: Backend> LlamaModel<B> {
         }
         Ok(())
     }
+}
+
+/// Folds every layer's two norm weights into its stacked Q/K/V and gate/up weights where the
+/// backend can (see `Backend::fold_norm`): all layers or none. `Ok(false)` when not folded.
+fn fold_norms<B: Backend>(b: &B, layers: &mut [LlamaLayer<B>]) -> Result<bool> {
+    let mut folded = false;
+    for (i, l) in layers.iter_mut().enumerate() {
+        let (QkvWeights::Fused(w_qkv), GateUpWeights::Fused(w_gu)) = (&mut l.qkv, &mut l.gate_up)
+        else {
+            // Only the first layer can decide: the layers share one shape.
+            return Ok(false);
+        };
+        let attn = b.fold_norm(&mut l.attn_norm, &mut [w_qkv])?;
+        if i == 0 && !attn {
+            return Ok(false);
+        }
+        let ffn = b.fold_norm(&mut l.ffn_norm, &mut [w_gu])?;
+        if !(attn && ffn) {
+            return Err(rvllm_backend::BackendError::Shape {
+                op: "fold_norm",
+                detail: format!("layer {i}'s norms could not be folded like layer 0's"),
+            }
+            .into());
+        }
+        folded = true;
+    }
+    Ok(folded)
 }
 
 /// The activations of one step, allocated once (for the largest step) and reused by every step,

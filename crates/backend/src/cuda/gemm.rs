@@ -215,8 +215,9 @@ impl Gemm {
         Ok(plan)
     }
 
-    /// `C(m×n, col-major) = op(A)ᵀ·B`: `a` = weight `[m rows of k]`, `b` = activations `[n rows of k]`,
-    /// `c` = output `[n rows of m]`; all device pointers.
+    /// `C(m×n, col-major) = op(A)ᵀ·B (+ C when `accumulate`)`: `a` = weight `[m rows of k]`,
+    /// `b` = activations `[n rows of k]`, `c` = output `[n rows of m]`; all device pointers.
+    /// Accumulating (beta = 1, C = D) folds a residual add into the GEMM's epilogue.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         &mut self,
@@ -229,6 +230,7 @@ impl Gemm {
         b: u64,
         c: u64,
         out_f32: bool,
+        accumulate: bool,
     ) -> Result<()> {
         let key = Key {
             m: m as u64,
@@ -240,7 +242,7 @@ impl Gemm {
         let handle = self.handle;
         let plan = self.plan(key)?;
         let alpha: f32 = 1.0;
-        let beta: f32 = 0.0;
+        let beta: f32 = if accumulate { 1.0 } else { 0.0 };
         unsafe {
             lt::matmul(
                 handle,

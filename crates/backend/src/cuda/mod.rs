@@ -384,7 +384,7 @@ fn rope_v8_enabled() -> bool {
 }
 
 /// Kernels of the core module (attention variants are compiled on demand, see `func`).
-const CORE_KERNELS: [&str; 32] = [
+const CORE_KERNELS: [&str; 35] = [
     "patch_token_ids",
     "convert_weight_bf16",
     "convert_weight_f32",
@@ -398,6 +398,9 @@ const CORE_KERNELS: [&str; 32] = [
     "rope_cache",
     "rope_cache_v8",
     "silu_mul_fused_bf16",
+    "silu_mul_fused_rms_bf16",
+    "fold_norm_cols_bf16",
+    "fill_f32",
     "paged_decode_reduce",
     "argmax_rows_bf16",
     "sample_rows_bf16",
@@ -1132,6 +1135,121 @@ impl CudaBackend {
         )
     }
 
+    /// `out = x · wᵀ` (`out += x · wᵀ` when `accumulate`) through cuBLASLt.
+    fn gemm_op(
+        &self,
+        op: &'static str,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        out: &mut CudaTensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        check(
+            op,
+            x.cols == w.cols
+                && out.rows == x.rows
+                && out.cols == w.rows
+                && !(accumulate && out.buf.is_f32()),
+            || {
+                format!(
+                    "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
+                    x.rows, x.cols, w.rows, w.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        if x.rows == 0 || w.rows == 0 {
+            return Ok(());
+        }
+        let xp = self.bf16_ptr(op, &x.buf)?;
+        let wp = match &w.buf {
+            DevBuf::Bf16(s) => raw_ptr(s, &self.stream),
+            DevBuf::F32(_) => {
+                return Err(BackendError::UnsupportedWeight(
+                    "1-D (f32) weight used as a matmul operand".into(),
+                ))
+            }
+        };
+        let out_f32 = out.buf.is_f32();
+        let out_ptr = out.buf.ptr(&self.stream);
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))?;
+        let ws = raw_ptr(&self.workspace, &self.stream);
+        self.gemm.lock().unwrap().matmul(
+            self.stream.cu_stream() as _,
+            ws,
+            w.rows,
+            x.rows,
+            x.cols,
+            wp,
+            xp,
+            out_ptr,
+            out_f32,
+            accumulate,
+        )
+    }
+
+    /// `rope_qkv_and_cache`, with q/k/v scaled by each token's 1 / rms of `norm`'s rows first
+    /// when given (`rope_qkv_and_cache_rms`).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_qkv_impl(
+        &self,
+        op: &'static str,
+        norm: Option<(&CudaTensor, f32)>,
+        qkv: &CudaTensor,
+        q_out: &mut CudaTensor,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &CudaBatch,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) -> Result<()> {
+        let hd = attn.head_dim;
+        let (qd, kd) = (attn.num_heads * hd, attn.num_kv_heads * hd);
+        check(
+            op,
+            qkv.rows == batch.num_tokens
+                && q_out.rows == qkv.rows
+                && qkv.cols == qd + 2 * kd
+                && q_out.cols == qd
+                && rope.rotary_dim <= hd
+                && (rope.rotary_dim % 2 == 0),
+            || {
+                format!(
+                    "qkv [{}, {}], q_out [{}, {}] for {} tokens, {attn:?}",
+                    qkv.rows, qkv.cols, q_out.rows, q_out.cols, batch.num_tokens
+                )
+            },
+        )?;
+        check_cache_layer(op, cache, attn, layer)?;
+        let norm = match norm {
+            Some((x, eps)) => {
+                check(op, x.rows == qkv.rows, || {
+                    format!("norm rows {} for {} tokens", x.rows, qkv.rows)
+                })?;
+                Some((self.bf16_ptr(op, &x.buf)?, x.cols, eps))
+            }
+            None => None,
+        };
+        let src = self.bf16_ptr(op, &qkv.buf)?;
+        let qo = self.bf16_ptr(op, &q_out.buf)?;
+        let stride = qkv.cols as u64;
+        self.launch_rope(
+            norm,
+            src,
+            qo,
+            src + (qd * 2) as u64,
+            0,
+            src + ((qd + kd) * 2) as u64,
+            (stride, stride, stride),
+            rope,
+            attn,
+            batch,
+            cache,
+            layer,
+        )
+    }
+
     fn bf16_ptr(&self, op: &'static str, t: &DevBuf) -> Result<u64> {
         match t {
             DevBuf::Bf16(s) => Ok(raw_ptr(s, &self.stream)),
@@ -1463,10 +1581,13 @@ impl CudaBackend {
     }
 
     /// The `rope_cache` kernel: q/k sources with their row strides, in-place or not (see the
-    /// kernel's comment); `k_dst == 0` leaves rotated keys only in the cache.
+    /// kernel's comment); `k_dst == 0` leaves rotated keys only in the cache. `norm`: (residual
+    /// rows, their width, eps) when q/k/v are to be scaled by each row's 1 / rms first (folded
+    /// norms).
     #[allow(clippy::too_many_arguments)]
     fn launch_rope(
         &self,
+        norm: Option<(u64, usize, f32)>,
         q_src: u64,
         q_dst: u64,
         k_src: u64,
@@ -1528,6 +1649,9 @@ impl CudaBackend {
                 Arg::I((rope.style == RopeStyle::Neox) as i32),
                 Arg::F((rope.theta as f64).log2() as f32),
                 Arg::U((cache.spec.num_blocks * cache.spec.block_size) as u64),
+                Arg::P(norm.map_or(0, |n| n.0)),
+                Arg::I(norm.map_or(0, |n| n.1) as i32),
+                Arg::F(norm.map_or(0.0, |n| n.2)),
             ],
         )
     }
@@ -2155,45 +2279,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
-        check(
-            "matmul",
-            x.cols == w.cols && out.rows == x.rows && out.cols == w.rows,
-            || {
-                format!(
-                    "x [{}, {}] · w [{}, {}]ᵀ -> out [{}, {}]",
-                    x.rows, x.cols, w.rows, w.cols, out.rows, out.cols
-                )
-            },
-        )?;
-        if x.rows == 0 || w.rows == 0 {
-            return Ok(());
-        }
-        let xp = self.bf16_ptr("matmul", &x.buf)?;
-        let wp = match &w.buf {
-            DevBuf::Bf16(s) => raw_ptr(s, &self.stream),
-            DevBuf::F32(_) => {
-                return Err(BackendError::UnsupportedWeight(
-                    "1-D (f32) weight used as a matmul operand".into(),
-                ))
-            }
-        };
-        let out_f32 = out.buf.is_f32();
-        let op = out.buf.ptr(&self.stream);
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| dev_err("binding the context", e))?;
-        let ws = raw_ptr(&self.workspace, &self.stream);
-        self.gemm.lock().unwrap().matmul(
-            self.stream.cu_stream() as _,
-            ws,
-            w.rows,
-            x.rows,
-            x.cols,
-            wp,
-            xp,
-            op,
-            out_f32,
-        )
+        self.gemm_op("matmul", x, w, out, false)
     }
 
     fn add(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
@@ -2246,6 +2332,93 @@ impl Backend for CudaBackend {
 
     fn silu_mul_fused(&self, gu: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
         self.gated_act_fused("silu_mul_fused", "silu_mul_fused_bf16", gu, out, &[])
+    }
+
+    fn fold_norm(&self, norm: &mut CudaWeight, ws: &mut [&mut CudaWeight]) -> Result<bool> {
+        // RVLLM_FOLD_NORMS=0 keeps the norm kernels (A/B runs). f16 keeps them too: projections
+        // of un-normed rows can leave f16's range where bf16's is wide enough.
+        let on = std::env::var("RVLLM_FOLD_NORMS").as_deref() != Ok("0");
+        let cols = norm.rows * norm.cols;
+        if !on
+            || self.dtype != ModelDtype::Bf16
+            || !norm.buf.is_f32()
+            || ws.iter().any(|w| w.cols != cols || w.buf.is_f32())
+        {
+            return Ok(false);
+        }
+        let np = norm.buf.ptr(&self.stream);
+        for w in ws.iter_mut() {
+            let n = w.rows * w.cols;
+            self.launch(
+                "fold_norm_cols_bf16",
+                (self.grid_for(n, 256), 1, 1),
+                (256, 1, 1),
+                0,
+                &[
+                    Arg::P(w.buf.ptr(&self.stream)),
+                    Arg::P(np),
+                    Arg::U(n as u64),
+                    Arg::U(cols as u64),
+                ],
+            )?;
+        }
+        self.launch(
+            "fill_f32",
+            (self.grid_for(cols, 256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[Arg::P(np), Arg::U(cols as u64), Arg::F(1.0)],
+        )?;
+        Ok(true)
+    }
+
+    fn matmul_add(&self, x: &CudaTensor, w: &CudaWeight, residual: &mut CudaTensor) -> Result<()> {
+        self.gemm_op("matmul_add", x, w, residual, true)
+    }
+
+    fn silu_mul_fused_rms(
+        &self,
+        gu: &CudaTensor,
+        x: &CudaTensor,
+        eps: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let op = "silu_mul_fused_rms";
+        check(
+            op,
+            gu.cols == 2 * out.cols && gu.rows == out.rows && x.rows == out.rows,
+            || {
+                format!(
+                    "gu [{}, {}], x [{}, {}] -> out [{}, {}]",
+                    gu.rows, gu.cols, x.rows, x.cols, out.rows, out.cols
+                )
+            },
+        )?;
+        if out.rows == 0 {
+            return Ok(());
+        }
+        let f = out.cols;
+        // Small steps spread a row over several blocks (each recomputes the row's scale from
+        // L2); large ones give a row one block, so the residual row is read once.
+        let groups = f.div_ceil(8).div_ceil(256).max(1);
+        let chunks = if out.rows >= 128 { 1 } else { groups.min(8) };
+        let gp = self.bf16_ptr(op, &gu.buf)?;
+        let xp = self.bf16_ptr(op, &x.buf)?;
+        let outp = self.bf16_ptr(op, &out.buf)?;
+        self.launch(
+            "silu_mul_fused_rms_bf16",
+            (out.rows as u32, chunks as u32, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::P(outp),
+                Arg::P(gp),
+                Arg::U(f as u64),
+                Arg::P(xp),
+                Arg::I(x.cols as i32),
+                Arg::F(eps),
+            ],
+        )
     }
 
     fn fused_matvec_tokens(&self) -> usize {
@@ -2368,34 +2541,36 @@ impl Backend for CudaBackend {
         cache: &mut CudaKvCache,
         layer: usize,
     ) -> Result<()> {
-        let hd = attn.head_dim;
-        let (qd, kd) = (attn.num_heads * hd, attn.num_kv_heads * hd);
-        check(
+        self.rope_qkv_impl(
             "rope_qkv_and_cache",
-            qkv.rows == batch.num_tokens
-                && q_out.rows == qkv.rows
-                && qkv.cols == qd + 2 * kd
-                && q_out.cols == qd
-                && rope.rotary_dim <= hd
-                && (rope.rotary_dim % 2 == 0),
-            || {
-                format!(
-                    "qkv [{}, {}], q_out [{}, {}] for {} tokens, {attn:?}",
-                    qkv.rows, qkv.cols, q_out.rows, q_out.cols, batch.num_tokens
-                )
-            },
-        )?;
-        check_cache_layer("rope_qkv_and_cache", cache, attn, layer)?;
-        let src = self.bf16_ptr("rope_qkv_and_cache", &qkv.buf)?;
-        let qo = self.bf16_ptr("rope_qkv_and_cache", &q_out.buf)?;
-        let stride = qkv.cols as u64;
-        self.launch_rope(
-            src,
-            qo,
-            src + (qd * 2) as u64,
-            0,
-            src + ((qd + kd) * 2) as u64,
-            (stride, stride, stride),
+            None,
+            qkv,
+            q_out,
+            rope,
+            attn,
+            batch,
+            cache,
+            layer,
+        )
+    }
+
+    fn rope_qkv_and_cache_rms(
+        &self,
+        qkv: &CudaTensor,
+        x: &CudaTensor,
+        eps: f32,
+        q_out: &mut CudaTensor,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &CudaBatch,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) -> Result<()> {
+        self.rope_qkv_impl(
+            "rope_qkv_and_cache_rms",
+            Some((x, eps)),
+            qkv,
+            q_out,
             rope,
             attn,
             batch,
@@ -2440,6 +2615,7 @@ impl Backend for CudaBackend {
             (attn.num_kv_heads * hd) as u64,
         );
         self.launch_rope(
+            None,
             qp,
             qp,
             kp,

@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+mod folded;
 mod sampling;
 
 // ------------------------------------------------------------------------------------ helpers
@@ -1553,6 +1554,9 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
     c.run("norms", |c| case_norms(c, &gpu, &cpu, &mut rng));
     c.run("elementwise", |c| case_elementwise(c, &gpu, &cpu, &mut rng));
     c.run("matvec", |c| case_matvec(c, &gpu, &cpu, &mut rng));
+    c.run("folded norms", |c| {
+        folded::case_folded(c, &gpu, &cpu, &mut rng)
+    });
     c.run("gelu", |c| case_gelu(c, &gpu, &cpu, &mut rng));
     c.run("dummy_weight", |c| case_dummy(c, &gpu, &cpu));
     c.run("blocks", |c| case_blocks(c, &gpu, &cpu, &mut rng));

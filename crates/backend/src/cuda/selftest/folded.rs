@@ -1,0 +1,232 @@
+//! Folded norms (`Backend::fold_norm` and the ops a layer runs with it) against host and CPU
+//! references on fresh random inputs, outputs poisoned first: the fold itself (weights scaled by
+//! the norm, the norm then all ones; refused in f16), `matmul_add` at decode and prefill sizes,
+//! `rope_qkv_and_cache_rms` (rotated queries and the cache, the token's 1 / rms applied to q, k
+//! and v first; vector and scalar rope kernels, 16-byte and odd residual widths) and
+//! `silu_mul_fused_rms` (small steps with a row over several blocks, large ones one block a row).
+
+use super::{bf, cmp_caches, cpu_t, cpu_zeros, gpu_out, load_both, paged_batch, Checker, Rng};
+use crate::cpu::CpuBackend;
+use crate::cuda::CudaBackend;
+use crate::ops::{AttentionSpec, Backend, RopeSpec, RopeStyle};
+use crate::{ModelDtype, Result, WeightDtype};
+
+/// 1 / rms of each `cols`-wide row of `x` (f64), as the RMS norm scales rows.
+fn rstd_rows(x: &[f32], cols: usize, eps: f32) -> Vec<f64> {
+    x.chunks(cols)
+        .map(|r| {
+            let ss: f64 = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            1.0 / (ss / cols as f64 + eps as f64).sqrt()
+        })
+        .collect()
+}
+
+fn scale_rows(x: &[f32], cols: usize, s: &[f64]) -> Vec<f32> {
+    x.chunks(cols)
+        .zip(s)
+        .flat_map(|(r, &k)| r.iter().map(move |&v| (v as f64 * k) as f32))
+        .collect()
+}
+
+pub(super) fn case_folded(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+) -> Result<()> {
+    fold(c, gpu, cpu, rng)?;
+    matmul_add(c, gpu, cpu, rng)?;
+    for (style, rd, xcols) in [
+        (RopeStyle::Neox, 128usize, 4096usize),
+        (RopeStyle::Interleaved, 128, 1001),
+        // A rotary width off the 16-byte grid: the scalar rope kernel.
+        (RopeStyle::Neox, 24, 576),
+    ] {
+        rope_rms(c, gpu, cpu, rng, style, rd, xcols)?;
+    }
+    for (rows, f, xcols) in [
+        (7usize, 1000usize, 576usize),
+        (200, 1000, 4096),
+        (5, 1001, 1001),
+    ] {
+        silu_rms(c, gpu, cpu, rng, rows, f, xcols)?;
+    }
+    Ok(())
+}
+
+fn fold(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+    let (n, k) = (300usize, 576usize);
+    let (mut gnorm, _) = load_both(gpu, cpu, rng, WeightDtype::F32, 1, k, 2.0)?;
+    let (mut ga, _) = load_both(gpu, cpu, rng, WeightDtype::BF16, n, k, 1.0)?;
+    let (mut gb, _) = load_both(gpu, cpu, rng, WeightDtype::BF16, 2 * n, k, 1.0)?;
+    let norm = gpu.weight_to_host(&gnorm)?;
+    let (a, b) = (gpu.weight_to_host(&ga)?, gpu.weight_to_host(&gb)?);
+    let folded = gpu.fold_norm(&mut gnorm, &mut [&mut ga, &mut gb])?;
+    if gpu.dtype() != ModelDtype::Bf16 {
+        c.truth(
+            "fold_norm refused in f16",
+            !folded && gpu.weight_to_host(&ga)? == a && gpu.weight_to_host(&gnorm)? == norm,
+            format!("folded: {folded}"),
+        );
+        return Ok(());
+    }
+    c.truth("fold_norm folds in bf16", folded, String::new());
+    for (name, w, gw) in [("fold_norm a", &a, &ga), ("fold_norm b", &b, &gb)] {
+        let want: Vec<f32> = w
+            .chunks(k)
+            .flat_map(|r| r.iter().zip(&norm).map(|(&x, &s)| bf(x * s)))
+            .collect();
+        c.cmp(name, &gpu.weight_to_host(gw)?, &want, 1e-6);
+    }
+    c.cmp(
+        "fold_norm leaves a ones norm",
+        &gpu.weight_to_host(&gnorm)?,
+        &vec![1.0; k],
+        1e-7,
+    );
+    Ok(())
+}
+
+fn matmul_add(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng) -> Result<()> {
+    for &(t, k, n) in &[
+        (3usize, 4096usize, 1536usize),
+        (64, 576, 4096),
+        (1100, 1536, 576),
+    ] {
+        let (gw, cw) = load_both(
+            gpu,
+            cpu,
+            rng,
+            WeightDtype::BF16,
+            n,
+            k,
+            1.7 / (k as f32).sqrt(),
+        )?;
+        let x = rng.bf16_vec(t * k, 1.0);
+        let r = rng.bf16_vec(t * n, 4.0);
+        let gx = gpu.upload(t, k, &x)?;
+        let mut gr = gpu.upload(t, n, &r)?;
+        gpu.matmul_add(&gx, &gw, &mut gr)?;
+        let mut cp = cpu_zeros(t, n);
+        cpu.matmul(&cpu_t(t, k, x), &cw, &mut cp)?;
+        let mut cr = cpu_t(t, n, r);
+        cpu.add(&mut cr, &cp)?;
+        c.cmp(
+            &format!("matmul_add t={t} k={k} n={n}"),
+            &gpu.to_host(&gr)?,
+            &cr.data,
+            1e-2,
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rope_rms(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    style: RopeStyle,
+    rotary_dim: usize,
+    xcols: usize,
+) -> Result<()> {
+    let (heads, kvh, hd, bs) = (32usize, 8usize, 128usize, 16usize);
+    let eps = 1e-5;
+    let seqs = [(20usize, 20usize), (13, 53), (1, 700)];
+    let (spec, mut layout) = paged_batch(rng, &seqs, bs, kvh, hd, 4);
+    // A padding row (slot u32::MAX) must write nothing.
+    layout.token_ids.push(0);
+    layout.positions.push(0);
+    layout.slot_mapping.push(u32::MAX);
+    let t = layout.num_tokens();
+    let attn = AttentionSpec {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let rope = RopeSpec {
+        style,
+        theta: 500000.0,
+        rotary_dim,
+    };
+    let (qd, kd) = (heads * hd, kvh * hd);
+    // Residual rows of varied size, as the stream grows through a model.
+    let mut x = Vec::with_capacity(t * xcols);
+    for _ in 0..t {
+        let a = 0.5 + 30.0 * rng.unit();
+        x.extend(rng.bf16_vec(xcols, a));
+    }
+    let qkv = rng.bf16_vec(t * (qd + 2 * kd), 40.0);
+    let s = rstd_rows(&x, xcols, eps);
+    let scaled = scale_rows(&qkv, qd + 2 * kd, &s);
+    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for row in scaled.chunks(qd + 2 * kd) {
+        q.extend_from_slice(&row[..qd]);
+        k.extend_from_slice(&row[qd..qd + kd]);
+        v.extend_from_slice(&row[qd + kd..]);
+    }
+    let gqkv = gpu.upload(t, qd + 2 * kd, &qkv)?;
+    let gx = gpu.upload(t, xcols, &x)?;
+    let mut gq = gpu_out(gpu, t, qd)?;
+    let mut gc = gpu.alloc_kv_cache(&spec)?;
+    let mut cc = cpu.alloc_kv_cache(&spec)?;
+    let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
+    gpu.rope_qkv_and_cache_rms(&gqkv, &gx, eps, &mut gq, &rope, &attn, &gb, &mut gc, 1)?;
+    let (mut cq, mut ck, cv) = (cpu_t(t, qd, q), cpu_t(t, kd, k), cpu_t(t, kd, v));
+    cpu.rope_and_cache(&mut cq, &mut ck, &cv, &rope, &attn, &cb, &mut cc, 1)?;
+    let name = format!("rope_qkv_rms {style:?} rd={rotary_dim} x width {xcols}");
+    c.cmp(
+        &format!("{name} q"),
+        &gpu.to_host(&gq)?,
+        &cq.data,
+        c.tight(1e-2),
+    );
+    cmp_caches(
+        c,
+        &format!("{name} cache"),
+        gpu,
+        &gc,
+        cpu,
+        &cc,
+        c.tight(1e-2),
+    )
+}
+
+fn silu_rms(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    rows: usize,
+    f: usize,
+    xcols: usize,
+) -> Result<()> {
+    let eps = 1e-5;
+    let mut x = Vec::with_capacity(rows * xcols);
+    for _ in 0..rows {
+        let a = 0.5 + 30.0 * rng.unit();
+        x.extend(rng.bf16_vec(xcols, a));
+    }
+    let gu = rng.bf16_vec(rows * 2 * f, 40.0);
+    let scaled = scale_rows(&gu, 2 * f, &rstd_rows(&x, xcols, eps));
+    let (mut gate, mut up) = (Vec::new(), Vec::new());
+    for row in scaled.chunks(2 * f) {
+        gate.extend_from_slice(&row[..f]);
+        up.extend_from_slice(&row[f..]);
+    }
+    let ggu = gpu.upload(rows, 2 * f, &gu)?;
+    let gx = gpu.upload(rows, xcols, &x)?;
+    let mut go = gpu_out(gpu, rows, f)?;
+    gpu.silu_mul_fused_rms(&ggu, &gx, eps, &mut go)?;
+    let mut co = cpu_zeros(rows, f);
+    cpu.silu_mul(&cpu_t(rows, f, gate), &cpu_t(rows, f, up), &mut co)?;
+    c.cmp(
+        &format!("silu_mul_fused_rms rows={rows} f={f} x width {xcols}"),
+        &gpu.to_host(&go)?,
+        &co.data,
+        c.tight(1e-2),
+    );
+    Ok(())
+}
