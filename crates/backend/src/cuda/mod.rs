@@ -2398,10 +2398,10 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let f = out.cols;
-        // Small steps spread a row over several blocks (each recomputes the row's scale from
-        // L2); large ones give a row one block, so the residual row is read once.
+        // Enough blocks to fill the GPU (~8 per SM): a row spreads over several blocks (each
+        // recomputes the row's scale, reading it from L2) until the step has that many rows.
         let groups = f.div_ceil(8).div_ceil(256).max(1);
-        let chunks = if out.rows >= 128 { 1 } else { groups.min(8) };
+        let chunks = (self.info.sm_count * 8).div_ceil(out.rows).clamp(1, groups);
         let gp = self.bf16_ptr(op, &gu.buf)?;
         let xp = self.bf16_ptr(op, &x.buf)?;
         let outp = self.bf16_ptr(op, &out.buf)?;
