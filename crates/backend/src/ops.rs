@@ -463,6 +463,19 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (gu, x, eps, out);
         Err(no_folded_norms(self.name()))
     }
+    /// Picks, by timing on these operands, the fastest algorithm for `out = x · wᵀ` at `x`'s
+    /// token count, for every later `matmul` / `matmul_add` of that exact shape. `ws`: weights
+    /// of one shape (a model's layers), taken in turn. Overwrites `out`; never during a
+    /// capture. A no-op where the backend has nothing to choose.
+    fn tune_matmul(
+        &self,
+        x: &Self::Tensor,
+        ws: &[&Self::Weight],
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (x, ws, out);
+        Ok(())
+    }
     /// Causal attention of each sequence's new queries over its whole cached context.
     fn paged_attention(
         &self,

@@ -355,6 +355,65 @@ impl<B: Backend> LlamaModel<B> {
         Ok(())
     }
 
+    /// Lets the backend pick, by timing, its fastest GEMM algorithm for each projection of a
+    /// step of `tokens` tokens (one logit row per token: a decode step), over the layers'
+    /// real weights. Steps the fused small-batch projections serve have no GEMMs to tune.
+    /// Overwrites the step buffers' outputs.
+    pub fn tune_projections(
+        &self,
+        b: &B,
+        bufs: &mut ForwardBuffers<B>,
+        tokens: usize,
+    ) -> Result<()> {
+        if tokens <= b.fused_matvec_tokens() || tokens > bufs.max_tokens.min(bufs.max_rows) {
+            return Ok(());
+        }
+        let ForwardBuffers {
+            residual,
+            qkv,
+            attn_out,
+            proj,
+            gate_up,
+            act,
+            last_normed,
+            logits,
+            ..
+        } = bufs;
+        for x in [
+            &mut *residual,
+            &mut *attn_out,
+            &mut *proj,
+            &mut *act,
+            &mut *last_normed,
+            &mut *logits,
+        ] {
+            b.set_rows(x, tokens)?;
+        }
+        let mut qkvs = Vec::new();
+        let mut gus = Vec::new();
+        for l in &self.layers {
+            if let (QkvWeights::Fused(q), GateUpWeights::Fused(g)) = (&l.qkv, &l.gate_up) {
+                qkvs.push(q);
+                gus.push(g);
+            }
+        }
+        if let (Some(qkv), false) = (qkv.as_mut(), qkvs.is_empty()) {
+            b.set_rows(qkv, tokens)?;
+            b.tune_matmul(residual, &qkvs, qkv)?;
+        }
+        if let (Some(gu), false) = (gate_up.as_mut(), gus.is_empty()) {
+            b.set_rows(gu, tokens)?;
+            b.tune_matmul(residual, &gus, gu)?;
+        }
+        let wos: Vec<&B::Weight> = self.layers.iter().map(|l| &l.wo).collect();
+        b.tune_matmul(attn_out, &wos, proj)?;
+        let downs: Vec<&B::Weight> = self.layers.iter().map(|l| &l.w_down).collect();
+        b.tune_matmul(act, &downs, proj)?;
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        b.tune_matmul(last_normed, &[lm_head], logits)?;
+        Ok(())
+    }
+
     /// Whether every layer has stacked Q/K/V and gate/up weights.
     fn has_fused_projections(&self) -> bool {
         self.layers.iter().all(|l| {

@@ -385,6 +385,7 @@ impl<B: Backend> ModelRunner<B> {
                 graph: None,
                 epoch: 0,
                 uncapturable: false,
+                tuned: false,
             }),
         };
         b.upload_batch_into(padded, &mut state.batch).map_err(err)?;
@@ -401,6 +402,14 @@ impl<B: Backend> ModelRunner<B> {
         if let Some(g) = &state.graph {
             b.replay(g).map_err(err)?;
         } else {
+            if !state.tuned {
+                // First step of this bucket: the GEMM algorithms for its exact shapes, timed on
+                // the real weights, before the step runs and is captured.
+                state.tuned = true;
+                self.model
+                    .tune_projections(b, &mut self.bufs, bucket)
+                    .map_err(|e| e.to_string())?;
+            }
             // Eagerly first: the result of this step, and any scratch growth happens outside
             // the capture.
             let logits = self

@@ -215,6 +215,88 @@ impl Gemm {
         Ok(plan)
     }
 
+    /// Up to `count` algorithms cuBLASLt's heuristic offers for `out[n, m] = x[n, k] · w[m, k]ᵀ`
+    /// (best guess first) that fit the workspace.
+    pub(crate) fn candidates(
+        &mut self,
+        m: usize,
+        n: usize,
+        k: usize,
+        out_f32: bool,
+        count: usize,
+    ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
+        let key = Key {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            out_f32,
+        };
+        let handle = self.handle;
+        let ws_size = self.ws_size;
+        let plan = self.plan(key)?;
+        let pref = lt::create_matmul_pref().map_err(|e| err("preference", e))?;
+        let mut res: Vec<sys::cublasLtMatmulHeuristicResult_t> =
+            vec![unsafe { std::mem::zeroed() }; count.max(1)];
+        let mut found = 0i32;
+        // SAFETY: the plan's descriptors live while `plan` is borrowed; `res` holds `count`
+        // results for the library to fill.
+        let st = unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws_size as *const usize as *const c_void,
+                size_of::<usize>(),
+            )
+            .map_err(|e| err("preference", e))
+            .and_then(|_| {
+                sys::cublasLtMatmulAlgoGetHeuristic(
+                    handle,
+                    plan.desc,
+                    plan.a,
+                    plan.b,
+                    plan.c,
+                    plan.c,
+                    pref,
+                    res.len() as i32,
+                    res.as_mut_ptr(),
+                    &mut found,
+                )
+                .result()
+                .map_err(|e| err("heuristic", e))
+            })
+        };
+        let _ = unsafe { lt::destroy_matmul_pref(pref) };
+        st?;
+        Ok(res
+            .into_iter()
+            .take(found.max(0) as usize)
+            .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+            .map(|r| r.algo)
+            .collect())
+    }
+
+    /// Makes `algo` the one every later GEMM of exactly this shape runs (a tuned pick).
+    pub(crate) fn pin_algo(
+        &mut self,
+        m: usize,
+        n: usize,
+        k: usize,
+        out_f32: bool,
+        algo: sys::cublasLtMatmulAlgo_t,
+    ) -> Result<()> {
+        let key = Key {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            out_f32,
+        };
+        self.plan(key)?;
+        if let Some(p) = self.plans.get_mut(&key) {
+            p.algo = algo;
+        }
+        Ok(())
+    }
+
     /// `C(m×n, col-major) = op(A)ᵀ·B (+ C when `accumulate`)`: `a` = weight `[m rows of k]`,
     /// `b` = activations `[n rows of k]`, `c` = output `[n rows of m]`; all device pointers.
     /// Accumulating (beta = 1, C = D) folds a residual add into the GEMM's epilogue.

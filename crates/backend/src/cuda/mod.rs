@@ -383,6 +383,16 @@ fn rope_v8_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("RVLLM_ROPE_V8").as_deref() != Ok("0"))
 }
 
+/// What `CudaBackend::tune_matmul` found: the heuristic's first pick and the fastest of its
+/// candidates (device time per GEMM, µs), and the winner's rank in the heuristic's list.
+#[derive(Debug, Clone, Copy)]
+pub struct GemmTune {
+    pub default_us: f64,
+    pub best_us: f64,
+    pub best_rank: usize,
+    pub candidates: usize,
+}
+
 /// Kernels of the core module (attention variants are compiled on demand, see `func`).
 const CORE_KERNELS: [&str; 35] = [
     "patch_token_ids",
@@ -1737,6 +1747,70 @@ impl CudaBackend {
     }
 
     /// Records an event on the stream (for timing).
+    /// Times every algorithm cuBLASLt's heuristic offers (up to 16) for `out = x · wᵀ` on these
+    /// operands and pins the fastest for the shape: later GEMMs of exactly this shape
+    /// (`matmul` and `matmul_add` alike) run it. `ws`: weights of one shape, taken in turn (a
+    /// model's layers: each GEMM then reads its weight from HBM, as in a step, not from L2).
+    /// `out` is overwritten; not during a capture.
+    pub fn tune_matmul_timed(
+        &self,
+        x: &CudaTensor,
+        ws: &[&CudaWeight],
+        out: &mut CudaTensor,
+        iters: usize,
+    ) -> Result<GemmTune> {
+        let Some(w0) = ws.first() else {
+            return Err(shape_err("tune_matmul", "no weights".into()));
+        };
+        let (m, n, k, out_f32) = (w0.rows, x.rows, x.cols, out.buf.is_f32());
+        check(
+            "tune_matmul",
+            ws.iter().all(|w| w.rows == m && w.cols == k),
+            || "weights of different shapes".into(),
+        )?;
+        let cands = self.gemm.lock().unwrap().candidates(m, n, k, out_f32, 16)?;
+        let mut times = Vec::with_capacity(cands.len());
+        for algo in &cands {
+            self.gemm
+                .lock()
+                .unwrap()
+                .pin_algo(m, n, k, out_f32, *algo)?;
+            for w in ws.iter().take(2) {
+                self.matmul(x, w, out)?;
+            }
+            let mut ts = Vec::with_capacity(iters);
+            for i in 0..iters.max(1) {
+                let a = self.record_timing_event()?;
+                self.matmul(x, ws[(i + 2) % ws.len()], out)?;
+                let b = self.record_timing_event()?;
+                ts.push((a, b));
+            }
+            self.synchronize()?;
+            let mut ms: Vec<f64> = ts
+                .iter()
+                .map(|(a, b)| a.elapsed_ms(b).map(|v| v as f64))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| dev_err("event timing", e))?;
+            ms.sort_by(|a, b| a.total_cmp(b));
+            times.push(ms[ms.len() / 2] * 1e3);
+        }
+        let Some(best) = (0..times.len()).min_by(|&a, &b| times[a].total_cmp(&times[b])) else {
+            return Err(BackendError::Device(format!(
+                "cuBLASLt offers no algorithm for m={m} n={n} k={k}"
+            )));
+        };
+        self.gemm
+            .lock()
+            .unwrap()
+            .pin_algo(m, n, k, out_f32, cands[best])?;
+        Ok(GemmTune {
+            default_us: times[0],
+            best_us: times[best],
+            best_rank: best,
+            candidates: cands.len(),
+        })
+    }
+
     pub fn record_timing_event(&self) -> Result<CudaEvent> {
         let e = self
             .ctx
@@ -2332,6 +2406,25 @@ impl Backend for CudaBackend {
 
     fn silu_mul_fused(&self, gu: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
         self.gated_act_fused("silu_mul_fused", "silu_mul_fused_bf16", gu, out, &[])
+    }
+
+    fn tune_matmul(&self, x: &CudaTensor, ws: &[&CudaWeight], out: &mut CudaTensor) -> Result<()> {
+        // RVLLM_GEMM_TUNE=0 keeps the heuristic's first pick (A/B runs).
+        if std::env::var("RVLLM_GEMM_TUNE").as_deref() == Ok("0") {
+            return Ok(());
+        }
+        let r = self.tune_matmul_timed(x, ws, out, 5)?;
+        tracing::debug!(
+            "GEMM m={} n={} k={}: heuristic pick {:.1} us, tuned {:.1} us (rank {} of {})",
+            ws.first().map_or(0, |w| w.rows),
+            x.rows,
+            x.cols,
+            r.default_us,
+            r.best_us,
+            r.best_rank,
+            r.candidates
+        );
+        Ok(())
     }
 
     fn fold_norm(&self, norm: &mut CudaWeight, ws: &mut [&mut CudaWeight]) -> Result<bool> {

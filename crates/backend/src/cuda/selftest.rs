@@ -2062,9 +2062,21 @@ fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result
             let s = ms * 1e-3;
             let flops = 2.0 * (t * n * k) as f64;
             let bytes = (wbytes + t * k * 2 + t * n * 2) as f64;
+            // Decode-sized steps: the fastest of the heuristic's candidates, timed over the same
+            // rotation of weight copies (then pinned: later rows of this shape run it).
+            let tuned = if t > 1 && t <= 512 {
+                let refs: Vec<&super::CudaWeight> = ws.iter().collect();
+                let r = gpu.tune_matmul_timed(&x, &refs, &mut out, 12)?;
+                format!(
+                    "  tuned: first pick {:.1} us, best {:.1} us (rank {} of {})",
+                    r.default_us, r.best_us, r.best_rank, r.candidates
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 report,
-                "{t:>6} {k:>6} {n:>7} {:>10.1} {:>9.1} {:>9.0}",
+                "{t:>6} {k:>6} {n:>7} {:>10.1} {:>9.1} {:>9.0}{tuned}",
                 ms * 1e3,
                 flops / s / 1e12,
                 bytes / s / 1e9

@@ -1,6 +1,7 @@
 //! Folded norms (`Backend::fold_norm` and the ops a layer runs with it) against host and CPU
 //! references on fresh random inputs, outputs poisoned first: the fold itself (weights scaled by
-//! the norm, the norm then all ones; refused in f16), `matmul_add` at decode and prefill sizes,
+//! the norm, the norm then all ones; refused in f16), `matmul_add` at decode sizes (after
+//! `tune_matmul` picked its algorithm) and a prefill size,
 //! `rope_qkv_and_cache_rms` (rotated queries and the cache, the token's 1 / rms applied to q, k
 //! and v first; vector and scalar rope kernels, 16-byte and odd residual widths) and
 //! `silu_mul_fused_rms` (small steps with a row over several blocks, large ones one block a row).
@@ -108,6 +109,12 @@ fn matmul_add(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
         let r = rng.bf16_vec(t * n, 4.0);
         let gx = gpu.upload(t, k, &x)?;
         let mut gr = gpu.upload(t, n, &r)?;
+        if t <= 512 {
+            // Decode-sized: through the algorithm tuning picks (split-K ones among them), as
+            // decode graphs run it.
+            let mut scratch = gpu.alloc(t, n)?;
+            gpu.tune_matmul_timed(&gx, &[&gw], &mut scratch, 3)?;
+        }
         gpu.matmul_add(&gx, &gw, &mut gr)?;
         let mut cp = cpu_zeros(t, n);
         cpu.matmul(&cpu_t(t, k, x), &cw, &mut cp)?;
