@@ -29,8 +29,6 @@ pub struct BucketState<B: Backend> {
     pub epoch: u64,
     /// Capture failed once: this bucket always runs eagerly.
     pub uncapturable: bool,
-    /// The backend has tuned its GEMMs for this bucket's token count.
-    pub tuned: bool,
 }
 
 pub struct DecodeGraphs<B: Backend> {

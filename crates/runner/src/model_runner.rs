@@ -71,10 +71,20 @@ impl<B: Backend> ModelRunner<B> {
         backend
             .prepare(&model.attention_spec())
             .map_err(|e| e.to_string())?;
-        let bufs = match bufs {
+        let mut bufs = match bufs {
             Some(b) => b,
             None => Self::alloc_step_buffers(&backend, &model, &opts)?,
         };
+        // Graph buckets replay their GEMMs for every decode step of their size: the algorithms
+        // are picked by timing, once, here (tuning each bucket at its first step stalled running
+        // batches: T1 36.7 vs 34.8 s). RVLLM_GEMM_TUNE=0 keeps cuBLASLt's heuristic picks.
+        if !opts.enforce_eager && std::env::var("RVLLM_GEMM_TUNE").as_deref() != Ok("0") {
+            for t in crate::decode_graphs::bucket_sizes(opts.max_num_seqs) {
+                model
+                    .tune_projections(&backend, &mut bufs, t)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         let spec = model.kv_cache_spec(num_blocks, block_size);
         let kv_cache = backend.alloc_kv_cache(&spec).map_err(|e| e.to_string())?;
         let ids = backend
@@ -385,7 +395,6 @@ impl<B: Backend> ModelRunner<B> {
                 graph: None,
                 epoch: 0,
                 uncapturable: false,
-                tuned: false,
             }),
         };
         b.upload_batch_into(padded, &mut state.batch).map_err(err)?;
@@ -402,14 +411,6 @@ impl<B: Backend> ModelRunner<B> {
         if let Some(g) = &state.graph {
             b.replay(g).map_err(err)?;
         } else {
-            if !state.tuned {
-                // First step of this bucket: the GEMM algorithms for its exact shapes, timed on
-                // the real weights, before the step runs and is captured.
-                state.tuned = true;
-                self.model
-                    .tune_projections(b, &mut self.bufs, bucket)
-                    .map_err(|e| e.to_string())?;
-            }
             // Eagerly first: the result of this step, and any scratch growth happens outside
             // the capture.
             let logits = self

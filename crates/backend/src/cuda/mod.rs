@@ -1747,7 +1747,7 @@ impl CudaBackend {
     }
 
     /// Records an event on the stream (for timing).
-    /// Times every algorithm cuBLASLt's heuristic offers (up to 16) for `out = x · wᵀ` on these
+    /// Times the algorithms cuBLASLt's heuristic offers (up to `candidates`) for `out = x · wᵀ` on these
     /// operands and pins the fastest for the shape: later GEMMs of exactly this shape
     /// (`matmul` and `matmul_add` alike) run it. `ws`: weights of one shape, taken in turn (a
     /// model's layers: each GEMM then reads its weight from HBM, as in a step, not from L2).
@@ -1757,6 +1757,7 @@ impl CudaBackend {
         x: &CudaTensor,
         ws: &[&CudaWeight],
         out: &mut CudaTensor,
+        candidates: usize,
         iters: usize,
     ) -> Result<GemmTune> {
         let Some(w0) = ws.first() else {
@@ -1768,7 +1769,13 @@ impl CudaBackend {
             ws.iter().all(|w| w.rows == m && w.cols == k),
             || "weights of different shapes".into(),
         )?;
-        let cands = self.gemm.lock().unwrap().candidates(m, n, k, out_f32, 16)?;
+        let t0 = std::time::Instant::now();
+        let cands = self
+            .gemm
+            .lock()
+            .unwrap()
+            .candidates(m, n, k, out_f32, candidates)?;
+        let t_cands = t0.elapsed();
         let mut times = Vec::with_capacity(cands.len());
         for algo in &cands {
             self.gemm
@@ -1803,6 +1810,13 @@ impl CudaBackend {
             .lock()
             .unwrap()
             .pin_algo(m, n, k, out_f32, cands[best])?;
+        if std::env::var("RVLLM_TUNE_DEBUG").is_ok() {
+            eprintln!(
+                "tune m={m} n={n} k={k}: candidates {:.1} ms, total {:.1} ms",
+                t_cands.as_secs_f64() * 1e3,
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
         Ok(GemmTune {
             default_us: times[0],
             best_us: times[best],
@@ -2409,11 +2423,9 @@ impl Backend for CudaBackend {
     }
 
     fn tune_matmul(&self, x: &CudaTensor, ws: &[&CudaWeight], out: &mut CudaTensor) -> Result<()> {
-        // RVLLM_GEMM_TUNE=0 keeps the heuristic's first pick (A/B runs).
-        if std::env::var("RVLLM_GEMM_TUNE").as_deref() == Ok("0") {
-            return Ok(());
-        }
-        let r = self.tune_matmul_timed(x, ws, out, 5)?;
+        // The heuristic has offered at most 8 for the 8B model's decode shapes; the winners were
+        // clear beyond 3 timed runs.
+        let r = self.tune_matmul_timed(x, ws, out, 8, 3)?;
         tracing::debug!(
             "GEMM m={} n={} k={}: heuristic pick {:.1} us, tuned {:.1} us (rank {} of {})",
             ws.first().map_or(0, |w| w.rows),

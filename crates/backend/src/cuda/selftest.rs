@@ -2066,7 +2066,7 @@ fn bench_matmul(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result
             // rotation of weight copies (then pinned: later rows of this shape run it).
             let tuned = if t > 1 && t <= 512 {
                 let refs: Vec<&super::CudaWeight> = ws.iter().collect();
-                let r = gpu.tune_matmul_timed(&x, &refs, &mut out, 12)?;
+                let r = gpu.tune_matmul_timed(&x, &refs, &mut out, 16, 12)?;
                 format!(
                     "  tuned: first pick {:.1} us, best {:.1} us (rank {} of {})",
                     r.default_us, r.best_us, r.best_rank, r.candidates

@@ -113,7 +113,7 @@ fn matmul_add(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
             // Decode-sized: through the algorithm tuning picks (split-K ones among them), as
             // decode graphs run it.
             let mut scratch = gpu.alloc(t, n)?;
-            gpu.tune_matmul_timed(&gx, &[&gw], &mut scratch, 3)?;
+            gpu.tune_matmul_timed(&gx, &[&gw], &mut scratch, 8, 3)?;
         }
         gpu.matmul_add(&gx, &gw, &mut gr)?;
         let mut cp = cpu_zeros(t, n);
