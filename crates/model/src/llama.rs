@@ -26,6 +26,20 @@ struct LlamaLayer<B: Backend> {
     w_down: B::Weight,
 }
 
+impl<B: Backend> LlamaLayer<B> {
+    /// The stacked Q/K/V and gate/up weights the fused paths run (`i`: the layer, for the error).
+    fn fused_projections(&self, i: usize) -> Result<(&B::Weight, &B::Weight)> {
+        match (&self.qkv, &self.gate_up) {
+            (QkvWeights::Fused(q), GateUpWeights::Fused(g)) => Ok((q, g)),
+            _ => Err(rvllm_backend::BackendError::Shape {
+                op: "forward",
+                detail: format!("layer {i} has no fused projections"),
+            }
+            .into()),
+        }
+    }
+}
+
 pub struct LlamaModel<B: Backend> {
     pub config: ModelConfig,
     embed: B::Weight,
@@ -334,14 +348,7 @@ impl<B: Backend> LlamaModel<B> {
     ) -> Result<()> {
         let eps = self.config.norm_eps;
         for (i, l) in self.layers.iter().enumerate() {
-            let (QkvWeights::Fused(w_qkv), GateUpWeights::Fused(w_gu)) = (&l.qkv, &l.gate_up)
-            else {
-                return Err(rvllm_backend::BackendError::Shape {
-                    op: "forward",
-                    detail: format!("layer {i} has no fused projections"),
-                }
-                .into());
-            };
+            let (w_qkv, w_gu) = l.fused_projections(i)?;
             b.matmul(residual, w_qkv, qkv)?;
             b.rope_qkv_and_cache_rms(
                 qkv, residual, eps, q, &self.rope, &self.attn, batch, cache, i,
@@ -439,14 +446,7 @@ impl<B: Backend> LlamaModel<B> {
     ) -> Result<()> {
         let eps = self.config.norm_eps;
         for (i, l) in self.layers.iter().enumerate() {
-            let (QkvWeights::Fused(w_qkv), GateUpWeights::Fused(w_gu)) = (&l.qkv, &l.gate_up)
-            else {
-                return Err(rvllm_backend::BackendError::Shape {
-                    op: "forward",
-                    detail: format!("layer {i} has no fused projections"),
-                }
-                .into());
-            };
+            let (w_qkv, w_gu) = l.fused_projections(i)?;
             let fused = b.norm_matvec_rope_cache(
                 residual,
                 &l.attn_norm,

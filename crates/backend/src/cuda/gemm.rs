@@ -21,6 +21,17 @@ struct Key {
     out_f32: bool,
 }
 
+impl Key {
+    fn new(m: usize, n: usize, k: usize, out_f32: bool) -> Self {
+        Key {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            out_f32,
+        }
+    }
+}
+
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     a: sys::cublasLtMatrixLayout_t,
@@ -225,12 +236,7 @@ impl Gemm {
         out_f32: bool,
         count: usize,
     ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
-        let key = Key {
-            m: m as u64,
-            n: n as u64,
-            k: k as u64,
-            out_f32,
-        };
+        let key = Key::new(m, n, k, out_f32);
         let handle = self.handle;
         let ws_size = self.ws_size;
         let plan = self.plan(key)?;
@@ -284,12 +290,7 @@ impl Gemm {
         out_f32: bool,
         algo: sys::cublasLtMatmulAlgo_t,
     ) -> Result<()> {
-        let key = Key {
-            m: m as u64,
-            n: n as u64,
-            k: k as u64,
-            out_f32,
-        };
+        let key = Key::new(m, n, k, out_f32);
         self.plan(key)?;
         if let Some(p) = self.plans.get_mut(&key) {
             p.algo = algo;
@@ -314,12 +315,7 @@ impl Gemm {
         out_f32: bool,
         accumulate: bool,
     ) -> Result<()> {
-        let key = Key {
-            m: m as u64,
-            n: n as u64,
-            k: k as u64,
-            out_f32,
-        };
+        let key = Key::new(m, n, k, out_f32);
         let ws_size = self.ws_size;
         let handle = self.handle;
         let plan = self.plan(key)?;
