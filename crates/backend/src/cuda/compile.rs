@@ -144,7 +144,7 @@ pub fn include_dirs() -> Vec<String> {
     seen
 }
 
-fn cache_dir() -> Option<PathBuf> {
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     if let Ok(h) = std::env::var("RVLLM_HOME") {
         if !h.is_empty() {
             return Some(PathBuf::from(h).join("kernels"));

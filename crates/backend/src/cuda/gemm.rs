@@ -281,6 +281,45 @@ impl Gemm {
             .collect())
     }
 
+    /// `pin_algo` for a stored pick (`data`: the algorithm's words), if cuBLASLt accepts it for
+    /// this exact shape and it fits the workspace; `Ok(false)` (nothing changed) otherwise.
+    pub(crate) fn pin_stored(
+        &mut self,
+        m: usize,
+        n: usize,
+        k: usize,
+        out_f32: bool,
+        data: [u64; 8],
+    ) -> Result<bool> {
+        let handle = self.handle;
+        let ws_size = self.ws_size;
+        let plan = self.plan(Key::new(m, n, k, out_f32))?;
+        let algo = sys::cublasLtMatmulAlgo_t { data };
+        let mut res: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the plan's descriptors live while `plan` is borrowed; `algo` is plain data.
+        let st = unsafe {
+            sys::cublasLtMatmulAlgoCheck(
+                handle, plan.desc, plan.a, plan.b, plan.c, plan.c, &algo, &mut res,
+            )
+        };
+        if st != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS || res.workspaceSize > ws_size {
+            return Ok(false);
+        }
+        self.pin_algo(m, n, k, out_f32, algo)?;
+        Ok(true)
+    }
+
+    /// The words of the algorithm this shape runs now (to store a tuned pick).
+    pub(crate) fn algo_words(
+        &mut self,
+        m: usize,
+        n: usize,
+        k: usize,
+        out_f32: bool,
+    ) -> Result<[u64; 8]> {
+        Ok(self.plan(Key::new(m, n, k, out_f32))?.algo.data)
+    }
+
     /// Makes `algo` the one every later GEMM of exactly this shape runs (a tuned pick).
     pub(crate) fn pin_algo(
         &mut self,

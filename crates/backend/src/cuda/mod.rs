@@ -11,6 +11,7 @@ mod gemm;
 mod matvec;
 mod sampling;
 pub mod selftest;
+mod tune_cache;
 
 use crate::ops::{AttentionSpec, Backend, GeluKind, KvCacheSpec, RopeSpec, RopeStyle};
 use crate::{BackendError, BatchLayout, HostWeight, ModelDtype, Result, WeightDtype};
@@ -310,6 +311,8 @@ pub struct CudaBackend {
     /// Loaded kernels: the core module's at start, attention variants as first needed.
     funcs: Mutex<HashMap<String, CudaFunction>>,
     gemm: Mutex<gemm::Gemm>,
+    /// Stored GEMM picks (`tune_matmul`), loaded at the first tuning.
+    tune_cache: Mutex<Option<tune_cache::TuneCache>>,
     workspace: CudaSlice<u8>,
     staging: Mutex<Staging>,
     /// Partition outputs of the split decode attention, grown on demand.
@@ -616,6 +619,7 @@ impl CudaBackend {
             stream,
             funcs: Mutex::new(funcs),
             gemm: Mutex::new(gemm),
+            tune_cache: Mutex::new(None),
             workspace,
             staging: Mutex::new(Staging { host: None, done }),
             scratch: Mutex::new(None),
@@ -2423,6 +2427,22 @@ impl Backend for CudaBackend {
     }
 
     fn tune_matmul(&self, x: &CudaTensor, ws: &[&CudaWeight], out: &mut CudaTensor) -> Result<()> {
+        let Some(w0) = ws.first() else {
+            return Ok(());
+        };
+        let shape = (w0.rows, x.rows, x.cols, out.buf.is_f32());
+        let mut cache = self.tune_cache.lock().unwrap();
+        let cache = cache.get_or_insert_with(|| {
+            // SAFETY: a plain query of the loaded library.
+            let lib = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+            tune_cache::TuneCache::load(&self.info.name, lib, &self.dtype.to_string())
+        });
+        if let Some(data) = cache.get(shape) {
+            let (m, n, k, f) = shape;
+            if self.gemm.lock().unwrap().pin_stored(m, n, k, f, data)? {
+                return Ok(());
+            }
+        }
         // The heuristic has offered at most 8 for the 8B model's decode shapes; the winners were
         // clear beyond 3 timed runs.
         let r = self.tune_matmul_timed(x, ws, out, 8, 3)?;
@@ -2436,6 +2456,9 @@ impl Backend for CudaBackend {
             r.best_rank,
             r.candidates
         );
+        let (m, n, k, f) = shape;
+        let words = self.gemm.lock().unwrap().algo_words(m, n, k, f)?;
+        cache.put(shape, words);
         Ok(())
     }
 
