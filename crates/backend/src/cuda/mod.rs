@@ -1773,37 +1773,19 @@ impl CudaBackend {
             ws.iter().all(|w| w.rows == m && w.cols == k),
             || "weights of different shapes".into(),
         )?;
-        let t0 = std::time::Instant::now();
         let cands = self
             .gemm
             .lock()
             .unwrap()
             .candidates(m, n, k, out_f32, candidates)?;
-        let t_cands = t0.elapsed();
         let mut times = Vec::with_capacity(cands.len());
         for algo in &cands {
             self.gemm
                 .lock()
                 .unwrap()
                 .pin_algo(m, n, k, out_f32, *algo)?;
-            for w in ws.iter().take(2) {
-                self.matmul(x, w, out)?;
-            }
-            let mut ts = Vec::with_capacity(iters);
-            for i in 0..iters.max(1) {
-                let a = self.record_timing_event()?;
-                self.matmul(x, ws[(i + 2) % ws.len()], out)?;
-                let b = self.record_timing_event()?;
-                ts.push((a, b));
-            }
-            self.synchronize()?;
-            let mut ms: Vec<f64> = ts
-                .iter()
-                .map(|(a, b)| a.elapsed_ms(b).map(|v| v as f64))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| dev_err("event timing", e))?;
-            ms.sort_by(|a, b| a.total_cmp(b));
-            times.push(ms[ms.len() / 2] * 1e3);
+            let ms = self.median_ms(2, iters.max(1), |i| self.matmul(x, ws[i % ws.len()], out))?;
+            times.push(ms * 1e3);
         }
         let Some(best) = (0..times.len()).min_by(|&a, &b| times[a].total_cmp(&times[b])) else {
             return Err(BackendError::Device(format!(
@@ -1814,19 +1796,40 @@ impl CudaBackend {
             .lock()
             .unwrap()
             .pin_algo(m, n, k, out_f32, cands[best])?;
-        if std::env::var("RVLLM_TUNE_DEBUG").is_ok() {
-            eprintln!(
-                "tune m={m} n={n} k={k}: candidates {:.1} ms, total {:.1} ms",
-                t_cands.as_secs_f64() * 1e3,
-                t0.elapsed().as_secs_f64() * 1e3
-            );
-        }
         Ok(GemmTune {
             default_us: times[0],
             best_us: times[best],
             best_rank: best,
             candidates: cands.len(),
         })
+    }
+
+    /// Median device time (ms) of `f(i)` over `iters` runs after `warmup` runs, timed with
+    /// events around each run.
+    pub fn median_ms(
+        &self,
+        warmup: usize,
+        iters: usize,
+        mut f: impl FnMut(usize) -> Result<()>,
+    ) -> Result<f64> {
+        for i in 0..warmup {
+            f(i)?;
+        }
+        let mut evs = Vec::with_capacity(iters);
+        for i in 0..iters.max(1) {
+            let a = self.record_timing_event()?;
+            f(i)?;
+            let b = self.record_timing_event()?;
+            evs.push((a, b));
+        }
+        self.synchronize()?;
+        let mut ts: Vec<f64> = evs
+            .iter()
+            .map(|(a, b)| a.elapsed_ms(b).map(|x| x as f64))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| dev_err("event timing", e))?;
+        ts.sort_by(|a, b| a.total_cmp(b));
+        Ok(ts[ts.len() / 2])
     }
 
     pub fn record_timing_event(&self) -> Result<CudaEvent> {

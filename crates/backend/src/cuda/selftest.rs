@@ -1812,26 +1812,9 @@ fn time_ms(
     gpu: &CudaBackend,
     warmup: usize,
     iters: usize,
-    mut f: impl FnMut(usize) -> Result<()>,
+    f: impl FnMut(usize) -> Result<()>,
 ) -> Result<f64> {
-    for i in 0..warmup {
-        f(i)?;
-    }
-    let mut evs = Vec::with_capacity(iters);
-    for i in 0..iters {
-        let a = gpu.record_timing_event()?;
-        f(i)?;
-        let b = gpu.record_timing_event()?;
-        evs.push((a, b));
-    }
-    gpu.synchronize()?;
-    let mut ts: Vec<f64> = evs
-        .iter()
-        .map(|(a, b)| a.elapsed_ms(b).map(|x| x as f64))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| crate::BackendError::Device(format!("event timing: {e:?}")))?;
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Ok(ts[ts.len() / 2])
+    gpu.median_ms(warmup, iters, f)
 }
 
 fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Result<()> {
