@@ -998,24 +998,25 @@ fn case_matvec_rope(
     Ok(())
 }
 
-/// The fused-projection ops against their unfused CPU equivalents: `rope_qkv_and_cache` (q out,
-/// cache), `silu_mul_fused`, `concat_rows`; and the device argmax with planted ties.
+/// `rope_qkv_and_cache` on random q/k/v rows of magnitude `qkv_scale` (with `norm = Some((x
+/// width, eps))`: `rope_qkv_and_cache_rms`, the rows scaled by the 1 / rms of random residual
+/// rows) against the CPU's `rope_and_cache` of the split (and pre-scaled) rows: the rotated
+/// queries and every cache block. A padding row (slot u32::MAX) must write nothing.
 #[allow(clippy::too_many_arguments)]
-fn case_fused(
+fn check_rope_qkv(
     c: &mut Checker,
     gpu: &CudaBackend,
     cpu: &CpuBackend,
     rng: &mut Rng,
-    heads: usize,
-    kvh: usize,
-    hd: usize,
+    (heads, kvh, hd): (usize, usize, usize),
     style: RopeStyle,
     rotary_dim: usize,
+    seqs: &[(usize, usize)],
+    qkv_scale: f32,
+    norm: Option<(usize, f32)>,
+    name: &str,
 ) -> Result<()> {
-    let bs = 16;
-    let seqs = [(20usize, 20usize), (13, 53), (1, 700), (1, 5000)];
-    let (spec, mut layout) = paged_batch(rng, &seqs, bs, kvh, hd, 4);
-    // A padding row (slot u32::MAX) must write nothing.
+    let (spec, mut layout) = paged_batch(rng, seqs, 16, kvh, hd, 4);
     layout.token_ids.push(0);
     layout.positions.push(0);
     layout.slot_mapping.push(u32::MAX);
@@ -1032,11 +1033,24 @@ fn case_fused(
         rotary_dim,
     };
     let (qd, kd) = (heads * hd, kvh * hd);
-    let qkv = rng.bf16_vec(t * (qd + 2 * kd), 2.0);
-    let mut q = Vec::new();
-    let mut k = Vec::new();
-    let mut v = Vec::new();
-    for row in qkv.chunks(qd + 2 * kd) {
+    // Residual rows of varied size, as the stream grows through a model.
+    let x = norm.map(|(xcols, _)| {
+        let mut x = Vec::with_capacity(t * xcols);
+        for _ in 0..t {
+            let a = 0.5 + 30.0 * rng.unit();
+            x.extend(rng.bf16_vec(xcols, a));
+        }
+        x
+    });
+    let qkv = rng.bf16_vec(t * (qd + 2 * kd), qkv_scale);
+    let host = match (&x, norm) {
+        (Some(x), Some((xcols, eps))) => {
+            folded::scale_rows(&qkv, qd + 2 * kd, &folded::rstd_rows(x, xcols, eps))
+        }
+        _ => qkv.clone(),
+    };
+    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for row in host.chunks(qd + 2 * kd) {
         q.extend_from_slice(&row[..qd]);
         k.extend_from_slice(&row[qd..qd + kd]);
         v.extend_from_slice(&row[qd + kd..]);
@@ -1046,10 +1060,15 @@ fn case_fused(
     let mut gc = gpu.alloc_kv_cache(&spec)?;
     let mut cc = cpu.alloc_kv_cache(&spec)?;
     let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
-    gpu.rope_qkv_and_cache(&gqkv, &mut gq, &rope, &attn, &gb, &mut gc, 1)?;
+    match (&x, norm) {
+        (Some(x), Some((xcols, eps))) => {
+            let gx = gpu.upload(t, xcols, x)?;
+            gpu.rope_qkv_and_cache_rms(&gqkv, &gx, eps, &mut gq, &rope, &attn, &gb, &mut gc, 1)?
+        }
+        _ => gpu.rope_qkv_and_cache(&gqkv, &mut gq, &rope, &attn, &gb, &mut gc, 1)?,
+    }
     let (mut cq, mut ck, cv) = (cpu_t(t, qd, q), cpu_t(t, kd, k), cpu_t(t, kd, v));
     cpu.rope_and_cache(&mut cq, &mut ck, &cv, &rope, &attn, &cb, &mut cc, 1)?;
-    let name = format!("rope_qkv {style:?} rd={rotary_dim} {heads}/{kvh}x{hd}");
     c.cmp(
         &format!("{name} q"),
         &gpu.to_host(&gq)?,
@@ -1064,6 +1083,35 @@ fn case_fused(
         cpu,
         &cc,
         c.tight(1e-2),
+    )
+}
+
+/// The fused-projection ops against their unfused CPU equivalents: `rope_qkv_and_cache` (q out,
+/// cache), `silu_mul_fused`, `concat_rows`; and the device argmax with planted ties.
+#[allow(clippy::too_many_arguments)]
+fn case_fused(
+    c: &mut Checker,
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    heads: usize,
+    kvh: usize,
+    hd: usize,
+    style: RopeStyle,
+    rotary_dim: usize,
+) -> Result<()> {
+    check_rope_qkv(
+        c,
+        gpu,
+        cpu,
+        rng,
+        (heads, kvh, hd),
+        style,
+        rotary_dim,
+        &[(20, 20), (13, 53), (1, 700), (1, 5000)],
+        2.0,
+        None,
+        &format!("rope_qkv {style:?} rd={rotary_dim} {heads}/{kvh}x{hd}"),
     )?;
 
     // silu_mul_fused vs silu_mul of the halves.

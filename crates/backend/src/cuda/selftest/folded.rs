@@ -6,14 +6,14 @@
 //! and v first; vector and scalar rope kernels, 16-byte and odd residual widths) and
 //! `silu_mul_fused_rms` (small steps with a row over several blocks, large ones one block a row).
 
-use super::{bf, cmp_caches, cpu_t, cpu_zeros, gpu_out, load_both, paged_batch, Checker, Rng};
+use super::{bf, check_rope_qkv, cpu_t, cpu_zeros, gpu_out, load_both, Checker, Rng};
 use crate::cpu::CpuBackend;
 use crate::cuda::CudaBackend;
-use crate::ops::{AttentionSpec, Backend, RopeSpec, RopeStyle};
+use crate::ops::{Backend, RopeStyle};
 use crate::{ModelDtype, Result, WeightDtype};
 
 /// 1 / rms of each `cols`-wide row of `x` (f64), as the RMS norm scales rows.
-fn rstd_rows(x: &[f32], cols: usize, eps: f32) -> Vec<f64> {
+pub(super) fn rstd_rows(x: &[f32], cols: usize, eps: f32) -> Vec<f64> {
     x.chunks(cols)
         .map(|r| {
             let ss: f64 = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
@@ -22,7 +22,7 @@ fn rstd_rows(x: &[f32], cols: usize, eps: f32) -> Vec<f64> {
         .collect()
 }
 
-fn scale_rows(x: &[f32], cols: usize, s: &[f64]) -> Vec<f32> {
+pub(super) fn scale_rows(x: &[f32], cols: usize, s: &[f64]) -> Vec<f32> {
     x.chunks(cols)
         .zip(s)
         .flat_map(|(r, &k)| r.iter().map(move |&v| (v as f64 * k) as f32))
@@ -130,7 +130,6 @@ fn matmul_add(c: &mut Checker, gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rn
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn rope_rms(
     c: &mut Checker,
     gpu: &CudaBackend,
@@ -140,66 +139,18 @@ fn rope_rms(
     rotary_dim: usize,
     xcols: usize,
 ) -> Result<()> {
-    let (heads, kvh, hd, bs) = (32usize, 8usize, 128usize, 16usize);
-    let eps = 1e-5;
-    let seqs = [(20usize, 20usize), (13, 53), (1, 700)];
-    let (spec, mut layout) = paged_batch(rng, &seqs, bs, kvh, hd, 4);
-    // A padding row (slot u32::MAX) must write nothing.
-    layout.token_ids.push(0);
-    layout.positions.push(0);
-    layout.slot_mapping.push(u32::MAX);
-    let t = layout.num_tokens();
-    let attn = AttentionSpec {
-        num_heads: heads,
-        num_kv_heads: kvh,
-        head_dim: hd,
-        scale: 1.0 / (hd as f32).sqrt(),
-    };
-    let rope = RopeSpec {
-        style,
-        theta: 500000.0,
-        rotary_dim,
-    };
-    let (qd, kd) = (heads * hd, kvh * hd);
-    // Residual rows of varied size, as the stream grows through a model.
-    let mut x = Vec::with_capacity(t * xcols);
-    for _ in 0..t {
-        let a = 0.5 + 30.0 * rng.unit();
-        x.extend(rng.bf16_vec(xcols, a));
-    }
-    let qkv = rng.bf16_vec(t * (qd + 2 * kd), 40.0);
-    let s = rstd_rows(&x, xcols, eps);
-    let scaled = scale_rows(&qkv, qd + 2 * kd, &s);
-    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
-    for row in scaled.chunks(qd + 2 * kd) {
-        q.extend_from_slice(&row[..qd]);
-        k.extend_from_slice(&row[qd..qd + kd]);
-        v.extend_from_slice(&row[qd + kd..]);
-    }
-    let gqkv = gpu.upload(t, qd + 2 * kd, &qkv)?;
-    let gx = gpu.upload(t, xcols, &x)?;
-    let mut gq = gpu_out(gpu, t, qd)?;
-    let mut gc = gpu.alloc_kv_cache(&spec)?;
-    let mut cc = cpu.alloc_kv_cache(&spec)?;
-    let (gb, cb) = (gpu.upload_batch(&layout)?, cpu.upload_batch(&layout)?);
-    gpu.rope_qkv_and_cache_rms(&gqkv, &gx, eps, &mut gq, &rope, &attn, &gb, &mut gc, 1)?;
-    let (mut cq, mut ck, cv) = (cpu_t(t, qd, q), cpu_t(t, kd, k), cpu_t(t, kd, v));
-    cpu.rope_and_cache(&mut cq, &mut ck, &cv, &rope, &attn, &cb, &mut cc, 1)?;
-    let name = format!("rope_qkv_rms {style:?} rd={rotary_dim} x width {xcols}");
-    c.cmp(
-        &format!("{name} q"),
-        &gpu.to_host(&gq)?,
-        &cq.data,
-        c.tight(1e-2),
-    );
-    cmp_caches(
+    check_rope_qkv(
         c,
-        &format!("{name} cache"),
         gpu,
-        &gc,
         cpu,
-        &cc,
-        c.tight(1e-2),
+        rng,
+        (32, 8, 128),
+        style,
+        rotary_dim,
+        &[(20, 20), (13, 53), (1, 700)],
+        40.0,
+        Some((xcols, 1e-5)),
+        &format!("rope_qkv_rms {style:?} rd={rotary_dim} x width {xcols}"),
     )
 }
 
