@@ -246,7 +246,8 @@ __device__ __forceinline__ float rv_ex2(float x) {
     return y;
 }
 
-template <int HD, int G, int L>
+// NWT: warps per CTA, all on the same item (they split its tokens and merge at the end).
+template <int HD, int G, int L, int NWT>
 __device__ __forceinline__ void decode2_impl(
     act_t* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ max_logits,
     float* __restrict__ exp_sums, u32* __restrict__ counters, const act_t* __restrict__ q,
@@ -255,7 +256,7 @@ __device__ __forceinline__ void decode2_impl(
     const u32* __restrict__ query_len, const u32* __restrict__ context_len, int max_blocks,
     int num_heads, int num_kv_heads, int block_size, int bs_shift, float scale, int part_size,
     int hchunks) {
-    constexpr int NT = DEC2_NT, NW = DEC2_NW;
+    constexpr int NT = 32 * NWT, NW = NWT;
     constexpr int TPT = HD / 8;         // threads per token row, 16 bytes each
     constexpr int TPW = 32 / TPT;       // token rows per warp load
     // L: K (and V) loads per thread per iteration
@@ -500,14 +501,21 @@ __device__ __forceinline__ void decode2_impl(
     extern "C" __global__ void __launch_bounds__(DEC2_NT)                                        \
         paged_decode_v2_h##HD##_g##G(DECODE2_ARGS) {                                             \
         pdl_trigger();                                                                           \
-        decode2_impl<HD, G, 4>(DECODE2_PASS);                                                   \
+        decode2_impl<HD, G, 4, DEC2_NW>(DECODE2_PASS);                                           \
+    }
+// NW warps per CTA instead of DEC2_NW (experiments: RVLLM_DECODE_NW).
+#define DECODE2_KERNEL_W(HD, G, NW)                                                              \
+    extern "C" __global__ void __launch_bounds__(32 * NW)                                        \
+        paged_decode_v2_h##HD##_g##G##_w##NW(DECODE2_ARGS) {                                     \
+        pdl_trigger();                                                                           \
+        decode2_impl<HD, G, 4, NW>(DECODE2_PASS);                                                \
     }
 // Explicit loads per thread per iteration (experiments: RVLLM_DECODE_L).
 #define DECODE2_KERNEL_L(HD, G, L)                                                               \
     extern "C" __global__ void __launch_bounds__(DEC2_NT)                                        \
         paged_decode_v2_h##HD##_g##G##_l##L(DECODE2_ARGS) {                                      \
         pdl_trigger();                                                                           \
-        decode2_impl<HD, G, L>(DECODE2_PASS);                                                    \
+        decode2_impl<HD, G, L, DEC2_NW>(DECODE2_PASS);                                                    \
     }
 #define DECODE2_ALL_G(HD)                                                                        \
     DECODE2_KERNEL(HD, 1)                                                                        \
@@ -684,6 +692,8 @@ DECODE_ALL_G(256)
 DECODE2_ALL_G(64)
 DECODE2_ALL_G(128)
 DECODE2_ALL_G(256)
+DECODE2_KERNEL_W(128, 4, 2)
+DECODE2_KERNEL_W(64, 3, 1)
 PREFILL_KERNEL(64)
 PREFILL_KERNEL(96)
 PREFILL_KERNEL(128)

@@ -88,6 +88,14 @@ pub fn instantiation_for(name: &str) -> Option<String> {
     let num = |s: &str| s.parse::<u32>().ok();
     if let Some(rest) = name.strip_prefix("paged_decode_v2_h") {
         let (hd, g) = rest.split_once("_g")?;
+        if let Some((g, w)) = g.split_once("_w") {
+            return Some(format!(
+                "DECODE2_KERNEL_W({}, {}, {})",
+                num(hd)?,
+                num(g)?,
+                num(w)?
+            ));
+        }
         if let Some((g, l)) = g.split_once("_l") {
             return Some(format!(
                 "DECODE2_KERNEL_L({}, {}, {})",

@@ -35,6 +35,34 @@ const PREFILL_HDS: [usize; 4] = [64, 96, 128, 256];
 const DECODE_MAX_G: usize = 8;
 /// Warps per CTA of the single-pass decode kernel (DEC2_NW in attention.cu).
 const DECODE_V2_WARPS: usize = 4;
+/// Warps per single-pass decode CTA: 0 = as RVLLM_DECODE_NW says (unset or 0: by the launch's
+/// size, `decode_v2_warps`); 1, 2 or 4 otherwise. The self-test and the bench set it.
+static DECODE_NW: AtomicUsize = AtomicUsize::new(0);
+/// From this many (sequence, head chunk) items a launch runs 2 warps per CTA instead of 4: the
+/// items then fill the GPU by themselves and a short context is split over fewer warps, so each
+/// warp streams more tokens per fixed cost (q load, block numbers, merge). H100, 32q/8kv/128,
+/// same cache: batch 256 x ~160 tokens 74.8 -> 71.1 us (1 warp: 69.3), 256 x 1100 397.5 ->
+/// 394.7, 128 x 1100 203.1 -> 201.9; but 64 x 2048 (512 items) 191.8 -> 242.1, and batches of
+/// 1-32 are slower with fewer warps.
+const DECODE_V2_TWO_WARP_ITEMS: usize = 1024;
+
+fn decode_v2_warps(items: usize) -> usize {
+    static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let n = match DECODE_NW.load(Ordering::Relaxed) {
+        0 => *ENV.get_or_init(|| {
+            std::env::var("RVLLM_DECODE_NW")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+        }),
+        n => n,
+    };
+    match n {
+        1 | 2 | 4 => n,
+        _ if items >= DECODE_V2_TWO_WARP_ITEMS => 2,
+        _ => DECODE_V2_WARPS,
+    }
+}
 /// The single-pass decode kernel splits contexts until the grid has this many CTAs per SM (4
 /// fit at once). H100 sweep of 2 / 4 / 8 / 16 and fixed partitions 256..2048: 2 was the best or
 /// within 2% of the best on every benchmarked shape (batch 1..256, contexts 1100..8192).
@@ -465,7 +493,8 @@ fn decode_heads_per_cta(group: usize) -> usize {
     }
 }
 
-fn decode_kernel_name(attn: &AttentionSpec) -> String {
+/// The decode kernel for `attn` at a launch of `items` (sequence, head chunk) pairs.
+fn decode_kernel_name(attn: &AttentionSpec, items: usize) -> String {
     let group = attn.num_heads / attn.num_kv_heads.max(1);
     let g = decode_heads_per_cta(group);
     if decode_attn_mode() == DECODE_ATTN_OLD {
@@ -477,7 +506,12 @@ fn decode_kernel_name(attn: &AttentionSpec) -> String {
             Ok(l) if l.trim().parse::<u32>().is_ok() => format!("_l{}", l.trim()),
             _ => String::new(),
         });
-        format!("paged_decode_v2_h{}_g{g}{suffix}", attn.head_dim)
+        let nw = decode_v2_warps(items);
+        if nw != DECODE_V2_WARPS && suffix.is_empty() {
+            format!("paged_decode_v2_h{}_g{g}_w{nw}", attn.head_dim)
+        } else {
+            format!("paged_decode_v2_h{}_g{g}{suffix}", attn.head_dim)
+        }
     }
 }
 
@@ -828,7 +862,10 @@ impl CudaBackend {
     pub fn prepare_attention(&self, attn: &AttentionSpec) -> Result<()> {
         let mut names = vec![prefill_kernel(attn.head_dim).0];
         if DECODE_HDS.contains(&attn.head_dim) {
-            names.push(decode_kernel_name(attn));
+            // Both warp counts the launches pick between.
+            names.push(decode_kernel_name(attn, 0));
+            names.push(decode_kernel_name(attn, DECODE_V2_TWO_WARP_ITEMS));
+            names.dedup();
         }
         let loaded: Vec<Result<(String, CudaFunction)>> = std::thread::scope(|sc| {
             let handles: Vec<_> = names
@@ -1399,7 +1436,7 @@ impl CudaBackend {
         let smem = (g * part).max(1024 * g) * 4;
         let s = &self.stream;
         self.launch(
-            &decode_kernel_name(attn),
+            &decode_kernel_name(attn, ctas),
             (
                 b.num_seqs as u32,
                 (attn.num_kv_heads * hchunks) as u32,
@@ -1471,7 +1508,14 @@ impl CudaBackend {
         let hchunks = group / g;
         let chunks = attn.num_kv_heads * hchunks;
         let ctas = b.num_seqs * chunks;
-        let mut part = self.decode_partition_v2(ctas, b.max_context, hd);
+        // Fewer warps per CTA: proportionally more CTAs for the same warps in flight.
+        let nw = decode_v2_warps(ctas);
+        let mut part =
+            self.decode_partition_v2((ctas * nw / DECODE_V2_WARPS).max(1), b.max_context, hd);
+        // The merge keeps [G][partitions] weights in the [NW][G][hd] shared buffer.
+        while b.max_context.div_ceil(part) > nw * hd {
+            part *= 2;
+        }
         // Shared memory holds the partition's block numbers: at most 1024 of them.
         part = part.min(1024 * block_size);
         let max_parts = b.max_context.div_ceil(part).max(1);
@@ -1489,7 +1533,7 @@ impl CudaBackend {
             (0, 0, 0, 0)
         };
         let nbt = part.min(b.max_context.max(1)).div_ceil(block_size) + 1;
-        let smem = (DECODE_V2_WARPS * g * (hd + 2) + nbt) * 4;
+        let smem = (nw * g * (hd + 2) + nbt) * 4;
         let bs_shift = if block_size.is_power_of_two() {
             block_size.trailing_zeros() as i32
         } else {
@@ -1497,9 +1541,9 @@ impl CudaBackend {
         };
         let s = &self.stream;
         self.launch(
-            &decode_kernel_name(attn),
+            &decode_kernel_name(attn, ctas),
             (chunks as u32, b.num_seqs as u32, max_parts as u32),
-            (128, 1, 1),
+            ((32 * nw) as u32, 1, 1),
             smem as u32,
             &[
                 Arg::P(out),

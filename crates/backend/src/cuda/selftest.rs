@@ -1719,6 +1719,48 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
             )
         });
     }
+    // The single-pass kernel with 2 and 1 warps per CTA.
+    for nw in [2usize, 1] {
+        super::DECODE_NW.store(nw, Ordering::Relaxed);
+        for &(h, kv, hd, bs, part) in &[
+            (32usize, 8usize, 128usize, 16usize, 0usize),
+            (32, 8, 128, 16, 64),
+            (6, 2, 128, 16, 100),
+            (9, 3, 64, 12, 0),
+            (16, 2, 256, 32, 48),
+        ] {
+            c.run("decode warps", |c| {
+                case_attention_bs(
+                    c,
+                    &gpu,
+                    &cpu,
+                    &mut rng,
+                    "decode warps",
+                    h,
+                    kv,
+                    hd,
+                    &ragged,
+                    part,
+                    bs,
+                )
+            });
+        }
+        c.run("mixed warps", |c| {
+            case_attention(
+                c,
+                &gpu,
+                &cpu,
+                &mut rng,
+                "mixed warps",
+                32,
+                8,
+                128,
+                &[(100, 100), (1, 1), (37, 500), (1, 1500), (1, 2999)],
+                64,
+            )
+        });
+    }
+    super::DECODE_NW.store(0, Ordering::Relaxed);
     super::DECODE_ATTN_MODE.store(super::DECODE_ATTN_OLD, Ordering::Relaxed);
     for part in [0usize, 128] {
         c.run("decode old", |c| {
@@ -1918,12 +1960,12 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
     let _ = writeln!(
         report,
         "paged decode attention, {heads}q/{kvh}kv/{hd} (32q: Llama-3-8B), block {bs}, {} KV \
-         (old = two-phase kernel + reduce, new = single-pass v2; same cache, same batches):",
+         (old = two-phase kernel + reduce, new = single-pass v2 with 4 warps per CTA, w2 / w1 = with 2 / 1; same cache, same batches):",
         gpu.dtype()
     );
     let _ = writeln!(
         report,
-        "{:>6} {:>6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>9} {:>8} {:>7}",
+        "{:>6} {:>6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>9} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
         "batch",
         "ctx",
         "ragged",
@@ -1933,7 +1975,11 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
         "old GB/s",
         "new part",
         "new us",
-        "new GB/s"
+        "new GB/s",
+        "w2 us",
+        "w2 GB/s",
+        "w1 us",
+        "w1 GB/s"
     );
     for &(b, ctx, ragged, launch) in &shapes {
         let ctxs: Vec<usize> = (0..b)
@@ -1960,12 +2006,20 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
         let bytes = (ctxs.iter().sum::<usize>() * kvh * hd * 2 * 2) as f64;
         let max_ctx = ctxs.iter().copied().max().unwrap_or(1).max(launch);
         let mut res = Vec::new();
-        for mode in [super::DECODE_ATTN_OLD, super::DECODE_ATTN_V2] {
+        // The two-phase kernel, then the single-pass one with 4, 2 and 1 warps per CTA.
+        for (mode, nw) in [
+            (super::DECODE_ATTN_OLD, 0usize),
+            (super::DECODE_ATTN_V2, 4),
+            (super::DECODE_ATTN_V2, 2),
+            (super::DECODE_ATTN_V2, 1),
+        ] {
             super::DECODE_ATTN_MODE.store(mode, Ordering::Relaxed);
+            super::DECODE_NW.store(nw, Ordering::Relaxed);
             let ms = time_ms(gpu, 3, 20, |_| {
                 gpu.paged_attention(&q, &attn, &batch, &cache, 0, &mut out)
             });
             super::DECODE_ATTN_MODE.store(0, Ordering::Relaxed);
+            super::DECODE_NW.store(0, Ordering::Relaxed);
             let ms = ms?;
             let part = if mode == super::DECODE_ATTN_OLD {
                 gpu.decode_partition(b * kvh, max_ctx)
@@ -1977,14 +2031,18 @@ fn bench_attention(report: &mut String, gpu: &CudaBackend, rng: &mut Rng) -> Res
         }
         let _ = writeln!(
             report,
-            "{b:>6} {ctx:>6} {:>6} {launch:>6} {:>8} {:>9.1} {:>8.0} {:>9} {:>8.1} {:>7.0}",
+            "{b:>6} {ctx:>6} {:>6} {launch:>6} {:>8} {:>9.1} {:>8.0} {:>9} {:>8.1} {:>7.0} {:>8.1} {:>8.0} {:>8.1} {:>8.0}",
             if ragged { "yes" } else { "no" },
             res[0].0,
             res[0].1,
             res[0].2,
             res[1].0,
             res[1].1,
-            res[1].2
+            res[1].2,
+            res[2].1,
+            res[2].2,
+            res[3].1,
+            res[3].2
         );
     }
     Ok(())
