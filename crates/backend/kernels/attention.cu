@@ -246,8 +246,29 @@ __device__ __forceinline__ float rv_ex2(float x) {
     return y;
 }
 
+// What the fused rope variant needs (ROPE only): the step's new token is not in the cache yet;
+// q, k and v come unrotated from the Q/K/V projection (row stride `qkv_stride`), scaled by the
+// token's 1 / rms of `norm_x` (when set: the attention norm folded into the weight), rotated
+// (full width) and rounded as the rope kernel does. The CTA of head chunk 0 whose partition
+// ends at the new token writes its k and v to the cache; every CTA of that partition takes the
+// new token from registers, so no CTA reads a cache row written during the launch.
+struct DecodeRope {
+    const act_t* norm_x;
+    int norm_cols;
+    float eps;
+    const u32* positions;
+    const u32* slot_mapping;
+    act_t* k_cache;
+    act_t* v_cache;
+    u64 num_slots;
+    u64 qkv_stride;
+    float log2_theta;
+    int neox;
+};
+
 // NWT: warps per CTA, all on the same item (they split its tokens and merge at the end).
-template <int HD, int G, int L, int NWT>
+// ROPE: the step's rope and KV-cache write are folded in (see DecodeRope).
+template <int HD, int G, int L, int NWT, bool ROPE>
 __device__ __forceinline__ void decode2_impl(
     act_t* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ max_logits,
     float* __restrict__ exp_sums, u32* __restrict__ counters, const act_t* __restrict__ q,
@@ -255,7 +276,7 @@ __device__ __forceinline__ void decode2_impl(
     const u32* __restrict__ block_tables, const u32* __restrict__ query_start,
     const u32* __restrict__ query_len, const u32* __restrict__ context_len, int max_blocks,
     int num_heads, int num_kv_heads, int block_size, int bs_shift, float scale, int part_size,
-    int hchunks) {
+    int hchunks, const DecodeRope rp) {
     constexpr int NT = 32 * NWT, NW = NWT;
     constexpr int TPT = HD / 8;         // threads per token row, 16 bytes each
     constexpr int TPW = 32 / TPT;       // token rows per warp load
@@ -294,12 +315,76 @@ __device__ __forceinline__ void decode2_impl(
 
     constexpr float LOG2E = 1.4426950408889634f;
     float qv[G][8];
+    // Tokens the loop reads from the cache (with ROPE, the partition's last token is the new
+    // one, taken from registers).
+    int n_loop = n;
+    float cur_k[8], cur_v[8];
+    bool has_cur = false;
+    if (ROPE) {
+        __shared__ float red[32];
+        const float sc = rp.norm_x ? row_rstd(rp.norm_x + tok * rp.norm_cols, rp.norm_cols, rp.eps, red)
+                                   : 1.f;
+        const float pos = (float)rp.positions[tok];
+        float cs[8], sn[8];
 #pragma unroll
-    for (int g = 0; g < G; g++) {
-        act8 t = *(const act8*)(q + tok * num_heads * HD + (u64)(head0 + g) * HD + tl * 8);
-        act8_to_f32(t, qv[g]);
+        for (int e = 0; e < 8; e++) {
+            const int d = tl * 8 + e;
+            rope_sincos(pos, rp.neox ? d % (HD / 2) : d / 2, HD, rp.log2_theta, &sn[e], &cs[e]);
+        }
+        const act_t* row_base = q + tok * rp.qkv_stride;
+        // This thread's 8 dims of a head row: scaled, rotated (neox pairs dim d with d +- HD/2,
+        // held by the lane TPT/2 away; interleaved pairs 2j, 2j+1 within the thread), rounded.
+        auto rotate = [&](const act_t* src, float* y) {
+            float x[8];
+            act8_to_f32(*(const act8*)(src + tl * 8), x);
 #pragma unroll
-        for (int e = 0; e < 8; e++) qv[g][e] *= scale * LOG2E;
+            for (int e = 0; e < 8; e++) x[e] *= sc;
+            if (rp.neox) {
+                const bool lo = tl < TPT / 2;
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    const float o = __shfl_xor_sync(0xffffffffu, x[e], TPT / 2);
+                    y[e] = lo ? x[e] * cs[e] - o * sn[e] : o * sn[e] + x[e] * cs[e];
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e += 2) {
+                    y[e] = x[e] * cs[e] - x[e + 1] * sn[e];
+                    y[e + 1] = x[e] * sn[e] + x[e + 1] * cs[e];
+                }
+            }
+#pragma unroll
+            for (int e = 0; e < 8; e++) y[e] = act2f(f2act(y[e]));
+        };
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            rotate(row_base + (u64)(head0 + g) * HD, qv[g]);
+#pragma unroll
+            for (int e = 0; e < 8; e++) qv[g][e] *= scale * LOG2E;
+        }
+        has_cur = start + n == ctx;
+        if (has_cur) {
+            n_loop = n - 1;
+            rotate(row_base + (u64)(num_heads + kvh) * HD, cur_k);
+            float v8[8];
+            act8_to_f32(*(const act8*)(row_base + (u64)(num_heads + num_kv_heads + kvh) * HD + tl * 8), v8);
+#pragma unroll
+            for (int e = 0; e < 8; e++) cur_v[e] = act2f(f2act(v8[e] * sc));
+            const u32 slot = rp.slot_mapping[tok];
+            if (chunk == 0 && warp == 0 && row == 0 && slot != 0xffffffffu && (u64)slot < rp.num_slots) {
+                const u64 o = ((u64)slot * num_kv_heads + kvh) * HD + tl * 8;
+                *(act8*)(rp.k_cache + o) = f32_to_act8(cur_k);
+                *(act8*)(rp.v_cache + o) = f32_to_act8(cur_v);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            act8 t = *(const act8*)(q + tok * num_heads * HD + (u64)(head0 + g) * HD + tl * 8);
+            act8_to_f32(t, qv[g]);
+#pragma unroll
+            for (int e = 0; e < 8; e++) qv[g][e] *= scale * LOG2E;
+        }
     }
     __syncthreads();
 
@@ -311,13 +396,29 @@ __device__ __forceinline__ void decode2_impl(
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[g][e] = 0.f;
     }
+    if (ROPE && has_cur && warp == 0) {
+        // Warp 0 starts from the new token: score q . k over the row's lanes; both rows take
+        // it as their maximum (rows share m), row 0 alone its weight 1 and v.
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float d = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) d += qv[g][e] * cur_k[e];
+#pragma unroll
+            for (int o = TPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            m[g] = d;
+            l[g] = row == 0 ? 1.f : 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] = row == 0 ? cur_v[e] : 0.f;
+        }
+    }
 
     // Warp-uniform loop: the shuffles below see every lane.
-    for (int it = warp * TOK; it < n; it += NW * TOK) {
+    for (int it = warp * TOK; it < n_loop; it += NW * TOK) {
         act8 kr[L], vr[L];
 #pragma unroll
         for (int i = 0; i < L; i++) {
-            const int pos = start + min(it + row + i * TPW, n - 1);  // past the end: reread, masked
+            const int pos = start + min(it + row + i * TPW, n_loop - 1);  // past the end: reread, masked
             int bi, off;
             if (bs_shift >= 0) {
                 bi = pos >> bs_shift;
@@ -351,7 +452,7 @@ __device__ __forceinline__ void decode2_impl(
                 for (int g = 0; g < G; g++) sc[i][g] += __shfl_xor_sync(0xffffffffu, sc[i][g], o);
 #pragma unroll
         for (int i = 0; i < L; i++)
-            if (it + row + i * TPW >= n)
+            if (it + row + i * TPW >= n_loop)
 #pragma unroll
                 for (int g = 0; g < G; g++) sc[i][g] = -RV_INF;
 #pragma unroll
@@ -501,21 +602,33 @@ __device__ __forceinline__ void decode2_impl(
     extern "C" __global__ void __launch_bounds__(DEC2_NT)                                        \
         paged_decode_v2_h##HD##_g##G(DECODE2_ARGS) {                                             \
         pdl_trigger();                                                                           \
-        decode2_impl<HD, G, 4, DEC2_NW>(DECODE2_PASS);                                           \
+        decode2_impl<HD, G, 4, DEC2_NW, false>(DECODE2_PASS, DecodeRope{});                      \
     }
 // NW warps per CTA instead of DEC2_NW (experiments: RVLLM_DECODE_NW).
 #define DECODE2_KERNEL_W(HD, G, NW)                                                              \
     extern "C" __global__ void __launch_bounds__(32 * NW)                                        \
         paged_decode_v2_h##HD##_g##G##_w##NW(DECODE2_ARGS) {                                     \
         pdl_trigger();                                                                           \
-        decode2_impl<HD, G, 4, NW>(DECODE2_PASS);                                                \
+        decode2_impl<HD, G, 4, NW, false>(DECODE2_PASS, DecodeRope{});                           \
+    }
+// The fused rope variant (decode-only steps; q is the Q/K/V projection), NW warps per CTA.
+#define DECODE2R_KERNEL(HD, G, NW)                                                               \
+    extern "C" __global__ void __launch_bounds__(32 * NW)                                        \
+        paged_decode_v2r_h##HD##_g##G##_w##NW(                                                   \
+            DECODE2_ARGS, const act_t* norm_x, int norm_cols, float eps, const u32* positions,   \
+            const u32* slot_mapping, act_t* k_cache_w, act_t* v_cache_w, u64 num_slots,          \
+            u64 qkv_stride, float log2_theta, int neox) {                                        \
+        pdl_trigger();                                                                           \
+        const DecodeRope rp{norm_x,    norm_cols, eps,        positions,  slot_mapping, k_cache_w, \
+                            v_cache_w, num_slots, qkv_stride, log2_theta, neox};                 \
+        decode2_impl<HD, G, 4, NW, true>(DECODE2_PASS, rp);                                      \
     }
 // Explicit loads per thread per iteration (experiments: RVLLM_DECODE_L).
 #define DECODE2_KERNEL_L(HD, G, L)                                                               \
     extern "C" __global__ void __launch_bounds__(DEC2_NT)                                        \
         paged_decode_v2_h##HD##_g##G##_l##L(DECODE2_ARGS) {                                      \
         pdl_trigger();                                                                           \
-        decode2_impl<HD, G, L, DEC2_NW>(DECODE2_PASS);                                                    \
+        decode2_impl<HD, G, L, DEC2_NW, false>(DECODE2_PASS, DecodeRope{});                                                    \
     }
 #define DECODE2_ALL_G(HD)                                                                        \
     DECODE2_KERNEL(HD, 1)                                                                        \
@@ -694,6 +807,10 @@ DECODE2_ALL_G(128)
 DECODE2_ALL_G(256)
 DECODE2_KERNEL_W(128, 4, 2)
 DECODE2_KERNEL_W(64, 3, 1)
+DECODE2R_KERNEL(128, 4, 4)
+DECODE2R_KERNEL(128, 4, 2)
+DECODE2R_KERNEL(64, 3, 1)
+DECODE2R_KERNEL(256, 8, 4)
 PREFILL_KERNEL(64)
 PREFILL_KERNEL(96)
 PREFILL_KERNEL(128)

@@ -141,6 +141,28 @@ __device__ __forceinline__ float block_max(float v, float* red) {
     return warp_max(r);
 }
 
+// 1 / rms of one row (the RMS norm's scale, same formula as rms_norm_impl), on every thread of
+// the block; `red` holds >= 32 floats. Kernels that consume a projection of the un-normed
+// residual stream (weights with the norm folded in) apply it per token.
+__device__ __forceinline__ float row_rstd(const act_t* __restrict__ x, int cols, float eps, float* red) {
+    float ss = 0.f;
+    if ((cols & 7) == 0) {
+        for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) {
+            float f[8];
+            act8_to_f32(((const act8*)x)[c], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += f[e] * f[e];
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const float f = act2f(x[c]);
+            ss += f * f;
+        }
+    }
+    ss = block_sum(ss, red);
+    return rsqrtf(ss / (float)cols + eps);
+}
+
 // ---------------------------------------------------------------- rope helpers
 // One formula for every rope path (rope_cache, rope_cache_v8, the Q/K/V GEMV's epilogue), so they
 // rotate by bit-identical cos/sin: angle i of a token at `pos` is pos * theta^(-2i / rotary_dim).

@@ -94,28 +94,6 @@ extern "C" __global__ void fill_f32(float* __restrict__ dst, u64 n, float v) {
         dst[i] = v;
 }
 
-// 1 / rms of one row (the RMS norm's scale, same formula as rms_norm_impl), on every thread of
-// the block; `red` holds >= 32 floats. Kernels that consume a projection of the un-normed
-// residual stream (weights with the norm folded in) apply it per token.
-__device__ __forceinline__ float row_rstd(const act_t* __restrict__ x, int cols, float eps, float* red) {
-    float ss = 0.f;
-    if ((cols & 7) == 0) {
-        for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) {
-            float f[8];
-            act8_to_f32(((const act8*)x)[c], f);
-#pragma unroll
-            for (int e = 0; e < 8; e++) ss += f[e] * f[e];
-        }
-    } else {
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-            const float f = act2f(x[c]);
-            ss += f * f;
-        }
-    }
-    ss = block_sum(ss, red);
-    return rsqrtf(ss / (float)cols + eps);
-}
-
 // ---------------------------------------------------------------- row gathers
 // out[r] = table[idx[r]] for r < rows (grid.x = rows). Out-of-range ids give a zero row.
 extern "C" __global__ void gather_rows_bf16(act_t* __restrict__ out, const act_t* __restrict__ table,

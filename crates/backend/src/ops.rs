@@ -451,6 +451,25 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (qkv, x, eps, q_out, rope, attn, batch, cache, layer);
         Err(no_folded_norms(self.name()))
     }
+    /// `rope_qkv_and_cache_rms` then `paged_attention` in one step, for a batch of decodes only
+    /// (one new token per sequence); `x` may be `None` (no norm scale). Returns `false`, doing
+    /// nothing, where the backend has no such fused path or the batch does not qualify: the
+    /// caller then runs the two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention_decode(
+        &self,
+        qkv: &Self::Tensor,
+        x: Option<(&Self::Tensor, f32)>,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &Self::Batch,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<bool> {
+        let _ = (qkv, x, rope, attn, batch, cache, layer, out);
+        Ok(false)
+    }
     /// `out = silu(s·gu[:, :f]) * (s·gu[:, f:])` with `s = 1 / rms(x[t])` per row (the MLP norm
     /// of a layer whose norm weight was folded into the gate/up weight).
     fn silu_mul_fused_rms(

@@ -281,11 +281,18 @@ impl<B: Backend> LlamaModel<B> {
                 // The previous layer's MLP output joins the residual stream here.
                 b.add_rms_norm(residual, proj, &l.attn_norm, eps, normed)?;
             }
+            // Whether attention already ran (fused with rope on a decode-only step).
+            let mut attended = false;
             match &l.qkv {
                 QkvWeights::Fused(w) => {
                     let qkv = qkv.as_mut().ok_or_else(missing)?;
                     b.matmul(normed, w, qkv)?;
-                    b.rope_qkv_and_cache(qkv, q, &self.rope, &self.attn, batch, cache, i)?;
+                    attended = b.rope_attention_decode(
+                        qkv, None, &self.rope, &self.attn, batch, cache, i, attn_out,
+                    )?;
+                    if !attended {
+                        b.rope_qkv_and_cache(qkv, q, &self.rope, &self.attn, batch, cache, i)?;
+                    }
                 }
                 QkvWeights::Split {
                     q: wq,
@@ -301,7 +308,9 @@ impl<B: Backend> LlamaModel<B> {
                     b.rope_and_cache(q, k, v, &self.rope, &self.attn, batch, cache, i)?;
                 }
             }
-            b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
+            if !attended {
+                b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
+            }
             b.matmul(attn_out, &l.wo, proj)?;
             b.add_rms_norm(residual, proj, &l.ffn_norm, eps, normed)?;
             match &l.gate_up {
@@ -350,10 +359,22 @@ impl<B: Backend> LlamaModel<B> {
         for (i, l) in self.layers.iter().enumerate() {
             let (w_qkv, w_gu) = l.fused_projections(i)?;
             b.matmul(residual, w_qkv, qkv)?;
-            b.rope_qkv_and_cache_rms(
-                qkv, residual, eps, q, &self.rope, &self.attn, batch, cache, i,
+            let fused = b.rope_attention_decode(
+                qkv,
+                Some((residual, eps)),
+                &self.rope,
+                &self.attn,
+                batch,
+                cache,
+                i,
+                attn_out,
             )?;
-            b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
+            if !fused {
+                b.rope_qkv_and_cache_rms(
+                    qkv, residual, eps, q, &self.rope, &self.attn, batch, cache, i,
+                )?;
+                b.paged_attention(q, &self.attn, batch, cache, i, attn_out)?;
+            }
             b.matmul_add(attn_out, &l.wo, residual)?;
             b.matmul(residual, w_gu, gate_up)?;
             b.silu_mul_fused_rms(gate_up, residual, eps, act)?;

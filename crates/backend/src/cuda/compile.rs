@@ -86,6 +86,16 @@ pub fn variant_source(instantiation: &str) -> String {
 /// The macro line instantiating kernel `name`, for kernels compiled on demand.
 pub fn instantiation_for(name: &str) -> Option<String> {
     let num = |s: &str| s.parse::<u32>().ok();
+    if let Some(rest) = name.strip_prefix("paged_decode_v2r_h") {
+        let (hd, rest) = rest.split_once("_g")?;
+        let (g, w) = rest.split_once("_w")?;
+        return Some(format!(
+            "DECODE2R_KERNEL({}, {}, {})",
+            num(hd)?,
+            num(g)?,
+            num(w)?
+        ));
+    }
     if let Some(rest) = name.strip_prefix("paged_decode_v2_h") {
         let (hd, g) = rest.split_once("_g")?;
         if let Some((g, w)) = g.split_once("_w") {

@@ -89,6 +89,30 @@ const DECODE_ATTN_V2: usize = 1;
 /// Two-phase kernel (scores, then P·V) plus `paged_decode_reduce` (RVLLM_DECODE_ATTN=old).
 const DECODE_ATTN_OLD: usize = 2;
 
+/// The fused rope + decode attention (`rope_attention_decode`): 0 = as RVLLM_FUSED_ROPE_ATTN
+/// says ("0" off, "1" every decode-only step, unset: `ROPE_ATTN_AUTO`), else one of the
+/// `ROPE_ATTN_*` values. The self-test and A/B runs set it.
+static ROPE_ATTN_MODE: AtomicUsize = AtomicUsize::new(0);
+const ROPE_ATTN_OFF: usize = 1;
+const ROPE_ATTN_ON: usize = 2;
+/// Launches below `DECODE_V2_TWO_WARP_ITEMS` items. H100, 8B, same call: batch 8 6.229 / 6.246
+/// vs 6.268 / 6.268 ms unfused, batch 32 6.525 / 6.531 vs 6.549 / 6.549; at 128 no difference
+/// (7.543 / 7.530 vs 7.548 / 7.550) and at 256 slower (10.044 / 10.160 vs 10.013 / 10.021): each
+/// CTA's own 1 / rms and rotation lengthen the prologue that short contexts already pay for.
+const ROPE_ATTN_AUTO: usize = 3;
+
+fn rope_attn_mode() -> usize {
+    static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    match ROPE_ATTN_MODE.load(Ordering::Relaxed) {
+        0 => *ENV.get_or_init(|| match std::env::var("RVLLM_FUSED_ROPE_ATTN").as_deref() {
+            Ok("0") => ROPE_ATTN_OFF,
+            Ok("1") => ROPE_ATTN_ON,
+            _ => ROPE_ATTN_AUTO,
+        }),
+        m => m,
+    }
+}
+
 fn decode_attn_mode() -> usize {
     static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match DECODE_ATTN_MODE.load(Ordering::Relaxed) {
@@ -866,6 +890,19 @@ impl CudaBackend {
             names.push(decode_kernel_name(attn, 0));
             names.push(decode_kernel_name(attn, DECODE_V2_TWO_WARP_ITEMS));
             names.dedup();
+            // The fused rope variant of decode-only steps, at both warp counts.
+            if decode_attn_mode() != DECODE_ATTN_OLD && rope_attn_mode() != ROPE_ATTN_OFF {
+                let g = decode_heads_per_cta(attn.num_heads / attn.num_kv_heads.max(1));
+                for nw in [
+                    decode_v2_warps(0),
+                    decode_v2_warps(DECODE_V2_TWO_WARP_ITEMS),
+                ] {
+                    let name = format!("paged_decode_v2r_h{}_g{g}_w{nw}", attn.head_dim);
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+            }
         }
         let loaded: Vec<Result<(String, CudaFunction)>> = std::thread::scope(|sc| {
             let handles: Vec<_> = names
@@ -1418,7 +1455,7 @@ impl CudaBackend {
         let hchunks = group / g;
         let ctas = b.num_seqs * attn.num_kv_heads * hchunks;
         if decode_attn_mode() != DECODE_ATTN_OLD {
-            return self.decode_attention_v2(q, out, attn, b, kc, vc, block_size);
+            return self.decode_attention_v2(q, out, attn, b, kc, vc, block_size, &[]);
         }
         let part = self.decode_partition(ctas, b.max_context);
         let max_parts = b.max_context.div_ceil(part).max(1);
@@ -1492,6 +1529,8 @@ impl CudaBackend {
     /// The single-pass decode kernel (`paged_decode_v2_*`): grid (head chunks, sequences,
     /// partitions); with several partitions the last CTA of each (sequence, head chunk) merges.
     #[allow(clippy::too_many_arguments)]
+    /// `rope`: empty, or the extra arguments of the fused rope variant (`paged_decode_v2r_*`,
+    /// then `q` is the Q/K/V projection).
     fn decode_attention_v2(
         &self,
         q: u64,
@@ -1501,6 +1540,7 @@ impl CudaBackend {
         kc: u64,
         vc: u64,
         block_size: usize,
+        rope: &[Arg],
     ) -> Result<()> {
         let hd = attn.head_dim;
         let group = attn.num_heads / attn.num_kv_heads;
@@ -1540,33 +1580,40 @@ impl CudaBackend {
             -1
         };
         let s = &self.stream;
+        let name = if rope.is_empty() {
+            decode_kernel_name(attn, ctas)
+        } else {
+            format!("paged_decode_v2r_h{hd}_g{g}_w{nw}")
+        };
+        let mut args = vec![
+            Arg::P(out),
+            Arg::P(tmp),
+            Arg::P(ml),
+            Arg::P(es),
+            Arg::P(cnt),
+            Arg::P(q),
+            Arg::P(kc),
+            Arg::P(vc),
+            Arg::P(b.ptr(s, b.offs.block_tables)),
+            Arg::P(b.ptr(s, b.offs.query_start)),
+            Arg::P(b.ptr(s, b.offs.query_len)),
+            Arg::P(b.ptr(s, b.offs.context_len)),
+            Arg::I(b.max_blocks as i32),
+            Arg::I(attn.num_heads as i32),
+            Arg::I(attn.num_kv_heads as i32),
+            Arg::I(block_size as i32),
+            Arg::I(bs_shift),
+            Arg::F(attn.scale),
+            Arg::I(part as i32),
+            Arg::I(hchunks as i32),
+        ];
+        args.extend_from_slice(rope);
         self.launch(
-            &decode_kernel_name(attn, ctas),
+            &name,
             (chunks as u32, b.num_seqs as u32, max_parts as u32),
             ((32 * nw) as u32, 1, 1),
             smem as u32,
-            &[
-                Arg::P(out),
-                Arg::P(tmp),
-                Arg::P(ml),
-                Arg::P(es),
-                Arg::P(cnt),
-                Arg::P(q),
-                Arg::P(kc),
-                Arg::P(vc),
-                Arg::P(b.ptr(s, b.offs.block_tables)),
-                Arg::P(b.ptr(s, b.offs.query_start)),
-                Arg::P(b.ptr(s, b.offs.query_len)),
-                Arg::P(b.ptr(s, b.offs.context_len)),
-                Arg::I(b.max_blocks as i32),
-                Arg::I(attn.num_heads as i32),
-                Arg::I(attn.num_kv_heads as i32),
-                Arg::I(block_size as i32),
-                Arg::I(bs_shift),
-                Arg::F(attn.scale),
-                Arg::I(part as i32),
-                Arg::I(hchunks as i32),
-            ],
+            &args,
         )
     }
 
@@ -2752,6 +2799,84 @@ impl Backend for CudaBackend {
             cache,
             layer,
         )
+    }
+
+    fn rope_attention_decode(
+        &self,
+        qkv: &CudaTensor,
+        x: Option<(&CudaTensor, f32)>,
+        rope: &RopeSpec,
+        attn: &AttentionSpec,
+        batch: &CudaBatch,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        out: &mut CudaTensor,
+    ) -> Result<bool> {
+        const OP: &str = "rope_attention_decode";
+        let hd = attn.head_dim;
+        let (qd, kd) = (attn.num_heads * hd, attn.num_kv_heads * hd);
+        // Decodes only (the prefill kernel reads rotated queries), a decode kernel for hd, the
+        // whole head rotated (the kernel's pairs span the row).
+        let group = attn.num_heads / attn.num_kv_heads.max(1);
+        let items = batch.num_seqs * attn.num_kv_heads * (group / decode_heads_per_cta(group));
+        let qualifies = match rope_attn_mode() {
+            ROPE_ATTN_OFF => false,
+            ROPE_ATTN_ON => true,
+            _ => items < DECODE_V2_TWO_WARP_ITEMS,
+        } && decode_attn_mode() != DECODE_ATTN_OLD
+            && batch.num_seqs > 0
+            && batch.num_decode == batch.num_seqs
+            && batch.num_tokens == batch.num_seqs
+            && DECODE_HDS.contains(&hd)
+            && rope.rotary_dim == hd
+            && attn.num_kv_heads > 0
+            && attn.num_heads % attn.num_kv_heads == 0;
+        if !qualifies {
+            return Ok(false);
+        }
+        check(
+            OP,
+            qkv.rows == batch.num_tokens
+                && qkv.cols == qd + 2 * kd
+                && out.rows == qkv.rows
+                && out.cols == qd,
+            || {
+                format!(
+                    "qkv [{}, {}], out [{}, {}] for {} tokens, {attn:?}",
+                    qkv.rows, qkv.cols, out.rows, out.cols, batch.num_tokens
+                )
+            },
+        )?;
+        check_cache_layer(OP, cache, attn, layer)?;
+        let (xp, xcols, eps) = match x {
+            Some((x, eps)) => {
+                check(OP, x.rows == qkv.rows, || {
+                    format!("norm rows {} for {} tokens", x.rows, qkv.rows)
+                })?;
+                (self.bf16_ptr(OP, &x.buf)?, x.cols, eps)
+            }
+            None => (0, 0, 0.0),
+        };
+        let src = self.bf16_ptr(OP, &qkv.buf)?;
+        let op = self.bf16_ptr(OP, &out.buf)?;
+        let s = &self.stream;
+        let kc = cache.part_ptr(s, layer, 0);
+        let vc = cache.part_ptr(s, layer, 1);
+        let extra = [
+            Arg::P(xp),
+            Arg::I(xcols as i32),
+            Arg::F(eps),
+            Arg::P(batch.ptr(s, batch.offs.positions)),
+            Arg::P(batch.ptr(s, batch.offs.slot_mapping)),
+            Arg::P(kc),
+            Arg::P(vc),
+            Arg::U((cache.spec.num_blocks * cache.spec.block_size) as u64),
+            Arg::U(qkv.cols as u64),
+            Arg::F((rope.theta as f64).log2() as f32),
+            Arg::I((rope.style == RopeStyle::Neox) as i32),
+        ];
+        self.decode_attention_v2(src, op, attn, batch, kc, vc, cache.spec.block_size, &extra)?;
+        Ok(true)
     }
 
     fn rope_and_cache(

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 mod folded;
+mod rope_attn;
 mod sampling;
 
 // ------------------------------------------------------------------------------------ helpers
@@ -84,6 +85,17 @@ impl Checker<'_> {
     fn line(&mut self, s: String) {
         self.report.push_str(&s);
         self.report.push('\n');
+    }
+
+    /// A yes/no condition, counted and reported like a comparison.
+    fn expect(&mut self, name: &str, ok: bool, why: &str) {
+        if ok {
+            self.pass += 1;
+            self.line(format!("PASS {name}"));
+        } else {
+            self.fail += 1;
+            self.line(format!("FAIL {name}: {why}"));
+        }
     }
 
     /// ‖gpu − cpu‖ / ‖cpu‖ < tol, and no non-finite GPU value where the CPU one is finite.
@@ -1604,6 +1616,9 @@ pub fn selftest_dtype(report: &mut String, dtype: ModelDtype) -> Result<bool> {
     c.run("matvec", |c| case_matvec(c, &gpu, &cpu, &mut rng));
     c.run("folded norms", |c| {
         folded::case_folded(c, &gpu, &cpu, &mut rng)
+    });
+    c.run("rope attention", |c| {
+        rope_attn::case_rope_attention(c, &gpu, &cpu, &mut rng)
     });
     c.run("gelu", |c| case_gelu(c, &gpu, &cpu, &mut rng));
     c.run("dummy_weight", |c| case_dummy(c, &gpu, &cpu));
