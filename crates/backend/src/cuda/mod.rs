@@ -517,10 +517,23 @@ fn decode_heads_per_cta(group: usize) -> usize {
     }
 }
 
-/// The decode kernel for `attn` at a launch of `items` (sequence, head chunk) pairs.
-fn decode_kernel_name(attn: &AttentionSpec, items: usize) -> String {
+/// (query heads per CTA, head chunks per KV head, (sequence, head chunk) items per sequence)
+/// of the single-pass decode kernel.
+fn decode_chunks(attn: &AttentionSpec) -> (usize, usize, usize) {
     let group = attn.num_heads / attn.num_kv_heads.max(1);
     let g = decode_heads_per_cta(group);
+    let hchunks = group / g;
+    (g, hchunks, attn.num_kv_heads * hchunks)
+}
+
+/// The decode kernel for `attn` at a launch of `items` (sequence, head chunk) pairs; `rope`:
+/// the variant with rope and the KV-cache write folded in (`rope_attention_decode`).
+fn decode_kernel_name(attn: &AttentionSpec, items: usize, rope: bool) -> String {
+    let (g, _, _) = decode_chunks(attn);
+    if rope {
+        let nw = decode_v2_warps(items);
+        return format!("paged_decode_v2r_h{}_g{g}_w{nw}", attn.head_dim);
+    }
     if decode_attn_mode() == DECODE_ATTN_OLD {
         format!("paged_decode_h{}_g{g}", attn.head_dim)
     } else {
@@ -886,18 +899,12 @@ impl CudaBackend {
     pub fn prepare_attention(&self, attn: &AttentionSpec) -> Result<()> {
         let mut names = vec![prefill_kernel(attn.head_dim).0];
         if DECODE_HDS.contains(&attn.head_dim) {
-            // Both warp counts the launches pick between.
-            names.push(decode_kernel_name(attn, 0));
-            names.push(decode_kernel_name(attn, DECODE_V2_TWO_WARP_ITEMS));
-            names.dedup();
-            // The fused rope variant of decode-only steps, at both warp counts.
-            if decode_attn_mode() != DECODE_ATTN_OLD && rope_attn_mode() != ROPE_ATTN_OFF {
-                let g = decode_heads_per_cta(attn.num_heads / attn.num_kv_heads.max(1));
-                for nw in [
-                    decode_v2_warps(0),
-                    decode_v2_warps(DECODE_V2_TWO_WARP_ITEMS),
-                ] {
-                    let name = format!("paged_decode_v2r_h{}_g{g}_w{nw}", attn.head_dim);
+            // Both warp counts the launches pick between, plain and (for decode-only steps)
+            // with rope folded in.
+            let rope = decode_attn_mode() != DECODE_ATTN_OLD && rope_attn_mode() != ROPE_ATTN_OFF;
+            for r in [false, true].into_iter().filter(|&r| !r || rope) {
+                for items in [0, DECODE_V2_TWO_WARP_ITEMS] {
+                    let name = decode_kernel_name(attn, items, r);
                     if !names.contains(&name) {
                         names.push(name);
                     }
@@ -1473,7 +1480,7 @@ impl CudaBackend {
         let smem = (g * part).max(1024 * g) * 4;
         let s = &self.stream;
         self.launch(
-            &decode_kernel_name(attn, ctas),
+            &decode_kernel_name(attn, ctas, false),
             (
                 b.num_seqs as u32,
                 (attn.num_kv_heads * hchunks) as u32,
@@ -1528,9 +1535,9 @@ impl CudaBackend {
 
     /// The single-pass decode kernel (`paged_decode_v2_*`): grid (head chunks, sequences,
     /// partitions); with several partitions the last CTA of each (sequence, head chunk) merges.
-    #[allow(clippy::too_many_arguments)]
     /// `rope`: empty, or the extra arguments of the fused rope variant (`paged_decode_v2r_*`,
     /// then `q` is the Q/K/V projection).
+    #[allow(clippy::too_many_arguments)]
     fn decode_attention_v2(
         &self,
         q: u64,
@@ -1543,10 +1550,7 @@ impl CudaBackend {
         rope: &[Arg],
     ) -> Result<()> {
         let hd = attn.head_dim;
-        let group = attn.num_heads / attn.num_kv_heads;
-        let g = decode_heads_per_cta(group);
-        let hchunks = group / g;
-        let chunks = attn.num_kv_heads * hchunks;
+        let (g, hchunks, chunks) = decode_chunks(attn);
         let ctas = b.num_seqs * chunks;
         // Fewer warps per CTA: proportionally more CTAs for the same warps in flight.
         let nw = decode_v2_warps(ctas);
@@ -1580,11 +1584,7 @@ impl CudaBackend {
             -1
         };
         let s = &self.stream;
-        let name = if rope.is_empty() {
-            decode_kernel_name(attn, ctas)
-        } else {
-            format!("paged_decode_v2r_h{hd}_g{g}_w{nw}")
-        };
+        let name = decode_kernel_name(attn, ctas, !rope.is_empty());
         let mut args = vec![
             Arg::P(out),
             Arg::P(tmp),
@@ -2817,8 +2817,7 @@ impl Backend for CudaBackend {
         let (qd, kd) = (attn.num_heads * hd, attn.num_kv_heads * hd);
         // Decodes only (the prefill kernel reads rotated queries), a decode kernel for hd, the
         // whole head rotated (the kernel's pairs span the row).
-        let group = attn.num_heads / attn.num_kv_heads.max(1);
-        let items = batch.num_seqs * attn.num_kv_heads * (group / decode_heads_per_cta(group));
+        let items = batch.num_seqs * decode_chunks(attn).2;
         let qualifies = match rope_attn_mode() {
             ROPE_ATTN_OFF => false,
             ROPE_ATTN_ON => true,

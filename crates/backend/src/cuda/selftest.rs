@@ -1045,28 +1045,16 @@ fn check_rope_qkv(
         rotary_dim,
     };
     let (qd, kd) = (heads * hd, kvh * hd);
-    // Residual rows of varied size, as the stream grows through a model.
-    let x = norm.map(|(xcols, _)| {
-        let mut x = Vec::with_capacity(t * xcols);
-        for _ in 0..t {
-            let a = 0.5 + 30.0 * rng.unit();
-            x.extend(rng.bf16_vec(xcols, a));
-        }
-        x
-    });
+    let x = norm.map(|(xcols, _)| folded::residual_rows(rng, t, xcols));
     let qkv = rng.bf16_vec(t * (qd + 2 * kd), qkv_scale);
-    let host = match (&x, norm) {
-        (Some(x), Some((xcols, eps))) => {
-            folded::scale_rows(&qkv, qd + 2 * kd, &folded::rstd_rows(x, xcols, eps))
-        }
-        _ => qkv.clone(),
-    };
-    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
-    for row in host.chunks(qd + 2 * kd) {
-        q.extend_from_slice(&row[..qd]);
-        k.extend_from_slice(&row[qd..qd + kd]);
-        v.extend_from_slice(&row[qd + kd..]);
-    }
+    let (q, k, v) = folded::split_qkv(
+        &qkv,
+        qd,
+        kd,
+        x.as_deref()
+            .zip(norm)
+            .map(|(x, (xcols, eps))| (x, xcols, eps)),
+    );
     let gqkv = gpu.upload(t, qd + 2 * kd, &qkv)?;
     let mut gq = gpu_out(gpu, t, qd)?;
     let mut gc = gpu.alloc_kv_cache(&spec)?;

@@ -29,6 +29,39 @@ pub(super) fn scale_rows(x: &[f32], cols: usize, s: &[f64]) -> Vec<f32> {
         .collect()
 }
 
+/// `t` residual rows of `cols` values, each row at its own random scale (as the stream grows
+/// through a model).
+pub(super) fn residual_rows(rng: &mut Rng, t: usize, cols: usize) -> Vec<f32> {
+    let mut x = Vec::with_capacity(t * cols);
+    for _ in 0..t {
+        let a = 0.5 + 30.0 * rng.unit();
+        x.extend(rng.bf16_vec(cols, a));
+    }
+    x
+}
+
+/// The q, k and v rows (`qd`, `kd`, `kd` wide) of a Q/K/V projection, each row first scaled by
+/// the 1 / rms of its residual row when `norm` = (residual rows, their width, eps) is given.
+pub(super) fn split_qkv(
+    qkv: &[f32],
+    qd: usize,
+    kd: usize,
+    norm: Option<(&[f32], usize, f32)>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let width = qd + 2 * kd;
+    let host = match norm {
+        Some((x, cols, eps)) => scale_rows(qkv, width, &rstd_rows(x, cols, eps)),
+        None => qkv.to_vec(),
+    };
+    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for row in host.chunks(width) {
+        q.extend_from_slice(&row[..qd]);
+        k.extend_from_slice(&row[qd..qd + kd]);
+        v.extend_from_slice(&row[qd + kd..]);
+    }
+    (q, k, v)
+}
+
 pub(super) fn case_folded(
     c: &mut Checker,
     gpu: &CudaBackend,

@@ -100,24 +100,8 @@ fn one(
     let (qd, kd) = (heads * hd, kvh * hd);
     let eps = 1e-5f32;
     let qkv = rng.bf16_vec(t * (qd + 2 * kd), 3.0);
-    let x: Option<Vec<f32>> = (xcols > 0).then(|| {
-        let mut x = Vec::with_capacity(t * xcols);
-        for _ in 0..t {
-            let a = 0.5 + 30.0 * rng.unit();
-            x.extend(rng.bf16_vec(xcols, a));
-        }
-        x
-    });
-    let host = match &x {
-        Some(x) => folded::scale_rows(&qkv, qd + 2 * kd, &folded::rstd_rows(x, xcols, eps)),
-        None => qkv.clone(),
-    };
-    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
-    for row in host.chunks(qd + 2 * kd) {
-        q.extend_from_slice(&row[..qd]);
-        k.extend_from_slice(&row[qd..qd + kd]);
-        v.extend_from_slice(&row[qd + kd..]);
-    }
+    let x = (xcols > 0).then(|| folded::residual_rows(rng, t, xcols));
+    let (q, k, v) = folded::split_qkv(&qkv, qd, kd, x.as_deref().map(|x| (x, xcols, eps)));
     let mut gc = gpu.alloc_kv_cache(&spec)?;
     let mut cc = cpu.alloc_kv_cache(&spec)?;
     fill_caches(rng, gpu, &mut gc, cpu, &mut cc, 1.0)?;
