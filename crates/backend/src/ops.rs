@@ -531,14 +531,33 @@ pub fn argmax_rows_host(x: &[f32], cols: usize) -> Vec<u32> {
 }
 
 /// Index of the largest value (lowest index on ties; NaNs are never the largest unless first).
+///
+/// Two passes, because a running "index of the best so far" is a serial dependency chain
+/// (~1 ns a value: ~0.8 ms per step for 16 rows of a 49,152-token vocabulary): the maximum
+/// in 8 independent lanes (vectorizes), then the first index holding it (an early-exit scan).
+/// Same answer as the one-pass scan: the first index equal to the maximum, since every value
+/// before it is smaller (or NaN) and none after it is larger.
 pub fn argmax_row(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
+    let Some(&first) = row.first() else { return 0 };
+    let mut lanes = [first; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            // `v > m`, not `max`: a NaN never replaces a number (nor a number a NaN in `first`).
+            *m = if v > *m { v } else { *m };
         }
     }
-    best as u32
+    let mut max = first;
+    for &v in lanes.iter().chain(tail) {
+        if v > max {
+            max = v;
+        }
+    }
+    if max.is_nan() {
+        return 0;
+    }
+    row.iter().position(|&v| v == max).unwrap_or(0) as u32
 }
 
 /// SplitMix64 finalizer (the kernels use the same function).
@@ -627,6 +646,11 @@ fn sample_row_host(row: &[f32], p: &SampleRow) -> u32 {
 /// The smallest logit a sampled row keeps after top-k, min-p and top-p (every token with a
 /// logit at or above it is kept).
 pub fn kept_min_logit(row: &[f32], p: &SampleRow) -> f32 {
+    let top_k_on = p.top_k > 0 && (p.top_k as usize) < row.len();
+    if !top_k_on && p.min_p <= 0.0 && p.top_p >= 1.0 {
+        // No filter: skip sorting the whole vocabulary (~2 ms a row).
+        return f32::NEG_INFINITY;
+    }
     let mut sorted: Vec<f32> = row.to_vec();
     sorted.sort_by(|a, b| b.total_cmp(a));
     let m = sorted.first().copied().unwrap_or(0.0);
@@ -652,4 +676,48 @@ pub fn kept_min_logit(row: &[f32], p: &SampleRow) -> f32 {
         }
     }
     vmin
+}
+
+#[cfg(test)]
+mod argmax_tests {
+    use super::argmax_row;
+
+    /// The one-pass scan `argmax_row` must agree with.
+    fn reference(row: &[f32]) -> u32 {
+        let mut best = 0;
+        for (i, &v) in row.iter().enumerate() {
+            if v > row[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+
+    #[test]
+    fn matches_the_one_pass_scan_on_ties_nans_and_signed_zeros() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let specials = [f32::NAN, 0.0, -0.0, 1.0, f32::INFINITY, f32::NEG_INFINITY];
+        for len in [0usize, 1, 2, 7, 8, 9, 31, 100, 49_152] {
+            for _ in 0..20 {
+                let row: Vec<f32> = (0..len)
+                    .map(|_| match next() % 10 {
+                        0 => specials[(next() % 6) as usize],
+                        // Few distinct values: many ties.
+                        1..=4 => (next() % 4) as f32,
+                        _ => (next() % 2001) as f32 / 100.0 - 10.0,
+                    })
+                    .collect();
+                assert_eq!(argmax_row(&row), reference(&row), "{row:?}");
+            }
+        }
+        assert_eq!(argmax_row(&[f32::NAN, 5.0, 6.0]), 0);
+        assert_eq!(argmax_row(&[1.0, f32::NAN, 6.0, 6.0]), 2);
+        assert_eq!(argmax_row(&[-0.0, 0.0]), 0);
+    }
 }

@@ -498,20 +498,8 @@ impl Backend for CpuBackend {
                 table.rotate_row(qr, hd, t);
                 table.rotate_row(kr, hd, t);
             });
-        let stride = cache.token_stride();
-        for (t, &slot) in batch.slot_mapping.iter().enumerate() {
-            if slot == u32::MAX {
-                // A padding row (batches padded to a fixed size): no place in the cache.
-                continue;
-            }
-            // Cached K/V hold f16 precision, as GPU caches (and llama.cpp's) do.
-            cache.write_token(
-                layer,
-                slot as usize,
-                &k.data[t * stride..(t + 1) * stride],
-                &v.data[t * stride..(t + 1) * stride],
-            )?;
-        }
+        // Cached K/V hold f16 precision, as GPU caches (and llama.cpp's) do.
+        cache.write_tokens(layer, &batch.slot_mapping, &k.data, &v.data)?;
         Ok(())
     }
 
