@@ -14,6 +14,14 @@
 //! machine loaded by other jobs): prefetching layer `i + 1`'s cache blocks into L2 from the
 //! matmul workers between attention `i` and `i + 1` (33.7 → 37.2, 62.0 → 64.1, 57.7 → 61.0
 //! ms/step); `PREFETCH_BLOCKS` 6 instead of 2 (no difference beyond the noise).
+//! Also tried without a gain (2026-11-26, eighth session; `attention_bench` alternated, and
+//! six paired end-to-end batch-16 runs where noted): prefetch distances 0, 1, 4 and 8
+//! blocks (all within the run-to-run spread, so the hardware prefetcher already covers a
+//! 2 KB block); prefetching the next unit's K/V blocks into L2 during this unit's scores;
+//! transparent huge pages for the cache (`madvise(MADV_HUGEPAGE)`: the pages were huge,
+//! the time was not lower, also not with THP forced on system-wide); a head-major cache
+//! layout (`[kv_heads, num_blocks, ·]`, so a unit's consecutive prompt blocks are one
+//! contiguous run): medians within ±10% either way, end-to-end decode step ratio 0.998.
 
 #[cfg(target_arch = "x86_64")]
 use super::attention_kernels::attend_unit_avx2;
