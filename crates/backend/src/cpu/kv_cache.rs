@@ -227,23 +227,15 @@ impl CpuKvCache {
         // Tokens by slot (stable: equal slots keep their order), then runs of one block.
         let mut order: Vec<usize> = (0..slots.len()).filter(|&i| slots[i] != u32::MAX).collect();
         order.sort_by_key(|&i| slots[i]);
-        let mut runs: Vec<(usize, &[usize])> = Vec::new();
-        let mut rest = &order[..];
-        while let Some(&first) = rest.first() {
-            let block = slots[first] as usize / s.block_size;
-            let n = rest
-                .iter()
-                .take_while(|&&i| slots[i] as usize / s.block_size == block)
-                .count();
-            runs.push((block, &rest[..n]));
-            rest = &rest[n..];
-        }
+        let block_of = |i: usize| slots[i] as usize / s.block_size;
+        let runs = order.chunk_by(|&a, &b| block_of(a) == block_of(b));
         // One disjoint `&mut` K part and V part per run (runs are in increasing block order).
         let bl = self.block_len();
         let (mut kl, mut vl) = (self.k[layer].values_mut(), self.v[layer].values_mut());
         let mut passed = 0;
-        let mut tasks = Vec::with_capacity(runs.len());
-        for (block, tokens) in runs {
+        let mut tasks = Vec::new();
+        for tokens in runs {
+            let block = block_of(tokens[0]);
             let (_, k_from) = std::mem::take(&mut kl).split_at_mut((block - passed) * bl);
             let (kb, k_after) = k_from.split_at_mut(bl);
             let (_, v_from) = std::mem::take(&mut vl).split_at_mut((block - passed) * bl);
